@@ -1,0 +1,52 @@
+# Dormant: `make run` and `make test` set everything up first (idempotent).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+STATE ?= .state
+
+.PHONY: setup criu run test test-fast lint format bench clean help
+
+help:
+	@echo "make run    - set up, then start Dormant on the embedded default config (127.0.0.1:8080)"
+	@echo "make test   - set up, then run the whole test suite (real CRIU, servers, processes)"
+	@echo "make lint   - ruff + mypy"
+	@echo "make bench  - TTFT warm / after wake / after cold boot, side by side"
+
+setup: $(STAMP) criu
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Dormant needs Python >= 3.11"'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[refserver,loadtests,dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+criu: $(STAMP)
+	@VENV=$(abspath $(VENV)) bash scripts/setup-criu.sh
+
+run: setup
+	$(VENV)/bin/dormant up --state-dir $(STATE)
+
+test: setup
+	$(VENV)/bin/pytest
+
+test-fast: setup
+	$(VENV)/bin/pytest -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: setup
+	$(PY) -m loadtests.bench --out results
+
+clean:
+	rm -rf $(STATE) results .pytest_cache .ruff_cache .mypy_cache

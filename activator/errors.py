@@ -1,0 +1,108 @@
+"""The activator's exception tree, and its one mapping to HTTP.
+
+Every error answers with one JSON shape, OpenAI-style, because most clients are
+OpenAI clients::
+
+    {"error": {"message": "...", "type": "...", "code": "...", "workload": "..."}}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+__all__ = [
+    "ActivatorError",
+    "BadRequest",
+    "Conflict",
+    "NotFound",
+    "OperationFailed",
+    "PayloadTooLarge",
+    "QueueFull",
+    "Unauthorized",
+    "UpstreamError",
+    "UpstreamTimeout",
+    "WakeFailed",
+    "WakeTimeout",
+    "error_response",
+]
+
+
+class ActivatorError(Exception):
+    """Base: carries the HTTP status, a machine-readable code and a human message."""
+
+    status = 500
+    code = "internal_error"
+    type = "server_error"
+
+    def __init__(self, message: str, *, workload: str | None = None,
+                 headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.workload = workload
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"message": self.message, "type": self.type, "code": self.code}
+        if self.workload:
+            error["workload"] = self.workload
+        error.update(self.extra)
+        return {"error": error}
+
+
+class BadRequest(ActivatorError):
+    status, code, type = 400, "bad_request", "invalid_request_error"
+
+
+class Unauthorized(ActivatorError):
+    status, code, type = 401, "unauthorized", "authentication_error"
+
+
+class NotFound(ActivatorError):
+    status, code, type = 404, "not_found", "invalid_request_error"
+
+
+class PayloadTooLarge(ActivatorError):
+    status, code, type = 413, "payload_too_large", "invalid_request_error"
+
+
+class QueueFull(ActivatorError):
+    """Too many requests already wait for this workload: retry later."""
+
+    status, code, type = 503, "queue_full", "overloaded_error"
+
+
+class WakeFailed(ActivatorError):
+    """The workload could not be started or restored."""
+
+    status, code, type = 503, "wake_failed", "server_error"
+
+
+class WakeTimeout(ActivatorError):
+    """The request waited ``wake_timeout`` for the workload to become ready."""
+
+    status, code, type = 504, "wake_timeout", "timeout_error"
+
+
+class UpstreamError(ActivatorError):
+    status, code, type = 502, "upstream_error", "server_error"
+
+
+class UpstreamTimeout(ActivatorError):
+    status, code, type = 504, "upstream_timeout", "timeout_error"
+
+
+class Conflict(ActivatorError):
+    status, code, type = 409, "conflict", "invalid_request_error"
+
+
+class OperationFailed(ActivatorError):
+    """An admin operation (hibernate, wake) failed; the message says what state remains."""
+
+    status, code, type = 500, "operation_failed", "server_error"
+
+
+def error_response(exc: ActivatorError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)

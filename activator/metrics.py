@@ -1,0 +1,42 @@
+"""Prometheus metrics, one registry per app (so tests can build many apps)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from .states import State
+
+__all__ = ["Metrics"]
+
+_WAKE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+
+
+class Metrics:
+    """Everything the activator counts."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.state = Gauge("dormant_workload_state", "1 for the state the workload is in",
+                           ["workload", "state"], registry=r)
+        self.requests = Counter("dormant_requests_total", "Proxied requests by outcome",
+                                ["workload", "outcome"], registry=r)
+        self.queue_depth = Gauge("dormant_queue_depth", "Requests waiting for a wake",
+                                 ["workload"], registry=r)
+        self.in_flight = Gauge("dormant_in_flight", "Requests being served", ["workload"],
+                               registry=r)
+        self.wake_seconds = Histogram("dormant_wake_seconds", "Time to ready, by path",
+                                      ["workload", "path"], buckets=_WAKE_BUCKETS, registry=r)
+        self.checkpoint_seconds = Histogram("dormant_checkpoint_seconds", "Checkpoint duration",
+                                            ["workload"], buckets=_WAKE_BUCKETS, registry=r)
+        self.snapshot_bytes = Gauge("dormant_snapshot_bytes", "Size of the latest snapshot",
+                                    ["workload"], registry=r)
+        self.transitions = Counter("dormant_transitions_total", "State transitions",
+                                   ["workload", "from_state", "to_state"], registry=r)
+
+    def set_state(self, workload: str, state: State) -> None:
+        for s in State:
+            self.state.labels(workload, s.value).set(1 if s is state else 0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,374 @@
+"""One workload's lifecycle, with a single owner.
+
+Callers state intent: ``acquire()`` a lease to send a request (waking the
+workload if needed), ``hibernate()``, ``wake()``. Nobody outside reads the state
+and acts on it. Every change of state goes through ``_transition``, which checks
+the table in ``states``, logs, and updates metrics.
+
+Concurrency: lifecycle operations (wake, hibernate, stop) run one at a time under
+``_lock``. All requests that find the workload not ready share one wake task, so
+however many arrive, there is exactly one restore. Checking READY and taking a
+lease happen without an ``await`` in between, so a hibernation can never drain a
+workload while a request is between "it is ready" and "I am in flight".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from snapshots import (
+    CheckpointFailed,
+    RestoreFailed,
+    SnapshotCorrupt,
+    SnapshotStore,
+)
+from warmpool import Instance, InstanceSpec, LocalRuntime, StartFailed
+
+from .errors import Conflict, QueueFull, WakeFailed, WakeTimeout
+from .metrics import Metrics
+from .settings import WorkloadSettings, format_command
+from .states import State, check_transition
+
+__all__ = ["Lease", "WakeRecord", "Workload"]
+
+log = logging.getLogger("dormant.workload")
+
+
+@dataclass(frozen=True)
+class WakeRecord:
+    """How a workload last became ready: ``path`` is boot, restore or resume."""
+
+    path: str
+    seconds: float
+    at: float
+
+
+class Lease:
+    """Permission to send one request to a ready instance; release exactly once."""
+
+    __slots__ = ("_released", "_workload", "instance", "waited")
+
+    def __init__(self, workload: Workload, instance: Instance, waited: WakeRecord | None) -> None:
+        self._workload = workload
+        self._released = False
+        self.instance = instance
+        self.waited = waited
+
+    @property
+    def port(self) -> int:
+        return self.instance.port
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._workload._release()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Workload:
+    """The owner of one workload's state."""
+
+    def __init__(self, settings: WorkloadSettings, runtime: LocalRuntime, store: SnapshotStore,
+                 state_dir: Path, metrics: Metrics,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self._runtime = runtime
+        self._store = store
+        self._state_dir = state_dir
+        self._metrics = metrics
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._wake_task: asyncio.Task[WakeRecord] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._instance: Instance | None = None
+        self._in_flight = 0
+        self._waiting = 0
+        self._last_activity = clock()
+        self._since = clock()
+        self._failed_at = 0.0
+        self.reason = ""
+        self.last_error = ""
+        self.last_wake: WakeRecord | None = None
+        self.last_checkpoint: dict[str, Any] | None = None
+        self.counters = {"boots": 0, "restores": 0, "restore_failures": 0, "checkpoints": 0,
+                         "checkpoint_failures": 0, "start_failures": 0}
+        has_snapshot = runtime.engine is not None and store.latest(self.name) is not None
+        self._state = State.HIBERNATED if has_snapshot else State.COLD
+        metrics.set_state(self.name, self._state)
+
+    # -- state -------------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    def idle_for(self) -> float:
+        return self._clock() - self._last_activity
+
+    def _transition(self, new: State, reason: str = "") -> None:
+        old = self._state
+        check_transition(old, new)
+        now = self._clock()
+        self._metrics.transitions.labels(self.name, old.value, new.value).inc()
+        self._metrics.set_state(self.name, new)
+        log.info("%s: %s -> %s after %.3fs%s", self.name, old, new, now - self._since,
+                 f" ({reason})" if reason else "")
+        self._state, self._since, self.reason = new, now, reason
+
+    # -- requests ------------------------------------------------------------------------
+
+    async def acquire(self, timeout: float | None = None) -> Lease:
+        """A lease on a ready instance, waking the workload first if needed.
+
+        Raises QueueFull when ``queue_depth`` requests already wait, WakeTimeout
+        after ``timeout`` (default ``wake_timeout``), WakeFailed when the wake fails.
+        A cancelled caller (client gone) simply leaves the queue.
+        """
+        if self._state is State.READY and self._instance is not None:
+            return self._lease(None)
+        if self._waiting >= self.settings.queue_depth:
+            retry = max(1, round(self.last_wake.seconds)) if self.last_wake else 5
+            raise QueueFull(
+                f"{self.name} is waking and {self._waiting} requests already wait; retry later",
+                workload=self.name, headers={"Retry-After": str(retry)},
+            )
+        wait = self.settings.wake_timeout if timeout is None else timeout
+        deadline = self._clock() + wait
+        self._waiting += 1
+        self._metrics.queue_depth.labels(self.name).set(self._waiting)
+        try:
+            record: WakeRecord | None = None
+            while not (self._state is State.READY and self._instance is not None):
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    raise WakeTimeout(
+                        f"{self.name} did not become ready within {wait:.0f}s (state {self._state})",
+                        workload=self.name,
+                    )
+                task = self._ensure_wake_task()
+                try:
+                    record = await asyncio.wait_for(asyncio.shield(task), remaining)
+                except TimeoutError:
+                    continue
+            return self._lease(record)
+        finally:
+            self._waiting -= 1
+            self._metrics.queue_depth.labels(self.name).set(self._waiting)
+
+    def _lease(self, waited: WakeRecord | None) -> Lease:
+        assert self._instance is not None
+        self._in_flight += 1
+        self._idle.clear()
+        self._last_activity = self._clock()
+        self._metrics.in_flight.labels(self.name).set(self._in_flight)
+        return Lease(self, self._instance, waited)
+
+    def _release(self) -> None:
+        self._in_flight -= 1
+        self._last_activity = self._clock()
+        self._metrics.in_flight.labels(self.name).set(self._in_flight)
+        if self._in_flight == 0:
+            self._idle.set()
+
+    # -- waking ------------------------------------------------------------------------
+
+    def _ensure_wake_task(self) -> asyncio.Task[WakeRecord]:
+        if self._wake_task is None or self._wake_task.done():
+            self._wake_task = asyncio.create_task(self._wake(), name=f"wake-{self.name}")
+            # Waiters retrieve the result; this keeps an unobserved failure quiet.
+            self._wake_task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return self._wake_task
+
+    async def wake(self) -> WakeRecord | None:
+        """Make the workload ready (admin / pre-warm); None when it already was."""
+        if self._state is State.READY:
+            return None
+        return await asyncio.shield(self._ensure_wake_task())
+
+    def _spec(self, port: int) -> InstanceSpec:
+        s = self.settings
+        return InstanceSpec(
+            name=s.name,
+            command=format_command(s, port, self._state_dir),
+            port=port,
+            health_path=s.health_path,
+            env=dict(s.env),
+            cwd=Path(s.cwd) if s.cwd else None,
+            start_timeout=s.start_timeout,
+            stop_timeout=s.stop_timeout,
+        )
+
+    async def _wake(self) -> WakeRecord:
+        async with self._lock:
+            if self._state is State.READY and self.last_wake is not None:
+                return self.last_wake
+            since_failure = self._clock() - self._failed_at
+            if self._state is State.FAILED and since_failure < self.settings.retry_backoff:
+                raise WakeFailed(
+                    f"{self.name} failed {since_failure:.1f}s ago: {self.last_error} "
+                    f"(next attempt in {self.settings.retry_backoff - since_failure:.1f}s)",
+                    workload=self.name,
+                )
+            started = self._clock()
+            snapshot = self._store.latest(self.name) if self._runtime.engine else None
+            if snapshot is not None:
+                self._transition(State.RESTORING, f"snapshot {snapshot.id}")
+                try:
+                    instance = await self._runtime.restore(snapshot, self._spec(self.settings.port))
+                    self.counters["restores"] += 1
+                    return self._became_ready(instance, "restore", started)
+                except (SnapshotCorrupt, RestoreFailed, OSError) as exc:
+                    self.counters["restore_failures"] += 1
+                    self.last_error = f"restore of {snapshot.id} failed: {exc}"
+                    log.error("%s: %s; marking it bad and cold booting", self.name, self.last_error)
+                    await asyncio.to_thread(self._store.mark_bad, snapshot, str(exc))
+                self._transition(State.STARTING, "restore failed; cold boot")
+            else:
+                self._transition(State.STARTING, "cold boot")
+            try:
+                instance = await self._runtime.boot(self._spec(self.settings.port or _free_port()))
+            except (StartFailed, OSError) as exc:
+                self.counters["start_failures"] += 1
+                self._fail(f"start failed: {exc}")
+                raise WakeFailed(f"{self.name} could not start: {exc}", workload=self.name) from exc
+            self.counters["boots"] += 1
+            return self._became_ready(instance, "boot", started)
+
+    def _became_ready(self, instance: Instance, path: str, started: float) -> WakeRecord:
+        seconds = self._clock() - started
+        self._instance = instance
+        self._last_activity = self._clock()
+        self.last_wake = WakeRecord(path, seconds, time.time())
+        self._metrics.wake_seconds.labels(self.name, path).observe(seconds)
+        self._transition(State.READY, f"{path} in {seconds:.3f}s, pid {instance.pid}")
+        return self.last_wake
+
+    def _fail(self, reason: str) -> None:
+        self.last_error = reason
+        self._failed_at = self._clock()
+        self._instance = None
+        self._transition(State.FAILED, reason)
+
+    # -- giving resources back ------------------------------------------------------------
+
+    async def hibernate(self, reason: str = "requested") -> State:
+        """Drain, then checkpoint (criu) or stop (restart). Returns the resulting state.
+
+        Raises Conflict when in-flight requests do not finish within ``drain_timeout``
+        (the workload keeps serving), CheckpointFailed when the dump fails.
+        """
+        async with self._lock:
+            if self._state is State.FAILED:
+                self._transition(State.COLD, "cleared after failure")
+            if self._state is not State.READY or self._instance is None:
+                return self._state
+            instance = self._instance
+            self._transition(State.DRAINING, reason)
+            try:
+                await asyncio.wait_for(self._idle.wait(), self.settings.drain_timeout)
+            except TimeoutError:
+                self._transition(State.READY, "drain timed out")
+                raise Conflict(
+                    f"{self.name} still has {self._in_flight} requests in flight after "
+                    f"{self.settings.drain_timeout:.0f}s; not hibernated",
+                    workload=self.name,
+                ) from None
+            if not instance.alive():
+                self._fail(f"process {instance.exit_reason()}")
+                return self._state
+            if self._runtime.engine is None:
+                await self._runtime.stop(instance)
+                self._instance = None
+                self._transition(State.COLD, "stopped (restart engine: no snapshot)")
+                return self._state
+            self._transition(State.CHECKPOINTING)
+            try:
+                snapshot = await self._runtime.checkpoint(instance, self.settings.keep_snapshots)
+            except CheckpointFailed as exc:
+                self.counters["checkpoint_failures"] += 1
+                self.last_error = str(exc)
+                if instance.alive():
+                    self._transition(State.READY, f"checkpoint failed, still serving: {exc}")
+                else:
+                    self._fail(f"checkpoint failed and the process is gone: {exc}")
+                raise
+            self.counters["checkpoints"] += 1
+            self._instance = None
+            manifest = snapshot.manifest
+            self.last_checkpoint = {"snapshot": snapshot.id, "seconds": manifest.checkpoint_seconds,
+                                    "bytes": manifest.total_bytes}
+            self._metrics.checkpoint_seconds.labels(self.name).observe(manifest.checkpoint_seconds)
+            self._metrics.snapshot_bytes.labels(self.name).set(manifest.total_bytes)
+            self._transition(State.HIBERNATED, f"snapshot {snapshot.id}, {manifest.total_bytes} bytes")
+            return self._state
+
+    def check_alive(self) -> None:
+        """Notice a ready instance that died on its own."""
+        if self._state is State.READY and self._instance and not self._instance.alive() \
+                and not self._lock.locked():
+            self._fail(f"process {self._instance.exit_reason()}")
+
+    async def stop(self) -> None:
+        """Stop the instance (shutdown); snapshots stay for the next start."""
+        if self._wake_task and not self._wake_task.done():
+            self._wake_task.cancel()
+        async with self._lock:
+            if self._instance is not None:
+                await self._runtime.stop(self._instance)
+                self._instance = None
+            if self._state is State.READY:
+                self._transition(State.DRAINING, "shutdown")
+                self._transition(State.COLD, "stopped at shutdown")
+
+    # -- reporting -----------------------------------------------------------------------
+
+    def view(self) -> dict[str, Any]:
+        snapshot = self._store.latest(self.name) if self._runtime.engine else None
+        instance = self._instance
+        return {
+            "name": self.name,
+            "kind": self.settings.kind,
+            "models": list(self.settings.models),
+            "state": self._state.value,
+            "reason": self.reason,
+            "since_s": round(self._clock() - self._since, 3),
+            "engine": self._runtime.engine_name,
+            "pid": instance.pid if instance else None,
+            "port": instance.port if instance else None,
+            "restored_from": instance.restored_from if instance else None,
+            "in_flight": self._in_flight,
+            "waiting": self._waiting,
+            "idle_s": round(self.idle_for(), 3),
+            "idle_after_s": self.settings.idle_after,
+            "last_error": self.last_error,
+            "last_wake": None if self.last_wake is None else {
+                "path": self.last_wake.path, "seconds": round(self.last_wake.seconds, 4)},
+            "last_checkpoint": self.last_checkpoint,
+            "snapshot": None if snapshot is None else {
+                "id": snapshot.id, "bytes": snapshot.manifest.total_bytes,
+                "created": snapshot.manifest.created},
+            "counters": dict(self.counters),
+        }
+

@@ -1,0 +1,37 @@
+"""State plane: checkpoint engines and the snapshot store."""
+
+from .criu import MIN_VERSION, CriuEngine, CriuInfo, find_criu, probe_criu
+from .errors import (
+    CheckpointFailed,
+    EngineUnavailable,
+    RestoreFailed,
+    SnapshotCorrupt,
+    SnapshotError,
+    SnapshotNotFound,
+)
+from .manifest import FileEntry, Manifest
+from .procfs import changed_files, mapped_files, process_tree, stdio_pipe_inode
+from .store import PendingSnapshot, Snapshot, SnapshotStore
+
+__all__ = [
+    "MIN_VERSION",
+    "CheckpointFailed",
+    "CriuEngine",
+    "CriuInfo",
+    "EngineUnavailable",
+    "FileEntry",
+    "Manifest",
+    "PendingSnapshot",
+    "RestoreFailed",
+    "Snapshot",
+    "SnapshotCorrupt",
+    "SnapshotError",
+    "SnapshotNotFound",
+    "SnapshotStore",
+    "changed_files",
+    "find_criu",
+    "mapped_files",
+    "probe_criu",
+    "process_tree",
+    "stdio_pipe_inode",
+]

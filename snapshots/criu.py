@@ -1,0 +1,183 @@
+"""CRIU: find it, check it, dump a process tree, restore it.
+
+Blocking calls with timeouts; the activator runs them in a worker thread.
+Only CRIU >= 4.2 is accepted: 3.17 cannot parse the vDSO of kernels >= 6.12 and
+4.1 cannot dump TCP sockets on kernels >= 6.16 (see README: CRIU).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CheckpointFailed, EngineUnavailable, RestoreFailed
+
+__all__ = ["MIN_VERSION", "CriuEngine", "CriuInfo", "find_criu", "probe_criu"]
+
+MIN_VERSION = (4, 2)
+_VERSION_RE = re.compile(r"Version:\s*(\d+)\.(\d+)(?:\.(\d+))?")
+# Printed on every run on these machines and harmless (FACTS.md).
+_HARMLESS = ("RLIMIT_NOFILE",)
+
+
+@dataclass(frozen=True)
+class CriuInfo:
+    """What we know about one criu binary."""
+
+    path: Path
+    version: tuple[int, ...]
+    check_ok: bool
+    check_output: str
+
+    @property
+    def version_text(self) -> str:
+        return ".".join(map(str, self.version))
+
+    @property
+    def usable(self) -> bool:
+        return self.version >= MIN_VERSION and self.check_ok
+
+    def why_not(self) -> str:
+        """Empty when usable, else what is wrong and what to do."""
+        if self.version < MIN_VERSION:
+            return (
+                f"criu {self.version_text} at {self.path} is too old for this kernel; "
+                f"install CRIU >= {'.'.join(map(str, MIN_VERSION))} (`make setup` builds one)"
+            )
+        if not self.check_ok:
+            return f"`{self.path} check` failed: {self.check_output.strip()[-300:]}"
+        return ""
+
+
+def find_criu(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The criu to use: ``explicit``, else $DORMANT_CRIU, else next to this Python
+    (where `make setup` links it), else PATH."""
+    for candidate in (explicit, os.environ.get("DORMANT_CRIU")):
+        if candidate:
+            return Path(candidate)
+    beside = Path(sys.executable).parent / "criu"
+    if beside.exists():
+        return beside
+    found = shutil.which("criu")
+    return Path(found) if found else None
+
+
+def probe_criu(path: Path, timeout: float = 30.0) -> CriuInfo:
+    """Run ``criu --version`` and ``criu check``."""
+    try:
+        out = subprocess.run(
+            [str(path), "--version"], capture_output=True, text=True, timeout=timeout
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise EngineUnavailable(f"cannot run {path}: {exc}") from exc
+    match = _VERSION_RE.search(out)
+    if not match:
+        raise EngineUnavailable(f"{path} --version printed no version: {out.strip()[:200]!r}")
+    version = tuple(int(g) for g in match.groups() if g is not None)
+    try:
+        check = subprocess.run(
+            [str(path), "check"], capture_output=True, text=True, timeout=timeout
+        )
+        check_ok, check_out = check.returncode == 0, (check.stdout + check.stderr)
+    except (OSError, subprocess.SubprocessError) as exc:
+        check_ok, check_out = False, str(exc)
+    return CriuInfo(path, version, check_ok, check_out)
+
+
+def _log_errors(log: Path, limit: int = 6) -> str:
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no criu log)"
+    errors = [ln for ln in lines if "Error" in ln and not any(h in ln for h in _HARMLESS)]
+    return " | ".join((errors or lines)[-limit:]).strip()
+
+
+class CriuEngine:
+    """Checkpoint and restore a process tree with CRIU.
+
+    The tree's root must be the init of its own PID namespace (the local runtime
+    starts every instance that way): that is what lets one snapshot be restored
+    again and again without PID collisions.
+    """
+
+    name = "criu"
+
+    def __init__(self, info: CriuInfo) -> None:
+        if not info.usable:
+            raise EngineUnavailable(info.why_not())
+        self.info = info
+
+    @property
+    def version(self) -> str:
+        return self.info.version_text
+
+    def _run(self, args: list[str], timeout: float, pass_fds: tuple[int, ...] = ()) -> None:
+        subprocess.run(
+            [str(self.info.path), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=timeout,
+            check=True,
+            pass_fds=pass_fds,
+        )
+
+    def dump(self, pid: int, images: Path, work: Path, timeout: float) -> float:
+        """Checkpoint the tree rooted at ``pid`` into ``images``; the tree is gone afterwards.
+
+        Connections must already be drained: established TCP sockets are closed
+        (``--tcp-close``) and listening sockets are restored on the same port.
+        Returns the seconds the dump took.
+        """
+        work.mkdir(parents=True, exist_ok=True)
+        images.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        try:
+            self._run(
+                ["dump", "-t", str(pid), "-D", str(images), "--work-dir", str(work),
+                 "-o", "dump.log", "-v2", "--tcp-close", "--file-locks"],
+                timeout,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise CheckpointFailed(f"criu dump of pid {pid} timed out after {timeout:.0f}s") from exc
+        except subprocess.CalledProcessError as exc:
+            raise CheckpointFailed(
+                f"criu dump of pid {pid} failed (exit {exc.returncode}): {_log_errors(work / 'dump.log')}"
+            ) from exc
+        return time.monotonic() - started
+
+    def restore(self, images: Path, work: Path, pipe_fd: int | None, pipe_inode: str | None,
+                timeout: float) -> int:
+        """Restore the tree from ``images`` as a child of this process; returns its root pid.
+
+        ``pipe_fd`` (a fresh pipe's write end) replaces the dumped stdout/stderr pipe
+        ``pipe_inode``, so the restored server writes to a reader we own.
+        """
+        work.mkdir(parents=True, exist_ok=True)
+        pidfile = work / "restored.pid"
+        pidfile.unlink(missing_ok=True)
+        args = ["restore", "-D", str(images), "--work-dir", str(work), "-o", "restore.log", "-v2",
+                "--tcp-close", "--file-locks", "--restore-detached", "--restore-sibling",
+                "--pidfile", str(pidfile)]
+        fds: tuple[int, ...] = ()
+        if pipe_fd is not None and pipe_inode:
+            args += ["--inherit-fd", f"fd[{pipe_fd}]:{pipe_inode}"]
+            fds = (pipe_fd,)
+        try:
+            self._run(args, timeout, fds)
+            return int(pidfile.read_text().strip())
+        except subprocess.TimeoutExpired as exc:
+            raise RestoreFailed(f"criu restore timed out after {timeout:.0f}s") from exc
+        except subprocess.CalledProcessError as exc:
+            raise RestoreFailed(
+                f"criu restore failed (exit {exc.returncode}): {_log_errors(work / 'restore.log')}"
+            ) from exc
+        except (OSError, ValueError) as exc:
+            raise RestoreFailed(f"criu restore left no pid file: {exc}") from exc

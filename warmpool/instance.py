@@ -1,0 +1,212 @@
+"""One running copy of a workload on this machine: a process tree in its own PID namespace.
+
+Booted instances run as ``unshare --pid --fork --kill-child setsid CMD``: the
+server is PID 1 of a fresh namespace and the leader of its own session, which is
+what lets CRIU restore the same snapshot again and again (no PID collisions),
+and ``--kill-child`` plus a parent-death signal mean the tree dies with Dormant
+instead of being orphaned. Restored instances are children of this process
+(CRIU ``--restore-sibling``) and keep the parent-death signal they were dumped with.
+
+stdout and stderr go to one pipe read by a thread into a bounded tail: never a
+growing regular file, which CRIU would refuse to restore.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Instance", "InstanceSpec", "OutputTail", "spawn"]
+
+log = logging.getLogger("dormant.warmpool")
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """How to run one workload's server. ``command`` is already formatted."""
+
+    name: str
+    command: Sequence[str]
+    port: int
+    health_path: str = "/health"
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    start_timeout: float = 300.0
+    stop_timeout: float = 10.0
+
+
+class OutputTail:
+    """Reads a pipe on a daemon thread; keeps the last ``lines`` lines and logs each one."""
+
+    def __init__(self, name: str, read_fd: int, lines: int = 200) -> None:
+        self.name = name
+        self._lines: collections.deque[str] = collections.deque(maxlen=lines)
+        self._file = os.fdopen(read_fd, "rb", buffering=0)
+        self._thread = threading.Thread(target=self._pump, name=f"output-{name}", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        with self._file:
+            buf = b""
+            while chunk := self._file.read(65536):
+                buf += chunk
+                *complete, buf = buf.split(b"\n")
+                for raw in complete:
+                    self._add(raw)
+                if len(buf) > 65536:  # a very long line without newline: bounded
+                    self._add(buf)
+                    buf = b""
+            if buf:
+                self._add(buf)
+
+    def _add(self, raw: bytes) -> None:
+        line = raw.decode(errors="replace").rstrip("\r")
+        self._lines.append(line)
+        log.info("[%s] %s", self.name, line)
+
+    def tail(self, n: int = 20) -> list[str]:
+        return list(self._lines)[-n:]
+
+
+def _set_pdeathsig() -> None:  # runs in the child between fork and exec
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+class Instance:
+    """A live (or just-dead) process tree; ``pid`` is the server, PID 1 of its namespace."""
+
+    def __init__(self, spec: InstanceSpec, pid: int, output: OutputTail,
+                 popen: subprocess.Popen[bytes] | None, restored_from: str | None = None) -> None:
+        self.spec = spec
+        self.pid = pid
+        self.output = output
+        self.restored_from = restored_from
+        self._popen = popen  # the `unshare` wrapper of a booted instance
+        self._exit_status: int | None = None
+        self.started = time.time()
+
+    @property
+    def port(self) -> int:
+        return self.spec.port
+
+    def poll(self) -> int | None:
+        """None while running, else the exit status (negative: killed by that signal)."""
+        if self._exit_status is not None:
+            return self._exit_status
+        if self._popen is not None:
+            self._exit_status = self._popen.poll()
+        else:
+            try:
+                done, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = self.pid, 0
+            if done:
+                self._exit_status = os.waitstatus_to_exitcode(status)
+        return self._exit_status
+
+    def alive(self) -> bool:
+        return self.poll() is None
+
+    def exit_reason(self) -> str:
+        code = self.poll()
+        if code is None:
+            return "running"
+        what = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        tail = " | ".join(self.output.tail(8))
+        return f"{what}; last output: {tail}" if tail else what
+
+    def signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, sig)
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the tree to be gone and reaped."""
+        deadline = time.monotonic() + timeout
+        while self.alive():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def catches(self, sig: int) -> bool:
+        """Whether the server has a handler for ``sig``. As PID 1 of its namespace it
+        ignores every signal it does not handle, SIGKILL excepted."""
+        try:
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+        except OSError:
+            pass
+        return False
+
+    def stop(self) -> None:
+        """SIGTERM (when handled), then SIGKILL after ``stop_timeout``. Killing PID 1 of
+        a namespace kills every process in it."""
+        if not self.alive():
+            return
+        if self.catches(signal.SIGTERM):
+            self.signal(signal.SIGTERM)
+            if self.wait(self.spec.stop_timeout):
+                return
+            log.warning("%s: did not stop in %.0fs; killing", self.spec.name, self.spec.stop_timeout)
+        self.signal(signal.SIGKILL)
+        self.wait(5.0)
+
+    def forget(self) -> None:
+        """After a checkpoint removed the tree: reap the wrapper."""
+        self.wait(5.0)
+
+
+def spawn(spec: InstanceSpec) -> Instance:
+    """Start ``spec.command`` as PID 1 of a new PID namespace, output to a pipe."""
+    read_fd, write_fd = os.pipe()
+    env = {**os.environ, **spec.env, "PYTHONUNBUFFERED": "1"}
+    try:
+        popen = subprocess.Popen(
+            ["unshare", "--pid", "--fork", "--kill-child", "setsid", *spec.command],
+            stdin=subprocess.DEVNULL,
+            stdout=write_fd,
+            stderr=write_fd,
+            cwd=spec.cwd,
+            env=env,
+            start_new_session=True,  # so that `setsid` inside does not need to fork
+            preexec_fn=_set_pdeathsig,
+        )
+    except OSError:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    output = OutputTail(spec.name, read_fd)
+    deadline = time.monotonic() + 5.0
+    while not (kids := _children(popen.pid)):
+        if popen.poll() is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.002)
+    pid = kids[0] if kids else popen.pid
+    return Instance(spec, pid, output, popen)
+
+
+def adopt_restored(spec: InstanceSpec, pid: int, read_fd: int, snapshot_id: str) -> Instance:
+    """Wrap a tree CRIU just restored as our child."""
+    return Instance(spec, pid, OutputTail(spec.name, read_fd), None, restored_from=snapshot_id)
