@@ -99,7 +99,7 @@ class Workload:
         self._waiting = 0
         self._last_activity = clock()
         self._since = clock()
-        self._failed_at = 0.0
+        self._failed_at = float("-inf")
         self.reason = ""
         self.last_error = ""
         self.last_wake: WakeRecord | None = None
@@ -251,7 +251,7 @@ class Workload:
                 instance = await self._runtime.boot(self._spec(self.settings.port or _free_port()))
             except (StartFailed, OSError) as exc:
                 self.counters["start_failures"] += 1
-                self._fail(f"start failed: {exc}")
+                self._fail(f"start failed: {exc}", backoff=True)
                 raise WakeFailed(f"{self.name} could not start: {exc}", workload=self.name) from exc
             self.counters["boots"] += 1
             return self._became_ready(instance, "boot", started)
@@ -265,9 +265,11 @@ class Workload:
         self._transition(State.READY, f"{path} in {seconds:.3f}s, pid {instance.pid}")
         return self.last_wake
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str, *, backoff: bool = False) -> None:
+        """FAILED. With ``backoff`` (the command itself cannot start), requests fail fast
+        for ``retry_backoff`` seconds instead of each trying again; a crash retries at once."""
         self.last_error = reason
-        self._failed_at = self._clock()
+        self._failed_at = self._clock() if backoff else float("-inf")
         self._instance = None
         self._transition(State.FAILED, reason)
 

@@ -31,6 +31,7 @@ __all__ = ["Instance", "InstanceSpec", "OutputTail", "spawn"]
 log = logging.getLogger("dormant.warmpool")
 
 _PR_SET_PDEATHSIG = 1
+_UNSHARE_SIGNAL_BUG = "unshare: sigprocmask unblock failed"
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -131,8 +132,15 @@ class Instance:
         code = self.poll()
         if code is None:
             return "running"
-        what = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
-        tail = " | ".join(self.output.tail(8))
+        lines = self.output.tail(9)
+        if lines and _UNSHARE_SIGNAL_BUG in lines[-1]:
+            # util-linux 2.38's unshare cannot re-raise its child's fatal signal; it
+            # prints this and exits 1, so the signal number is lost.
+            lines.pop()
+            what = "killed by a signal (unshare could not say which)"
+        else:
+            what = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        tail = " | ".join(lines[-8:])
         return f"{what}; last output: {tail}" if tail else what
 
     def signal(self, sig: int) -> None:
