@@ -5,7 +5,6 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 STATE ?= .state
-REQUIRE_CRIU = $(shell [ -e $(VENV)/bin/criu ] && echo 1)
 
 .PHONY: setup criu run test test-fast lint format bench clean help
 
@@ -32,7 +31,7 @@ run: setup
 	$(VENV)/bin/dormant up --state-dir $(STATE)
 
 test: setup
-	DORMANT_REQUIRE_CRIU=$(REQUIRE_CRIU) $(VENV)/bin/pytest
+	DORMANT_REQUIRE_CRIU=$$([ -e $(VENV)/bin/criu ] && echo 1) $(VENV)/bin/pytest
 
 test-fast: setup
 	$(VENV)/bin/pytest -m "not slow"

@@ -14,19 +14,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MANIFEST_NAME", "FileEntry", "Manifest", "digest_files"]
+__all__ = ["MANIFEST_NAME", "FileEntry", "Manifest", "digest_files", "mismatched_files"]
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
-_CHUNK = 4 << 20
+_READ = 4 << 20
+CHUNK_BYTES = 32 << 20
+"""Files are also digested in chunks of this size, so that verification before a
+restore (which the request is waiting on) can hash one file on every core."""
 
 
 @dataclass(frozen=True)
 class FileEntry:
-    """One file of a snapshot: its size in bytes and sha256 (hex)."""
+    """One file of a snapshot: its size in bytes, sha256 (hex) of the whole file, and
+    sha256 of each CHUNK_BYTES chunk."""
 
     size: int
     sha256: str
+    chunks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,10 @@ class Manifest:
             workload=str(data["workload"]),
             engine=str(data["engine"]),
             created=float(data["created"]),
-            files={n: FileEntry(int(e["size"]), str(e["sha256"])) for n, e in data["files"].items()},
+            files={
+                n: FileEntry(int(e["size"]), str(e["sha256"]), tuple(e.get("chunks", ())))
+                for n, e in data["files"].items()
+            },
             engine_version=str(data.get("engine_version", "")),
             checkpoint_seconds=float(data.get("checkpoint_seconds", 0.0)),
             meta=dict(data.get("meta", {})),
@@ -76,20 +84,66 @@ class Manifest:
 
 
 def _digest(path: Path) -> FileEntry:
-    h = hashlib.sha256()
+    whole = hashlib.sha256()
+    chunks: list[str] = []
     size = 0
     with open(path, "rb", buffering=0) as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return FileEntry(size, h.hexdigest())
+        while True:
+            part = hashlib.sha256()
+            read = 0
+            while read < CHUNK_BYTES and (data := f.read(min(_READ, CHUNK_BYTES - read))):
+                whole.update(data)
+                part.update(data)
+                read += len(data)
+            if not read:
+                break
+            chunks.append(part.hexdigest())
+            size += read
+    return FileEntry(size, whole.hexdigest(), tuple(chunks))
+
+
+def _workers(jobs: int) -> int:
+    return max(1, min(jobs, os.cpu_count() or 1, 8))
 
 
 def digest_files(root: Path, names: Iterable[str]) -> dict[str, FileEntry]:
-    """sha256 and size of each named file under ``root`` (hashed on two threads:
-    hashlib releases the GIL, and restore waits on this)."""
+    """Size, sha256 and chunk digests of each named file under ``root`` (on several
+    threads: hashlib releases the GIL)."""
     names = sorted(names)
-    workers = max(1, min(len(names), os.cpu_count() or 1, 4))
-    with ThreadPoolExecutor(workers) as pool:
+    with ThreadPoolExecutor(_workers(len(names))) as pool:
         entries = pool.map(lambda n: _digest(root / n), names)
         return dict(zip(names, entries, strict=True))
+
+
+def _chunk_ok(path: Path, index: int, expected: str) -> bool:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        h = hashlib.sha256()
+        offset, end = index * CHUNK_BYTES, (index + 1) * CHUNK_BYTES
+        while offset < end and (data := os.pread(fd, min(_READ, end - offset), offset)):
+            h.update(data)
+            offset += len(data)
+        return h.hexdigest() == expected
+    finally:
+        os.close(fd)
+
+
+def mismatched_files(root: Path, expected: Mapping[str, FileEntry]) -> list[str]:
+    """Names whose content does not match ``expected``. Every chunk of every file is
+    hashed, spread over all cores; files without chunk digests are hashed whole."""
+    jobs = []
+    for name, entry in expected.items():
+        if entry.chunks:
+            jobs += [(name, i, digest) for i, digest in enumerate(entry.chunks)]
+        else:
+            jobs.append((name, -1, entry.sha256))
+
+    def run(job: tuple[str, int, str]) -> bool:
+        name, index, digest = job
+        if index < 0:
+            return _digest(root / name).sha256 == digest
+        return _chunk_ok(root / name, index, digest)
+
+    with ThreadPoolExecutor(_workers(len(jobs))) as pool:
+        results = list(pool.map(run, jobs))
+    return sorted({name for (name, _, _), ok in zip(jobs, results, strict=True) if not ok})

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SnapshotCorrupt, SnapshotNotFound
-from .manifest import MANIFEST_NAME, Manifest, digest_files
+from .manifest import MANIFEST_NAME, Manifest, digest_files, mismatched_files
 
 __all__ = ["PendingSnapshot", "Snapshot", "SnapshotStore"]
 
@@ -208,12 +208,8 @@ class SnapshotStore:
             else:
                 sized.append(name)
         if not problems:
-            actual = digest_files(snapshot.path, sized)
-            problems += [
-                f"{name}: sha256 mismatch"
-                for name in sized
-                if actual[name].sha256 != expected[name].sha256
-            ]
+            bad = mismatched_files(snapshot.path, {n: expected[n] for n in sized})
+            problems += [f"{name}: sha256 mismatch" for name in bad]
         if problems:
             raise SnapshotCorrupt(snapshot.id, problems)
 

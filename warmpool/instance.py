@@ -26,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .seccomp import block_io_uring
+
 __all__ = ["Instance", "InstanceSpec", "OutputTail", "spawn"]
 
 log = logging.getLogger("dormant.warmpool")
@@ -82,8 +84,9 @@ class OutputTail:
         return list(self._lines)[-n:]
 
 
-def _set_pdeathsig() -> None:  # runs in the child between fork and exec
+def _prepare_child() -> None:  # runs in the child between fork and exec
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    block_io_uring()
 
 
 def _children(pid: int) -> list[int]:
@@ -198,7 +201,7 @@ def spawn(spec: InstanceSpec) -> Instance:
             cwd=spec.cwd,
             env=env,
             start_new_session=True,  # so that `setsid` inside does not need to fork
-            preexec_fn=_set_pdeathsig,
+            preexec_fn=_prepare_child,
         )
     except OSError:
         os.close(read_fd)

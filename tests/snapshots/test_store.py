@@ -101,3 +101,20 @@ def test_rejects_unsafe_workload_names(tmp_path: Path) -> None:
     store = SnapshotStore(tmp_path)
     with pytest.raises(ValueError), store.begin("../escape"):
         pass
+
+
+def test_chunked_verification_finds_a_flip_in_any_chunk(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import snapshots.manifest as manifest
+
+    monkeypatch.setattr(manifest, "CHUNK_BYTES", 1024)
+    store = SnapshotStore(tmp_path)
+    snap = _write(store, payload=bytes(range(256)) * 20)  # 5120 bytes: 5 chunks
+    assert len(snap.manifest.files["images/pages-1.img"].chunks) == 5
+    store.verify(snap)
+    pages = snap.path / "images" / "pages-1.img"
+    data = bytearray(pages.read_bytes())
+    data[3 * 1024 + 7] ^= 0x01
+    pages.write_bytes(bytes(data))
+    with pytest.raises(SnapshotCorrupt, match="pages-1.img: sha256 mismatch"):
+        store.verify(snap)
