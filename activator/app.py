@@ -65,7 +65,7 @@ def _model_of(body: bytes) -> str:
         raise BadRequest("request body must be a JSON object")
     model = data.get("model")
     if not isinstance(model, str) or not model:
-        raise BadRequest("request body needs a \"model\" string naming the model to use")
+        raise BadRequest('request body needs a "model" string naming the model to use')
     return model
 
 
@@ -88,14 +88,18 @@ def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI
         timeout = httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=30.0)
         async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False) as client:
             runtime = LocalRuntime(store, state_dir / "work", setup.criu, client)
-            workloads = [Workload(w, runtime, store, state_dir, metrics) for w in settings.workloads]
+            workloads = [
+                Workload(w, runtime, store, state_dir, metrics) for w in settings.workloads
+            ]
             app.state.registry = Registry(workloads)
             app.state.client = client
             reaper = Reaper(workloads, settings.reap_interval)
             reaper.start()
             log.info("engine: %s (%s)", setup.choice.name, setup.choice.reason)
             for w in workloads:
-                log.info("workload %s: %s, models %s", w.name, w.state, ", ".join(w.settings.models))
+                log.info(
+                    "workload %s: %s, models %s", w.name, w.state, ", ".join(w.settings.models)
+                )
             try:
                 yield
             finally:
@@ -118,9 +122,16 @@ def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return JSONResponse({"error": {"message": f"internal error: {type(exc).__name__}",
-                                       "type": "server_error", "code": "internal_error"}},
-                            status_code=500)
+        return JSONResponse(
+            {
+                "error": {
+                    "message": f"internal error: {type(exc).__name__}",
+                    "type": "server_error",
+                    "code": "internal_error",
+                }
+            },
+            status_code=500,
+        )
 
     def registry() -> Registry:
         reg: Registry = app.state.registry
@@ -129,15 +140,19 @@ def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI
     # -- OpenAI surface ----------------------------------------------------------------
 
     def model_entry(model: str, workload: Workload) -> dict[str, object]:
-        return {"id": model, "object": "model", "created": int(started), "owned_by": "dormant",
-                "dormant": {"workload": workload.name, "state": workload.state.value}}
+        return {
+            "id": model,
+            "object": "model",
+            "created": int(started),
+            "owned_by": "dormant",
+            "dormant": {"workload": workload.name, "state": workload.state.value},
+        }
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, object]:
         """Every configured model, whatever its workload's state: hibernated models stay listed."""
         reg = registry()
-        return {"object": "list",
-                "data": [model_entry(m, reg.by_model(m)) for m in reg.models]}
+        return {"object": "list", "data": [model_entry(m, reg.by_model(m)) for m in reg.models]}
 
     @app.get("/v1/models/{model:path}")
     async def get_model(model: str) -> dict[str, object]:
@@ -158,9 +173,12 @@ def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI
             return
         given = request.headers.get("authorization", "")
         scheme, _, token = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), admin_token.encode()):
-            raise Unauthorized("admin API: missing or wrong bearer token",
-                               headers={"WWW-Authenticate": "Bearer"})
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.encode(), admin_token.encode()
+        ):
+            raise Unauthorized(
+                "admin API: missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
 
     @app.get("/-/healthz")
     async def healthz() -> dict[str, str]:
@@ -173,8 +191,10 @@ def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI
     @app.get("/-/workloads")
     async def workloads(request: Request) -> dict[str, object]:
         authorize(request)
-        return {"engine": {"name": setup.choice.name, "reason": setup.choice.reason},
-                "workloads": [w.view() for w in registry()]}
+        return {
+            "engine": {"name": setup.choice.name, "reason": setup.choice.reason},
+            "workloads": [w.view() for w in registry()],
+        }
 
     @app.get("/-/workloads/{name}")
     async def workload_detail(request: Request, name: str) -> dict[str, object]:
@@ -188,8 +208,9 @@ def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI
         try:
             await workload.hibernate("admin request")
         except SnapshotError as exc:
-            raise OperationFailed(f"hibernate failed: {exc}; {workload.name} is {workload.state}",
-                                  workload=name) from exc
+            raise OperationFailed(
+                f"hibernate failed: {exc}; {workload.name} is {workload.state}", workload=name
+            ) from exc
         return workload.view()
 
     @app.post("/-/workloads/{name}/wake")
@@ -205,5 +226,8 @@ def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI
 
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"])
     async def not_found(path: str) -> Response:
-        raise NotFound(f"no route for /{path}; Dormant serves /v1/* (by model), /-/* (admin), /metrics")
+        raise NotFound(
+            f"no route for /{path}; Dormant serves /v1/* (by model), /-/* (admin), /metrics"
+        )
+
     return app

@@ -41,15 +41,24 @@ def detect_engine(settings: Settings) -> EngineSetup:
     if settings.engine != "restart":
         path = find_criu(settings.criu_path or None)
         if path is None:
-            problem = "no criu found (looked at criu_path, $DORMANT_CRIU, next to python, PATH); run `make setup`"
+            problem = (
+                "no criu found (looked at criu_path, $DORMANT_CRIU, next to python, PATH); "
+                "run `make setup`"
+            )
         else:
             try:
                 info = probe_criu(path)
             except EngineUnavailable as exc:
                 problem = str(exc)
     try:
-        choice = choose_engine(settings.engine, privileged=os.geteuid() == 0, criu=info,
-                               criu_problem=problem, pidns_ok=pidns[0], pidns_problem=pidns[1])
+        choice = choose_engine(
+            settings.engine,
+            privileged=os.geteuid() == 0,
+            criu=info,
+            criu_problem=problem,
+            pidns_ok=pidns[0],
+            pidns_problem=pidns[1],
+        )
     except ValueError as exc:
         raise ConfigError(f"engine: {exc}") from exc
     engine = CriuEngine(info) if choice.name == "criu" and info is not None else None
@@ -68,10 +77,18 @@ def _nvml() -> Finding:
     try:
         count = pynvml.nvmlDeviceGetCount()
         driver = pynvml.nvmlSystemGetDriverVersion()
-        names = [pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i)) for i in range(count)]
+        names = [
+            pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i)) for i in range(count)
+        ]
         major = int(str(driver).split(".")[0])
-        cuda_ckpt = "CUDA checkpoint API available" if major >= 570 else "driver < 570: no CUDA checkpoint API"
-        return Finding("GPU (NVML)", True, f"{count} device(s) {names}, driver {driver}; {cuda_ckpt}")
+        cuda_ckpt = (
+            "CUDA checkpoint API available"
+            if major >= 570
+            else "driver < 570: no CUDA checkpoint API"
+        )
+        return Finding(
+            "GPU (NVML)", True, f"{count} device(s) {names}, driver {driver}; {cuda_ckpt}"
+        )
     finally:
         pynvml.nvmlShutdown()
 
@@ -81,18 +98,33 @@ def machine_report(settings: Settings) -> tuple[list[Finding], EngineSetup]:
     info = setup.criu_info
     findings = [
         Finding("kernel", True, f"{platform.system()} {platform.release()}"),
-        Finding("privileges", os.geteuid() == 0,
-                "root" if os.geteuid() == 0 else "not root: CRIU and PID namespaces need root"),
+        Finding(
+            "privileges",
+            os.geteuid() == 0,
+            "root" if os.geteuid() == 0 else "not root: CRIU and PID namespaces need root",
+        ),
         Finding("PID namespaces", setup.pidns[0], setup.pidns[1]),
     ]
     if info is not None:
-        findings.append(Finding("CRIU", info.usable,
-                                f"{info.path} version {info.version_text}; `criu check`: "
-                                f"{'ok' if info.check_ok else 'FAILED'}" +
-                                (f" — {info.why_not()}" if not info.usable else "")))
+        findings.append(
+            Finding(
+                "CRIU",
+                info.usable,
+                f"{info.path} version {info.version_text}; `criu check`: "
+                f"{'ok' if info.check_ok else 'FAILED'}"
+                + (f" — {info.why_not()}" if not info.usable else ""),
+            )
+        )
     else:
-        findings.append(Finding("CRIU", False, setup.criu_problem or "not probed (engine: restart)"))
+        findings.append(
+            Finding("CRIU", False, setup.criu_problem or "not probed (engine: restart)")
+        )
     findings.append(_nvml())
-    findings.append(Finding("engine", setup.choice.name != "restart" or settings.engine == "restart",
-                            f"{setup.choice.name}: {setup.choice.reason}"))
+    findings.append(
+        Finding(
+            "engine",
+            setup.choice.name != "restart" or settings.engine == "restart",
+            f"{setup.choice.name}: {setup.choice.reason}",
+        )
+    )
     return findings, setup

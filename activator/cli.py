@@ -26,8 +26,11 @@ def _fail(message: str, code: int = EXIT_FAILED) -> int:
 
 
 def _load(args: argparse.Namespace) -> Settings:
-    return load_settings(getattr(args, "config", None), listen=getattr(args, "listen", None),
-                         state_dir=getattr(args, "state_dir", None))
+    return load_settings(
+        getattr(args, "config", None),
+        listen=getattr(args, "listen", None),
+        state_dir=getattr(args, "state_dir", None),
+    )
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -37,23 +40,37 @@ def cmd_up(args: argparse.Namespace) -> int:
     from .check import detect_engine
 
     settings = _load(args)
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request is noise
     try:
         token = settings.resolved_admin_token()
     except OSError as exc:
         raise ConfigError(f"admin_token_file: cannot read ({exc})") from exc
     setup = detect_engine(settings)
-    print(f"dormant: engine {setup.choice.name} — {setup.choice.reason}", file=sys.stderr, flush=True)
+    print(
+        f"dormant: engine {setup.choice.name} — {setup.choice.reason}", file=sys.stderr, flush=True
+    )
     if not token:
-        print("dormant: no admin token set: /-/* admin routes are open to anyone who can reach "
-              f"{settings.listen}", file=sys.stderr, flush=True)
+        print(
+            "dormant: no admin token set: /-/* admin routes are open to anyone who can reach "
+            f"{settings.listen}",
+            file=sys.stderr,
+            flush=True,
+        )
     app = create_app(settings, setup)
     # The upstream's own Server and Date headers pass through unchanged.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
-                access_log=False, server_header=False, date_header=False,
-                timeout_graceful_shutdown=30)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        date_header=False,
+        timeout_graceful_shutdown=30,
+    )
     return 0
 
 
@@ -65,9 +82,13 @@ def _admin(args: argparse.Namespace, method: str, path: str) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     url = args.url.rstrip("/") + path
     try:
-        response = httpx.request(method, url, headers=headers, timeout=args.timeout, trust_env=False)
+        response = httpx.request(
+            method, url, headers=headers, timeout=args.timeout, trust_env=False
+        )
     except httpx.HTTPError as exc:
-        raise RuntimeError(f"cannot reach the activator at {args.url} ({exc}); is `dormant up` running?") from exc
+        raise RuntimeError(
+            f"cannot reach the activator at {args.url} ({exc}); is `dormant up` running?"
+        ) from exc
     try:
         data = response.json()
     except ValueError:
@@ -81,7 +102,9 @@ def _admin(args: argparse.Namespace, method: str, path: str) -> dict[str, Any]:
 
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
 
 
 def _describe(w: dict[str, Any]) -> list[str]:
@@ -89,8 +112,12 @@ def _describe(w: dict[str, Any]) -> list[str]:
     snap = w.get("snapshot") or {}
     why = w.get("last_error") if w["state"] == "failed" else w.get("reason", "")
     return [
-        w["name"], w["state"], ",".join(w["models"]), str(w.get("pid") or "-"),
-        str(w["in_flight"]), str(w["waiting"]),
+        w["name"],
+        w["state"],
+        ",".join(w["models"]),
+        str(w.get("pid") or "-"),
+        str(w["in_flight"]),
+        str(w["waiting"]),
         f"{wake['path']} {wake['seconds']:.2f}s" if wake else "-",
         f"{snap['bytes'] / 1e6:.0f} MB" if snap else "-",
         (why or "")[:120],
@@ -102,7 +129,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
-    header = ["NAME", "STATE", "MODELS", "PID", "INFLIGHT", "QUEUED", "LAST WAKE", "SNAPSHOT", "WHY"]
+    header = [
+        "NAME",
+        "STATE",
+        "MODELS",
+        "PID",
+        "INFLIGHT",
+        "QUEUED",
+        "LAST WAKE",
+        "SNAPSHOT",
+        "WHY",
+    ]
     print(f"engine: {data['engine']['name']} ({data['engine']['reason']})")
     print(_table([header, *(_describe(w) for w in data["workloads"])]))
     return 0
@@ -117,7 +154,7 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from .check import machine_report
 
-    findings, setup = machine_report(_load(args))
+    findings, _setup = machine_report(_load(args))
     for f in findings:
         print(f"{'ok ' if f.ok else 'NO '} {f.item:<15} {f.detail}")
     return 0
@@ -127,27 +164,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dormant",
         description="Scale-to-zero for model and notebook servers: hibernate idle servers with "
-                    "CRIU, restore them on the next request.")
+        "CRIU, restore them on the next request.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="start the activator")
     up.add_argument("-c", "--config", help="YAML config (default: the embedded default config)")
     up.add_argument("--listen", help="HOST:PORT (default from config, 127.0.0.1:8080)")
-    up.add_argument("--state-dir", help="snapshots and logs (default $DORMANT_STATE_DIR or ~/.local/state/dormant)")
+    up.add_argument(
+        "--state-dir",
+        help="snapshots and logs (default $DORMANT_STATE_DIR or ~/.local/state/dormant)",
+    )
     up.set_defaults(func=cmd_up)
 
     def admin_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--url", default=os.environ.get("DORMANT_URL", "http://127.0.0.1:8080"),
-                       help="activator URL (default $DORMANT_URL or http://127.0.0.1:8080)")
-        p.add_argument("--token-file", help="file with the admin token (default $DORMANT_ADMIN_TOKEN)")
+        p.add_argument(
+            "--url",
+            default=os.environ.get("DORMANT_URL", "http://127.0.0.1:8080"),
+            help="activator URL (default $DORMANT_URL or http://127.0.0.1:8080)",
+        )
+        p.add_argument(
+            "--token-file", help="file with the admin token (default $DORMANT_ADMIN_TOKEN)"
+        )
         p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (default 600)")
 
     status = sub.add_parser("status", help="a table of workloads and their states")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     admin_args(status)
     status.set_defaults(func=cmd_status)
-    for name, text in (("hibernate", "checkpoint a workload now and free its resources"),
-                       ("wake", "restore or start a workload now")):
+    for name, text in (
+        ("hibernate", "checkpoint a workload now and free its resources"),
+        ("wake", "restore or start a workload now"),
+    ):
         p = sub.add_parser(name, help=text)
         p.add_argument("name", help="workload name")
         admin_args(p)

@@ -36,8 +36,14 @@ class ActivatorError(Exception):
     code = "internal_error"
     type = "server_error"
 
-    def __init__(self, message: str, *, workload: str | None = None,
-                 headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        workload: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.workload = workload

@@ -15,8 +15,9 @@ __all__ = ["Reaper", "should_hibernate"]
 log = logging.getLogger("dormant.idle")
 
 
-def should_hibernate(*, state: State, in_flight: int, waiting: int, idle_for: float,
-                     idle_after: float) -> bool:
+def should_hibernate(
+    *, state: State, in_flight: int, waiting: int, idle_for: float, idle_after: float
+) -> bool:
     """A ready workload with nothing in flight or queued, idle for ``idle_after`` seconds
     (0 disables idle hibernation)."""
     return (
@@ -54,9 +55,13 @@ class Reaper:
             busy = self._running.get(workload.name)
             if busy is not None and not busy.done():
                 continue
-            if should_hibernate(state=workload.state, in_flight=workload.in_flight,
-                                waiting=workload.waiting, idle_for=workload.idle_for(),
-                                idle_after=workload.settings.idle_after):
+            if should_hibernate(
+                state=workload.state,
+                in_flight=workload.in_flight,
+                waiting=workload.waiting,
+                idle_for=workload.idle_for(),
+                idle_after=workload.settings.idle_after,
+            ):
                 task = asyncio.create_task(self._hibernate(workload), name=f"idle-{workload.name}")
                 self._running[workload.name] = task
 

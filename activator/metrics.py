@@ -17,22 +17,47 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.state = Gauge("dormant_workload_state", "1 for the state the workload is in",
-                           ["workload", "state"], registry=r)
-        self.requests = Counter("dormant_requests_total", "Proxied requests by outcome",
-                                ["workload", "outcome"], registry=r)
-        self.queue_depth = Gauge("dormant_queue_depth", "Requests waiting for a wake",
-                                 ["workload"], registry=r)
-        self.in_flight = Gauge("dormant_in_flight", "Requests being served", ["workload"],
-                               registry=r)
-        self.wake_seconds = Histogram("dormant_wake_seconds", "Time to ready, by path",
-                                      ["workload", "path"], buckets=_WAKE_BUCKETS, registry=r)
-        self.checkpoint_seconds = Histogram("dormant_checkpoint_seconds", "Checkpoint duration",
-                                            ["workload"], buckets=_WAKE_BUCKETS, registry=r)
-        self.snapshot_bytes = Gauge("dormant_snapshot_bytes", "Size of the latest snapshot",
-                                    ["workload"], registry=r)
-        self.transitions = Counter("dormant_transitions_total", "State transitions",
-                                   ["workload", "from_state", "to_state"], registry=r)
+        self.state = Gauge(
+            "dormant_workload_state",
+            "1 for the state the workload is in",
+            ["workload", "state"],
+            registry=r,
+        )
+        self.requests = Counter(
+            "dormant_requests_total",
+            "Proxied requests by outcome",
+            ["workload", "outcome"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "dormant_queue_depth", "Requests waiting for a wake", ["workload"], registry=r
+        )
+        self.in_flight = Gauge(
+            "dormant_in_flight", "Requests being served", ["workload"], registry=r
+        )
+        self.wake_seconds = Histogram(
+            "dormant_wake_seconds",
+            "Time to ready, by path",
+            ["workload", "path"],
+            buckets=_WAKE_BUCKETS,
+            registry=r,
+        )
+        self.checkpoint_seconds = Histogram(
+            "dormant_checkpoint_seconds",
+            "Checkpoint duration",
+            ["workload"],
+            buckets=_WAKE_BUCKETS,
+            registry=r,
+        )
+        self.snapshot_bytes = Gauge(
+            "dormant_snapshot_bytes", "Size of the latest snapshot", ["workload"], registry=r
+        )
+        self.transitions = Counter(
+            "dormant_transitions_total",
+            "State transitions",
+            ["workload", "from_state", "to_state"],
+            registry=r,
+        )
 
     def set_state(self, workload: str, state: State) -> None:
         for s in State:

@@ -17,13 +17,25 @@ __all__ = ["HOP_BY_HOP", "clean_headers", "forward"]
 
 log = logging.getLogger("dormant.proxy")
 
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-    "trailers", "transfer-encoding", "upgrade", "proxy-connection",
-})
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",
+    }
+)
 
 
-def clean_headers(headers: Iterable[tuple[str, str]], drop: Iterable[str] = ()) -> list[tuple[str, str]]:
+def clean_headers(
+    headers: Iterable[tuple[str, str]], drop: Iterable[str] = ()
+) -> list[tuple[str, str]]:
     """Without hop-by-hop headers, those named in ``Connection``, and ``drop``."""
     pairs = [(k.lower(), v) for k, v in headers]
     named = {t.strip().lower() for k, v in pairs if k == "connection" for t in v.split(",")}
@@ -41,8 +53,9 @@ def _forwarded(request: Request) -> list[tuple[str, str]]:
     ]
 
 
-async def forward(client: httpx.AsyncClient, request: Request, lease: Lease, body: bytes,
-                  workload: str) -> StreamingResponse:
+async def forward(
+    client: httpx.AsyncClient, request: Request, lease: Lease, body: bytes, workload: str
+) -> StreamingResponse:
     """Send ``request`` (with ``body`` already read) to the leased instance on loopback.
 
     The lease is released when the response body is finished or abandoned (client
@@ -60,7 +73,9 @@ async def forward(client: httpx.AsyncClient, request: Request, lease: Lease, bod
         )
     except httpx.TimeoutException as exc:
         lease.release()
-        raise UpstreamTimeout(f"{workload} did not answer in time: {exc!r}", workload=workload) from exc
+        raise UpstreamTimeout(
+            f"{workload} did not answer in time: {exc!r}", workload=workload
+        ) from exc
     except httpx.HTTPError as exc:
         lease.release()
         raise UpstreamError(f"{workload} is unreachable: {exc!r}", workload=workload) from exc
@@ -79,10 +94,13 @@ async def forward(client: httpx.AsyncClient, request: Request, lease: Lease, bod
         await upstream.aclose()
         lease.release()
 
-    response = StreamingResponse(body_stream(), status_code=upstream.status_code,
-                                 background=BackgroundTask(finish))
-    raw = [(k.encode("latin-1"), v.encode("latin-1"))
-           for k, v in clean_headers(upstream.headers.multi_items())]
+    response = StreamingResponse(
+        body_stream(), status_code=upstream.status_code, background=BackgroundTask(finish)
+    )
+    raw = [
+        (k.encode("latin-1"), v.encode("latin-1"))
+        for k, v in clean_headers(upstream.headers.multi_items())
+    ]
     if lease.waited is not None:
         raw.append((b"x-dormant-wake", f"{lease.waited.path}; {lease.waited.seconds:.3f}".encode()))
     response.raw_headers = raw

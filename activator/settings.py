@@ -80,7 +80,7 @@ class Settings:
     listen: str = "127.0.0.1:8080"
     """HOST:PORT the activator listens on."""
     state_dir: str = ""
-    """Where snapshots, logs and generated models live (default $DORMANT_STATE_DIR or ~/.local/state/dormant)."""
+    """Snapshots, logs, generated models (default $DORMANT_STATE_DIR or ~/.local/state/dormant)."""
     engine: str = "auto"
     """'auto' (CRIU when it works here, else restart), 'criu' (required) or 'restart'."""
     criu_path: str = ""
@@ -153,12 +153,23 @@ def _check_keys(data: dict[str, Any], allowed: list[str], path: str) -> None:
     for key in data:
         if key not in allowed:
             close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(allowed)}"
+            hint = (
+                f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(allowed)}"
+            )
             raise ConfigError(f"{path}{'.' if path else ''}{key}: unknown key{hint}")
 
 
-_DURATIONS = {"idle_after", "start_timeout", "wake_timeout", "drain_timeout", "checkpoint_timeout",
-              "restore_timeout", "stop_timeout", "retry_backoff", "reap_interval"}
+_DURATIONS = {
+    "idle_after",
+    "start_timeout",
+    "wake_timeout",
+    "drain_timeout",
+    "checkpoint_timeout",
+    "restore_timeout",
+    "stop_timeout",
+    "retry_backoff",
+    "reap_interval",
+}
 
 
 def _workload(data: Any, path: str) -> WorkloadSettings:
@@ -175,12 +186,18 @@ def _workload(data: Any, path: str) -> WorkloadSettings:
             out[key] = _duration(value, where)
         elif key == "name":
             if not isinstance(value, str) or not _NAME_RE.match(value):
-                raise ConfigError(f"{where}: use lowercase letters, digits, '-', '_', '.' (got {value!r})")
+                raise ConfigError(
+                    f"{where}: use lowercase letters, digits, '-', '_', '.' (got {value!r})"
+                )
             out[key] = value
         elif key == "command":
             if isinstance(value, str):
                 value = value.split()
-            if not isinstance(value, list) or not value or not all(isinstance(v, str | int | float) for v in value):
+            if (
+                not isinstance(value, list)
+                or not value
+                or not all(isinstance(v, str | int | float) for v in value)
+            ):
                 raise ConfigError(f"{where}: expected a non-empty list of strings")
             out[key] = tuple(str(v) for v in value)
         elif key == "models":
@@ -247,7 +264,9 @@ def parse_settings(data: Any, source: str = "config") -> Settings:
             out[key] = value
         elif key == "log_level":
             if value not in ("debug", "info", "warning", "error"):
-                raise ConfigError(f"log_level: must be debug, info, warning or error (got {value!r})")
+                raise ConfigError(
+                    f"log_level: must be debug, info, warning or error (got {value!r})"
+                )
             out[key] = value
         elif key == "listen":
             out[key] = parse_listen(_string(value, key), key)
@@ -269,12 +288,18 @@ def parse_listen(value: str, path: str = "listen") -> str:
 def default_state_dir() -> str:
     if env := os.environ.get("DORMANT_STATE_DIR"):
         return env
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
     return os.path.join(base, "dormant")
 
 
-def load_settings(path: str | os.PathLike[str] | None = None, *, listen: str | None = None,
-                  state_dir: str | None = None) -> Settings:
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    listen: str | None = None,
+    state_dir: str | None = None,
+) -> Settings:
     """Read and validate a YAML file (the embedded default when ``path`` is None).
     ``listen`` and ``state_dir`` override the file."""
     source = Path(path) if path else DEFAULT_CONFIG
@@ -297,8 +322,12 @@ def load_settings(path: str | os.PathLike[str] | None = None, *, listen: str | N
 
 def format_command(workload: WorkloadSettings, port: int, state_dir: Path) -> tuple[str, ...]:
     """The workload's argv with placeholders filled in."""
-    values = {"port": str(port), "python": sys.executable, "state_dir": str(state_dir),
-              "name": workload.name}
+    values = {
+        "port": str(port),
+        "python": sys.executable,
+        "state_dir": str(state_dir),
+        "name": workload.name,
+    }
     try:
         return tuple(arg.format(**values) for arg in workload.command)
     except (KeyError, IndexError, ValueError) as exc:
@@ -306,4 +335,3 @@ def format_command(workload: WorkloadSettings, port: int, state_dir: Path) -> tu
             f"workload {workload.name}: command: bad placeholder {exc}; use {{port}}, {{python}}, "
             "{state_dir} or {name}"
         ) from exc
-

@@ -8,16 +8,16 @@ __all__ = ["STABLE", "TRANSITIONS", "IllegalTransition", "State", "check_transit
 
 
 class State(StrEnum):
-    COLD = "cold"                    # nothing: no process, no snapshot
-    STARTING = "starting"            # booting the command
-    RESTORING = "restoring"          # verifying and restoring a snapshot
-    RESUMING = "resuming"            # device memory coming back from host RAM (later: cuda engine)
-    READY = "ready"                  # serving
-    DRAINING = "draining"            # no new requests admitted; waiting for in-flight ones
+    COLD = "cold"  # nothing: no process, no snapshot
+    STARTING = "starting"  # booting the command
+    RESTORING = "restoring"  # verifying and restoring a snapshot
+    RESUMING = "resuming"  # device memory coming back from host RAM (later: cuda engine)
+    READY = "ready"  # serving
+    DRAINING = "draining"  # no new requests admitted; waiting for in-flight ones
     CHECKPOINTING = "checkpointing"  # writing a snapshot
-    SUSPENDED = "suspended"          # process alive, device memory parked (later)
-    HIBERNATED = "hibernated"        # only a snapshot; no process
-    FAILED = "failed"                # the last start or restore failed, or the process died
+    SUSPENDED = "suspended"  # process alive, device memory parked (later)
+    HIBERNATED = "hibernated"  # only a snapshot; no process
+    FAILED = "failed"  # the last start or restore failed, or the process died
 
 
 TRANSITIONS: dict[State, frozenset[State]] = {

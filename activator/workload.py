@@ -80,9 +80,15 @@ def _free_port() -> int:
 class Workload:
     """The owner of one workload's state."""
 
-    def __init__(self, settings: WorkloadSettings, runtime: LocalRuntime, store: SnapshotStore,
-                 state_dir: Path, metrics: Metrics,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        settings: WorkloadSettings,
+        runtime: LocalRuntime,
+        store: SnapshotStore,
+        state_dir: Path,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.settings = settings
         self.name = settings.name
         self._runtime = runtime
@@ -104,8 +110,14 @@ class Workload:
         self.last_error = ""
         self.last_wake: WakeRecord | None = None
         self.last_checkpoint: dict[str, Any] | None = None
-        self.counters = {"boots": 0, "restores": 0, "restore_failures": 0, "checkpoints": 0,
-                         "checkpoint_failures": 0, "start_failures": 0}
+        self.counters = {
+            "boots": 0,
+            "restores": 0,
+            "restore_failures": 0,
+            "checkpoints": 0,
+            "checkpoint_failures": 0,
+            "start_failures": 0,
+        }
         has_snapshot = runtime.engine is not None and store.latest(self.name) is not None
         self._state = State.HIBERNATED if has_snapshot else State.COLD
         metrics.set_state(self.name, self._state)
@@ -133,8 +145,14 @@ class Workload:
         now = self._clock()
         self._metrics.transitions.labels(self.name, old.value, new.value).inc()
         self._metrics.set_state(self.name, new)
-        log.info("%s: %s -> %s after %.3fs%s", self.name, old, new, now - self._since,
-                 f" ({reason})" if reason else "")
+        log.info(
+            "%s: %s -> %s after %.3fs%s",
+            self.name,
+            old,
+            new,
+            now - self._since,
+            f" ({reason})" if reason else "",
+        )
         self._state, self._since, self.reason = new, now, reason
 
     # -- requests ------------------------------------------------------------------------
@@ -152,7 +170,8 @@ class Workload:
             retry = max(1, round(self.last_wake.seconds)) if self.last_wake else 5
             raise QueueFull(
                 f"{self.name} is waking and {self._waiting} requests already wait; retry later",
-                workload=self.name, headers={"Retry-After": str(retry)},
+                workload=self.name,
+                headers={"Retry-After": str(retry)},
             )
         wait = self.settings.wake_timeout if timeout is None else timeout
         deadline = self._clock() + wait
@@ -164,7 +183,8 @@ class Workload:
                 remaining = deadline - self._clock()
                 if remaining <= 0:
                     raise WakeTimeout(
-                        f"{self.name} did not become ready within {wait:.0f}s (state {self._state})",
+                        f"{self.name} did not become ready within {wait:.0f}s "
+                        f"(state {self._state})",
                         workload=self.name,
                     )
                 task = self._ensure_wake_task()
@@ -319,17 +339,26 @@ class Workload:
             self.counters["checkpoints"] += 1
             self._instance = None
             manifest = snapshot.manifest
-            self.last_checkpoint = {"snapshot": snapshot.id, "seconds": manifest.checkpoint_seconds,
-                                    "bytes": manifest.total_bytes}
+            self.last_checkpoint = {
+                "snapshot": snapshot.id,
+                "seconds": manifest.checkpoint_seconds,
+                "bytes": manifest.total_bytes,
+            }
             self._metrics.checkpoint_seconds.labels(self.name).observe(manifest.checkpoint_seconds)
             self._metrics.snapshot_bytes.labels(self.name).set(manifest.total_bytes)
-            self._transition(State.HIBERNATED, f"snapshot {snapshot.id}, {manifest.total_bytes} bytes")
+            self._transition(
+                State.HIBERNATED, f"snapshot {snapshot.id}, {manifest.total_bytes} bytes"
+            )
             return self._state
 
     def check_alive(self) -> None:
         """Notice a ready instance that died on its own."""
-        if self._state is State.READY and self._instance and not self._instance.alive() \
-                and not self._lock.locked():
+        if (
+            self._state is State.READY
+            and self._instance
+            and not self._instance.alive()
+            and not self._lock.locked()
+        ):
             self._fail(f"process {self._instance.exit_reason()}")
 
     async def stop(self) -> None:
@@ -365,12 +394,16 @@ class Workload:
             "idle_s": round(self.idle_for(), 3),
             "idle_after_s": self.settings.idle_after,
             "last_error": self.last_error,
-            "last_wake": None if self.last_wake is None else {
-                "path": self.last_wake.path, "seconds": round(self.last_wake.seconds, 4)},
+            "last_wake": None
+            if self.last_wake is None
+            else {"path": self.last_wake.path, "seconds": round(self.last_wake.seconds, 4)},
             "last_checkpoint": self.last_checkpoint,
-            "snapshot": None if snapshot is None else {
-                "id": snapshot.id, "bytes": snapshot.manifest.total_bytes,
-                "created": snapshot.manifest.created},
+            "snapshot": None
+            if snapshot is None
+            else {
+                "id": snapshot.id,
+                "bytes": snapshot.manifest.total_bytes,
+                "created": snapshot.manifest.created,
+            },
             "counters": dict(self.counters),
         }
-

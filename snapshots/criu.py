@@ -141,20 +141,36 @@ class CriuEngine:
         started = time.monotonic()
         try:
             self._run(
-                ["dump", "-t", str(pid), "-D", str(images), "--work-dir", str(work),
-                 "-o", "dump.log", "-v2", "--tcp-close", "--file-locks"],
+                [
+                    "dump",
+                    "-t",
+                    str(pid),
+                    "-D",
+                    str(images),
+                    "--work-dir",
+                    str(work),
+                    "-o",
+                    "dump.log",
+                    "-v2",
+                    "--tcp-close",
+                    "--file-locks",
+                ],
                 timeout,
             )
         except subprocess.TimeoutExpired as exc:
-            raise CheckpointFailed(f"criu dump of pid {pid} timed out after {timeout:.0f}s") from exc
+            raise CheckpointFailed(
+                f"criu dump of pid {pid} timed out after {timeout:.0f}s"
+            ) from exc
         except subprocess.CalledProcessError as exc:
             raise CheckpointFailed(
-                f"criu dump of pid {pid} failed (exit {exc.returncode}): {_log_errors(work / 'dump.log')}"
+                f"criu dump of pid {pid} failed (exit {exc.returncode}): "
+                f"{_log_errors(work / 'dump.log')}"
             ) from exc
         return time.monotonic() - started
 
-    def restore(self, images: Path, work: Path, pipe_fd: int | None, pipe_inode: str | None,
-                timeout: float) -> int:
+    def restore(
+        self, images: Path, work: Path, pipe_fd: int | None, pipe_inode: str | None, timeout: float
+    ) -> int:
         """Restore the tree from ``images`` as a child of this process; returns its root pid.
 
         ``pipe_fd`` (a fresh pipe's write end) replaces the dumped stdout/stderr pipe
@@ -163,9 +179,22 @@ class CriuEngine:
         work.mkdir(parents=True, exist_ok=True)
         pidfile = work / "restored.pid"
         pidfile.unlink(missing_ok=True)
-        args = ["restore", "-D", str(images), "--work-dir", str(work), "-o", "restore.log", "-v2",
-                "--tcp-close", "--file-locks", "--restore-detached", "--restore-sibling",
-                "--pidfile", str(pidfile)]
+        args = [
+            "restore",
+            "-D",
+            str(images),
+            "--work-dir",
+            str(work),
+            "-o",
+            "restore.log",
+            "-v2",
+            "--tcp-close",
+            "--file-locks",
+            "--restore-detached",
+            "--restore-sibling",
+            "--pidfile",
+            str(pidfile),
+        ]
         fds: tuple[int, ...] = ()
         if pipe_fd is not None and pipe_inode:
             args += ["--inherit-fd", f"fd[{pipe_fd}]:{pipe_inode}"]

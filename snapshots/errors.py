@@ -30,7 +30,9 @@ class SnapshotCorrupt(SnapshotError):
     def __init__(self, snapshot_id: str, problems: list[str]) -> None:
         self.snapshot_id = snapshot_id
         self.problems = problems
-        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        shown = "; ".join(problems[:5]) + (
+            f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+        )
         super().__init__(f"snapshot {snapshot_id} failed verification: {shown}")
 
 

@@ -16,6 +16,7 @@ either complete or absent.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 import os
@@ -75,7 +76,11 @@ def _fsync_dir(path: Path) -> None:
 
 def _new_id() -> str:
     # Sortable by creation time, unique across processes.
-    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{time.time_ns() % 10**9:09d}-" + secrets.token_hex(2)
+    return (
+        time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        + f"-{time.time_ns() % 10**9:09d}-"
+        + secrets.token_hex(2)
+    )
 
 
 class SnapshotStore:
@@ -165,7 +170,11 @@ class SnapshotStore:
 
     def list(self, workload: str | None = None) -> list[Snapshot]:
         """Committed, not-bad snapshots, newest first."""
-        dirs = [self.root / workload] if workload else sorted(p for p in self.root.iterdir() if p.is_dir())
+        dirs = (
+            [self.root / workload]
+            if workload
+            else sorted(p for p in self.root.iterdir() if p.is_dir())
+        )
         found = []
         for wdir in dirs:
             if not wdir.is_dir():
@@ -228,14 +237,14 @@ class SnapshotStore:
     def delete(self, snapshot: Snapshot) -> None:
         shutil.rmtree(snapshot.path)
 
-    def prune(self, workload: str, keep: int) -> list[str]:
+    def prune(self, workload: str, keep: int) -> builtins.list[str]:
         """Delete all but the newest ``keep`` snapshots of ``workload``; returns the deleted ids."""
         doomed = self.list(workload)[max(keep, 0) :]
         for snap in doomed:
             self.delete(snap)
         return [s.id for s in doomed]
 
-    def clean_partial(self) -> list[Path]:
+    def clean_partial(self) -> builtins.list[Path]:
         """Remove temp directories left by a crash during a checkpoint."""
         removed = []
         for wdir in (p for p in self.root.iterdir() if p.is_dir()):

@@ -28,7 +28,9 @@ async def wait_healthy(instance: Instance, client: httpx.AsyncClient, timeout: f
         if not instance.alive():
             raise StartFailed(f"{spec.name}: command {instance.exit_reason()}")
         try:
-            response = await client.get(url, timeout=max(0.1, min(2.0, deadline - time.monotonic())))
+            response = await client.get(
+                url, timeout=max(0.1, min(2.0, deadline - time.monotonic()))
+            )
             if response.status_code == 200:
                 return time.monotonic() - started
             last = f"{spec.health_path} answered {response.status_code}"
@@ -37,7 +39,8 @@ async def wait_healthy(instance: Instance, client: httpx.AsyncClient, timeout: f
         if time.monotonic() >= deadline:
             tail = " | ".join(instance.output.tail(8))
             raise StartFailed(
-                f"{spec.name}: not healthy after {timeout:.0f}s ({last}); last output: {tail or '(none)'}"
+                f"{spec.name}: not healthy after {timeout:.0f}s ({last}); "
+                f"last output: {tail or '(none)'}"
             )
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.25)

@@ -99,8 +99,14 @@ def _children(pid: int) -> list[int]:
 class Instance:
     """A live (or just-dead) process tree; ``pid`` is the server, PID 1 of its namespace."""
 
-    def __init__(self, spec: InstanceSpec, pid: int, output: OutputTail,
-                 popen: subprocess.Popen[bytes] | None, restored_from: str | None = None) -> None:
+    def __init__(
+        self,
+        spec: InstanceSpec,
+        pid: int,
+        output: OutputTail,
+        popen: subprocess.Popen[bytes] | None,
+        restored_from: str | None = None,
+    ) -> None:
         self.spec = spec
         self.pid = pid
         self.output = output
@@ -179,7 +185,9 @@ class Instance:
             self.signal(signal.SIGTERM)
             if self.wait(self.spec.stop_timeout):
                 return
-            log.warning("%s: did not stop in %.0fs; killing", self.spec.name, self.spec.stop_timeout)
+            log.warning(
+                "%s: did not stop in %.0fs; killing", self.spec.name, self.spec.stop_timeout
+            )
         self.signal(signal.SIGKILL)
         self.wait(5.0)
 

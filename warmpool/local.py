@@ -36,9 +36,15 @@ class LocalRuntime:
     """Local processes. ``engine`` is None when no checkpoint engine is usable:
     then hibernating means stopping, and waking means booting (the ``restart`` engine)."""
 
-    def __init__(self, store: SnapshotStore, work_dir: Path, engine: CriuEngine | None,
-                 client: httpx.AsyncClient, checkpoint_timeout: float = 120.0,
-                 restore_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        store: SnapshotStore,
+        work_dir: Path,
+        engine: CriuEngine | None,
+        client: httpx.AsyncClient,
+        checkpoint_timeout: float = 120.0,
+        restore_timeout: float = 60.0,
+    ) -> None:
         self.store = store
         self.work_dir = Path(work_dir)
         self.engine = engine
@@ -80,7 +86,9 @@ class LocalRuntime:
         pipe = stdio_pipe_inode(instance.pid)
         with self.store.begin(spec.name) as pending:
             seconds = engine.dump(
-                instance.pid, pending.path / "images", self.work_dir / spec.name / "dump",
+                instance.pid,
+                pending.path / "images",
+                self.work_dir / spec.name / "dump",
                 self.checkpoint_timeout,
             )
             instance.forget()
@@ -89,8 +97,12 @@ class LocalRuntime:
                 engine=engine.name,
                 engine_version=engine.version,
                 checkpoint_seconds=seconds,
-                meta={"port": spec.port, "stdio_pipe": pipe, "files": files,
-                      "health_path": spec.health_path},
+                meta={
+                    "port": spec.port,
+                    "stdio_pipe": pipe,
+                    "files": files,
+                    "health_path": spec.health_path,
+                },
             )
 
     async def restore(self, snapshot: Snapshot, spec: InstanceSpec) -> Instance:
@@ -118,8 +130,11 @@ class LocalRuntime:
         read_fd, write_fd = os.pipe()
         try:
             pid = engine.restore(
-                snapshot.path / "images", self.work_dir / spec.name / "restore", write_fd,
-                snapshot.manifest.meta.get("stdio_pipe"), self.restore_timeout,
+                snapshot.path / "images",
+                self.work_dir / spec.name / "restore",
+                write_fd,
+                snapshot.manifest.meta.get("stdio_pipe"),
+                self.restore_timeout,
             )
         except BaseException:
             os.close(read_fd)
@@ -128,6 +143,10 @@ class LocalRuntime:
             os.close(write_fd)
         log.info(
             "%s: restored snapshot %s as pid %d (verify %.3fs, criu %.3fs)",
-            spec.name, snapshot.id, pid, verified - started, time.monotonic() - verified,
+            spec.name,
+            snapshot.id,
+            pid,
+            verified - started,
+            time.monotonic() - verified,
         )
         return adopt_restored(spec, pid, read_fd, snapshot.id)

@@ -33,9 +33,9 @@ def _program() -> tuple[ctypes.Array[ctypes.c_char], bytes] | None:
     if _AUDIT_ARCH is None:
         return None
     insns = [
-        (_BPF_LD_W_ABS, 0, 0, 4),                      # A = seccomp_data.arch
-        (_BPF_JEQ_K, 0, 3, _AUDIT_ARCH),               # other arch: allow
-        (_BPF_LD_W_ABS, 0, 0, 0),                      # A = seccomp_data.nr
+        (_BPF_LD_W_ABS, 0, 0, 4),  # A = seccomp_data.arch
+        (_BPF_JEQ_K, 0, 3, _AUDIT_ARCH),  # other arch: allow
+        (_BPF_LD_W_ABS, 0, 0, 0),  # A = seccomp_data.nr
         (_BPF_JEQ_K, 0, 1, _IO_URING_SETUP),
         (_BPF_RET_K, 0, 0, _RET_ERRNO | errno.ENOSYS),  # io_uring_setup -> ENOSYS
         (_BPF_RET_K, 0, 0, _RET_ALLOW),

@@ -26,7 +26,9 @@ def pid_namespaces_work(timeout: float = 10.0) -> tuple[bool, str]:
     try:
         done = subprocess.run(
             ["unshare", "--pid", "--fork", "--kill-child", "sh", "-c", "echo $$"],
-            capture_output=True, text=True, timeout=timeout,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
     except (OSError, subprocess.SubprocessError) as exc:
         return False, f"unshare failed: {exc}"
@@ -35,8 +37,15 @@ def pid_namespaces_work(timeout: float = 10.0) -> tuple[bool, str]:
     return True, "ok"
 
 
-def choose_engine(requested: str, *, privileged: bool, criu: CriuInfo | None,
-                  criu_problem: str, pidns_ok: bool, pidns_problem: str) -> EngineChoice:
+def choose_engine(
+    requested: str,
+    *,
+    privileged: bool,
+    criu: CriuInfo | None,
+    criu_problem: str,
+    pidns_ok: bool,
+    pidns_problem: str,
+) -> EngineChoice:
     """Pure policy: ``requested`` is 'auto', 'criu' or 'restart'. Raises ValueError when
     'criu' is demanded but cannot work, saying why and what to do."""
     if requested == "restart":

@@ -28,10 +28,10 @@ def test_every_state_is_reachable_from_cold() -> None:
     ("old", "new", "legal"),
     [
         (State.HIBERNATED, State.RESTORING, True),
-        (State.RESTORING, State.STARTING, True),   # restore failed: cold boot
+        (State.RESTORING, State.STARTING, True),  # restore failed: cold boot
         (State.CHECKPOINTING, State.READY, True),  # checkpoint failed: keep serving
-        (State.DRAINING, State.READY, True),       # drain timed out
-        (State.READY, State.HIBERNATED, False),    # must drain and checkpoint first
+        (State.DRAINING, State.READY, True),  # drain timed out
+        (State.READY, State.HIBERNATED, False),  # must drain and checkpoint first
         (State.COLD, State.READY, False),
         (State.HIBERNATED, State.READY, False),
         (State.FAILED, State.READY, False),
@@ -47,5 +47,10 @@ def test_transitions(old: State, new: State, legal: bool) -> None:
 
 def test_operations_start_and_end_in_stable_states() -> None:
     transient = set(State) - STABLE
-    assert transient == {State.STARTING, State.RESTORING, State.RESUMING, State.DRAINING,
-                         State.CHECKPOINTING}
+    assert transient == {
+        State.STARTING,
+        State.RESTORING,
+        State.RESUMING,
+        State.DRAINING,
+        State.CHECKPOINTING,
+    }

@@ -25,10 +25,17 @@ class Dormant:
         self.url = f"http://127.0.0.1:{self.port}"
         self.state = tmp / "state"
         self.config = tmp / "dormant.yaml"
-        self.config.write_text(yaml.safe_dump({
-            "listen": f"127.0.0.1:{self.port}", "state_dir": str(self.state),
-            "reap_interval": 0.2, "workloads": workloads, **settings,
-        }))
+        self.config.write_text(
+            yaml.safe_dump(
+                {
+                    "listen": f"127.0.0.1:{self.port}",
+                    "state_dir": str(self.state),
+                    "reap_interval": 0.2,
+                    "workloads": workloads,
+                    **settings,
+                }
+            )
+        )
         self.log_path = tmp / "dormant.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -36,7 +43,10 @@ class Dormant:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "activator", "up", "-c", str(self.config)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ},
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -64,8 +74,13 @@ class Dormant:
         return data
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "activator", *args, "--url", self.url],
-                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+        return subprocess.run(
+            [sys.executable, "-m", "activator", *args, "--url", self.url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+        )
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -79,5 +94,8 @@ class Dormant:
 
 
 def pid_alive(pid: int | None) -> bool:
-    return pid is not None and Path(f"/proc/{pid}").exists() and \
-        "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    return (
+        pid is not None
+        and Path(f"/proc/{pid}").exists()
+        and "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    )

@@ -23,21 +23,39 @@ COUNTER = ["{python}", str(TESTS / "servers" / "counter.py"), "{port}"]
 
 @pytest.fixture
 def dormant(tmp_path: Path, criu: CriuEngine) -> Iterator[Dormant]:
-    d = Dormant(tmp_path, [
-        {"name": "a", "models": ["model-a"], "command": COUNTER, "idle_after": 0},
-        {"name": "b", "models": ["model-b"], "command": COUNTER, "idle_after": "1s"},
-        {"name": "broken", "models": ["model-broken"], "retry_backoff": "30s",
-         "command": ["{python}", "-c", "print('cannot load weights: /nowhere', flush=True); exit(3)"]},
-    ], admin_token="")
+    d = Dormant(
+        tmp_path,
+        [
+            {"name": "a", "models": ["model-a"], "command": COUNTER, "idle_after": 0},
+            {"name": "b", "models": ["model-b"], "command": COUNTER, "idle_after": "1s"},
+            {
+                "name": "broken",
+                "models": ["model-broken"],
+                "retry_backoff": "30s",
+                "command": [
+                    "{python}",
+                    "-c",
+                    "print('cannot load weights: /nowhere', flush=True); exit(3)",
+                ],
+            },
+        ],
+        admin_token="",
+    )
     d.start()
     yield d
     d.stop()
     for name in ("a", "b"):
-        assert not list((d.state / "snapshots" / name).glob(".tmp-*")) if (d.state / "snapshots" / name).exists() else True
+        assert (
+            not list((d.state / "snapshots" / name).glob(".tmp-*"))
+            if (d.state / "snapshots" / name).exists()
+            else True
+        )
 
 
 def _complete(d: Dormant, model: str, **kw: object) -> httpx.Response:
-    return httpx.post(f"{d.url}/v1/completions", json={"model": model, "prompt": "hi", **kw}, timeout=120)
+    return httpx.post(
+        f"{d.url}/v1/completions", json={"model": model, "prompt": "hi", **kw}, timeout=120
+    )
 
 
 def test_hibernate_then_one_restore_for_many_concurrent_requests(dormant: Dormant) -> None:
@@ -60,8 +78,12 @@ def test_hibernate_then_one_restore_for_many_concurrent_requests(dormant: Dorman
 
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=120) as client:
-            return await asyncio.gather(*(
-                client.post(f"{d.url}/v1/completions", json={"model": "model-a"}) for _ in range(20)))
+            return await asyncio.gather(
+                *(
+                    client.post(f"{d.url}/v1/completions", json={"model": "model-a"})
+                    for _ in range(20)
+                )
+            )
 
     responses = asyncio.run(burst())
     assert [r.status_code for r in responses] == [200] * 20
@@ -153,13 +175,14 @@ def test_server_that_crashes_is_noticed_and_restarted(dormant: Dormant) -> None:
         ({"content": b"{not json"}, 400, "bad_request", "not valid JSON"),
         ({"content": b"\xff\xfe\x00"}, 400, "bad_request", "not valid JSON"),
         ({"json": ["model-a"]}, 400, "bad_request", "JSON object"),
-        ({"json": {"prompt": "x"}}, 400, "bad_request", "\"model\""),
+        ({"json": {"prompt": "x"}}, 400, "bad_request", '"model"'),
         ({"json": {"model": "nope"}}, 404, "not_found", "available models: model-a, model-b"),
         ({"content": b"x" * (9 << 20)}, 413, "payload_too_large", "limit"),
     ],
 )
-def test_bad_requests_get_one_json_error_shape(dormant: Dormant, request_kw: dict, status: int,
-                                               code: str, words: str) -> None:
+def test_bad_requests_get_one_json_error_shape(
+    dormant: Dormant, request_kw: dict, status: int, code: str, words: str
+) -> None:
     response = httpx.post(f"{dormant.url}/v1/completions", timeout=30, **request_kw)
     assert response.status_code == status
     error = response.json()["error"]
@@ -173,4 +196,6 @@ def d_state(d: Dormant, name: str) -> str:
 
 def test_admin_unknown_workload_is_404(dormant: Dormant) -> None:
     response = dormant.admin("POST", "/workloads/nope/hibernate")
-    assert response.status_code == 404 and "known: a, b, broken" in response.json()["error"]["message"]
+    assert (
+        response.status_code == 404 and "known: a, b, broken" in response.json()["error"]["message"]
+    )

@@ -22,9 +22,27 @@ pytestmark = pytest.mark.slow
 
 
 def _ref(name: str, model: str) -> dict[str, object]:
-    return {"name": name, "models": [model], "idle_after": 0, "start_timeout": "120s",
-            "command": ["{python}", "-m", "examples.refserver", "--model", model, "--size", "tiny",
-                        "--threads", "1", "--port", "{port}", "--state-dir", "{state_dir}/refserver"]}
+    return {
+        "name": name,
+        "models": [model],
+        "idle_after": 0,
+        "start_timeout": "120s",
+        "command": [
+            "{python}",
+            "-m",
+            "examples.refserver",
+            "--model",
+            model,
+            "--size",
+            "tiny",
+            "--threads",
+            "1",
+            "--port",
+            "{port}",
+            "--state-dir",
+            "{state_dir}/refserver",
+        ],
+    }
 
 
 @pytest.fixture
@@ -35,8 +53,9 @@ def dormant(tmp_path: Path, criu: CriuEngine) -> Iterator[Dormant]:
     d.stop()
 
 
-async def _stream(client: httpx.AsyncClient, url: str, model: str, prompt: str,
-                  max_tokens: int = 8) -> tuple[list[str], dict[str, str]]:
+async def _stream(
+    client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int = 8
+) -> tuple[list[str], dict[str, str]]:
     """Stream a completion; return the content pieces, asserting the SSE framing."""
     body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": True}
     pieces: list[str] = []
@@ -67,8 +86,10 @@ def test_hibernate_wake_one_restore_and_kv_cache_survives(dormant: Dormant) -> N
                 pieces, _ = await _stream(client, d.url, model, "Hello")
                 assert len(pieces) == 8
 
-            first = await client.post(f"{d.url}/v1/completions", json={
-                "model": "ref-a", "prompt": long_prompt, "max_tokens": 4})
+            first = await client.post(
+                f"{d.url}/v1/completions",
+                json={"model": "ref-a", "prompt": long_prompt, "max_tokens": 4},
+            )
             assert first.status_code == 200
             assert first.json()["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
 
@@ -83,17 +104,22 @@ def test_hibernate_wake_one_restore_and_kv_cache_survives(dormant: Dormant) -> N
             store.verify(snapshot)
             assert snapshot.manifest.meta["files"], "mapped files (the weights) are recorded"
 
-            results = await asyncio.gather(*(
-                _stream(client, d.url, "ref-a", f"request {i}: tell me a story", 6)
-                for i in range(20)))
+            results = await asyncio.gather(
+                *(
+                    _stream(client, d.url, "ref-a", f"request {i}: tell me a story", 6)
+                    for i in range(20)
+                )
+            )
             assert all(len(pieces) == 6 for pieces, _ in results)
             assert all(h["x-dormant-wake"].startswith("restore; ") for _, h in results)
             view = d.workload("a")
             assert view["counters"]["restores"] == 1 and view["counters"]["boots"] == 1
             assert view["restored_from"] == snapshot.id
 
-            extended = await client.post(f"{d.url}/v1/completions", json={
-                "model": "ref-a", "prompt": long_prompt + "And then?", "max_tokens": 4})
+            extended = await client.post(
+                f"{d.url}/v1/completions",
+                json={"model": "ref-a", "prompt": long_prompt + "And then?", "max_tokens": 4},
+            )
             usage = extended.json()["usage"]
             assert usage["prompt_tokens_details"]["cached_tokens"] >= len(long_prompt), usage
 

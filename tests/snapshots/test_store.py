@@ -103,8 +103,9 @@ def test_rejects_unsafe_workload_names(tmp_path: Path) -> None:
         pass
 
 
-def test_chunked_verification_finds_a_flip_in_any_chunk(tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_chunked_verification_finds_a_flip_in_any_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import snapshots.manifest as manifest
 
     monkeypatch.setattr(manifest, "CHUNK_BYTES", 1024)
@@ -116,5 +117,5 @@ def test_chunked_verification_finds_a_flip_in_any_chunk(tmp_path: Path,
     data = bytearray(pages.read_bytes())
     data[3 * 1024 + 7] ^= 0x01
     pages.write_bytes(bytes(data))
-    with pytest.raises(SnapshotCorrupt, match="pages-1.img: sha256 mismatch"):
+    with pytest.raises(SnapshotCorrupt, match=r"pages-1\.img: sha256 mismatch"):
         store.verify(snap)

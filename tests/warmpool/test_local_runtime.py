@@ -20,14 +20,19 @@ def _spec(cmd: list[str], port: int, **kw: object) -> InstanceSpec:
     return InstanceSpec(name="t", command=[*cmd], port=port, **kw)  # type: ignore[arg-type]
 
 
-async def test_boot_runs_server_as_pid1_of_its_own_namespace(tmp_path: Path, counter_cmd: list[str]) -> None:
+async def test_boot_runs_server_as_pid1_of_its_own_namespace(
+    tmp_path: Path, counter_cmd: list[str]
+) -> None:
     port = free_port()
     async with httpx.AsyncClient() as client:
         runtime = LocalRuntime(SnapshotStore(tmp_path / "s"), tmp_path / "w", None, client)
         inst = await runtime.boot(_spec([*counter_cmd, str(port)], port))
         try:
-            nspid = next(ln for ln in Path(f"/proc/{inst.pid}/status").read_text().splitlines()
-                         if ln.startswith("NSpid:"))
+            nspid = next(
+                ln
+                for ln in Path(f"/proc/{inst.pid}/status").read_text().splitlines()
+                if ln.startswith("NSpid:")
+            )
             assert nspid.split()[1:] == [str(inst.pid), "1"]
             assert (await client.post(f"http://127.0.0.1:{port}/incr")).text == "1"
             deadline = time.monotonic() + 5
@@ -58,8 +63,9 @@ async def test_health_deadline_stops_the_process(tmp_path: Path) -> None:
             await runtime.boot(_spec(["sleep", "60"], free_port(), start_timeout=1, stop_timeout=1))
 
 
-async def test_same_snapshot_restores_three_times(tmp_path: Path, counter_cmd: list[str],
-                                                  criu: CriuEngine) -> None:
+async def test_same_snapshot_restores_three_times(
+    tmp_path: Path, counter_cmd: list[str], criu: CriuEngine
+) -> None:
     port = free_port()
     store = SnapshotStore(tmp_path / "s")
     async with httpx.AsyncClient() as client:
@@ -79,16 +85,21 @@ async def test_same_snapshot_restores_three_times(tmp_path: Path, counter_cmd: l
                 assert (await client.get(f"http://127.0.0.1:{port}/count")).text == before
                 assert (await client.post(f"http://127.0.0.1:{port}/incr")).text == "4"
                 deadline = time.monotonic() + 5
-                while "incremented to 4" not in restored.output.tail() and time.monotonic() < deadline:
+                while (
+                    "incremented to 4" not in restored.output.tail() and time.monotonic() < deadline
+                ):
                     time.sleep(0.02)
-                assert "incremented to 4" in restored.output.tail(), "restored stdout not reconnected"
+                assert "incremented to 4" in restored.output.tail(), (
+                    "restored stdout not reconnected"
+                )
             finally:
                 await runtime.stop(restored)
             assert not Path(f"/proc/{restored.pid}").exists()
 
 
 async def test_mapped_file_changed_after_checkpoint_is_caught_before_criu(
-        tmp_path: Path, counter_cmd: list[str], criu: CriuEngine) -> None:
+    tmp_path: Path, counter_cmd: list[str], criu: CriuEngine
+) -> None:
     data = tmp_path / "weights.bin"
     data.write_bytes(b"w" * 8192)
     port = free_port()
