@@ -1,46 +1,50 @@
 """The activator, composed in one visible place: ``create_app(settings)``.
 
 The lifespan owns the shared HTTP client, the workloads and the idle reaper, and
-shuts them down in order: stop reaping, stop instances, close the client.
+shuts them down in order: stop reaping, stop admitting, drain, stop or hibernate
+the instances, close the client.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import time
 from collections.abc import AsyncIterator
 
 import httpx
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from snapshots import SnapshotError, SnapshotStore
+from snapshots import SnapshotStore
 from warmpool import LocalRuntime
 
+from .admin import admin_router
 from .check import EngineSetup, detect_engine
 from .errors import (
     ActivatorError,
     BadRequest,
+    ClientGone,
     NotFound,
-    OperationFailed,
     PayloadTooLarge,
-    Unauthorized,
     error_response,
 )
 from .idle import Reaper
 from .metrics import Metrics
-from .proxy import forward
+from .proxy import Timeouts, forward, request_id, waking_stream
 from .resolve import Registry
-from .settings import Settings
-from .workload import Workload
+from .settings import Settings, WorkloadSettings
+from .websocket import proxy_websocket
+from .workload import Lease, Workload
 
-__all__ = ["create_app"]
+__all__ = ["create_admin_app", "create_app"]
 
 log = logging.getLogger("dormant.activator")
+
+MAX_WEBSOCKET_MESSAGE = 64 << 20
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -56,7 +60,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _model_of(body: bytes) -> str:
+def _parse_openai(body: bytes) -> tuple[str, bool]:
+    """The `model` a request names, and whether it asks for a stream."""
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -66,51 +71,37 @@ def _model_of(body: bytes) -> str:
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest('request body needs a "model" string naming the model to use')
-    return model
+    return model, data.get("stream") is True
 
 
-def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI:
-    """Build the activator for ``settings``. ``engine`` is probed when not given."""
-    setup = engine or detect_engine(settings)
-    state_dir = settings.state_path
-    state_dir.mkdir(parents=True, exist_ok=True)
-    metrics = Metrics()
-    store = SnapshotStore(state_dir / "snapshots")
-    admin_token = settings.resolved_admin_token()
-    started = time.time()
+def _timeouts(s: WorkloadSettings) -> Timeouts:
+    return Timeouts(s.connect_timeout, s.first_byte_timeout, s.stream_idle_timeout)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        removed = store.clean_partial()
-        if removed:
-            log.warning("removed %d half-written snapshot(s) from an earlier crash", len(removed))
-        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
-        timeout = httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=30.0)
-        async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False) as client:
-            runtime = LocalRuntime(store, state_dir / "work", setup.criu, client)
-            workloads = [
-                Workload(w, runtime, store, state_dir, metrics) for w in settings.workloads
-            ]
-            app.state.registry = Registry(workloads)
-            app.state.client = client
-            reaper = Reaper(workloads, settings.reap_interval)
-            reaper.start()
-            log.info("engine: %s (%s)", setup.choice.name, setup.choice.reason)
-            for w in workloads:
-                log.info(
-                    "workload %s: %s, models %s", w.name, w.state, ", ".join(w.settings.models)
-                )
-            try:
-                yield
-            finally:
-                await reaper.stop()
-                for w in workloads:
-                    await w.stop()
 
-    app = FastAPI(title="Dormant activator", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.settings = settings
-    app.state.engine = setup
+async def _acquire_or_abandon(request: Request, workload: Workload) -> Lease:
+    """Wait for a lease, but leave the queue as soon as the client disconnects."""
 
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    acquiring = asyncio.ensure_future(workload.acquire())
+    watching = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({acquiring, watching}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watching.cancel()
+        if not acquiring.done():
+            acquiring.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await acquiring
+            raise ClientGone(
+                f"client left while waiting for {workload.name}", workload=workload.name
+            )
+    return acquiring.result()
+
+
+def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ActivatorError)
     async def _activator_error(request: Request, exc: ActivatorError) -> Response:
         return error_response(exc)
@@ -133,9 +124,90 @@ def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI
             status_code=500,
         )
 
+
+def create_admin_app(app: FastAPI) -> FastAPI:
+    """The admin API alone, for `admin_listen`; it serves ``app``'s workloads."""
+    admin = FastAPI(title="Dormant admin", docs_url=None, redoc_url=None)
+    _install_error_handlers(admin)
+    admin.include_router(
+        admin_router(lambda: app.state.registry, app.state.admin_token, app.state.engine)
+    )
+    return admin
+
+
+def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI:
+    """Build the activator for ``settings``. ``engine`` is probed when not given."""
+    setup = engine or detect_engine(settings)
+    state_dir = settings.state_path
+    state_dir.mkdir(parents=True, exist_ok=True)
+    metrics = Metrics()
+    store = SnapshotStore(state_dir / "snapshots")
+    started = time.time()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        removed = store.clean_partial()
+        if removed:
+            log.warning("removed %d half-written snapshot(s) from an earlier crash", len(removed))
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+        async with httpx.AsyncClient(limits=limits, timeout=None, trust_env=False) as client:
+            runtime = LocalRuntime(store, state_dir / "work", setup.criu, client)
+            workloads = [
+                Workload(w, runtime, store, state_dir, metrics) for w in settings.workloads
+            ]
+            app.state.registry = Registry(workloads)
+            app.state.client = client
+            reaper = Reaper(workloads, settings.reap_interval)
+            reaper.start()
+            log.info("engine: %s (%s)", setup.choice.name, setup.choice.reason)
+            for w in workloads:
+                log.info("workload %s: %s", w.name, w.state)
+            try:
+                yield
+            finally:
+                await reaper.stop()
+                await asyncio.gather(*(w.shutdown(settings.on_shutdown) for w in workloads))
+
+    app = FastAPI(title="Dormant activator", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.settings = settings
+    app.state.engine = setup
+    app.state.admin_token = settings.resolved_admin_token()
+    _install_error_handlers(app)
+
     def registry() -> Registry:
         reg: Registry = app.state.registry
         return reg
+
+    async def proxy(
+        request: Request, workload: Workload, body: bytes, stream: bool, path: str
+    ) -> Response:
+        rid = request_id(request)
+        timeouts = _timeouts(workload.settings)
+        client: httpx.AsyncClient = app.state.client
+        lease = workload.try_acquire()
+        if lease is None:
+            every = workload.settings.wake_keepalive
+            if stream and every > 0:
+                return waking_stream(
+                    workload.acquire,
+                    every,
+                    client,
+                    request,
+                    body,
+                    path,
+                    timeouts,
+                    workload.name,
+                    rid,
+                    metrics,
+                )
+            try:
+                lease = await _acquire_or_abandon(request, workload)
+            except ActivatorError as exc:
+                metrics.requests.labels(workload.name, exc.code).inc()
+                raise
+        return await forward(
+            client, request, lease, body, path, timeouts, workload.name, rid, metrics
+        )
 
     # -- OpenAI surface ----------------------------------------------------------------
 
@@ -161,73 +233,62 @@ def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI
     @app.post("/v1/{path:path}")
     async def openai(request: Request, path: str) -> Response:
         body = await _read_body(request, settings.max_body_bytes)
-        workload = registry().by_model(_model_of(body))
-        lease = await workload.acquire()
-        metrics.requests.labels(workload.name, "forwarded").inc()
-        return await forward(app.state.client, request, lease, body, workload.name)
+        model, stream = _parse_openai(body)
+        workload = registry().by_model(model)
+        return await proxy(request, workload, body, stream, request.url.path)
 
-    # -- admin -------------------------------------------------------------------------
+    # -- admin, metrics ----------------------------------------------------------------
 
-    def authorize(request: Request) -> None:
-        if not admin_token:
-            return
-        given = request.headers.get("authorization", "")
-        scheme, _, token = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.encode(), admin_token.encode()
-        ):
-            raise Unauthorized(
-                "admin API: missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
-            )
-
-    @app.get("/-/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/-/readyz")
-    async def readyz() -> dict[str, object]:
-        return {"status": "ok", "workloads": len(registry())}
-
-    @app.get("/-/workloads")
-    async def workloads(request: Request) -> dict[str, object]:
-        authorize(request)
-        return {
-            "engine": {"name": setup.choice.name, "reason": setup.choice.reason},
-            "workloads": [w.view() for w in registry()],
-        }
-
-    @app.get("/-/workloads/{name}")
-    async def workload_detail(request: Request, name: str) -> dict[str, object]:
-        authorize(request)
-        return registry().by_name(name).view()
-
-    @app.post("/-/workloads/{name}/hibernate")
-    async def hibernate(request: Request, name: str) -> dict[str, object]:
-        authorize(request)
-        workload = registry().by_name(name)
-        try:
-            await workload.hibernate("admin request")
-        except SnapshotError as exc:
-            raise OperationFailed(
-                f"hibernate failed: {exc}; {workload.name} is {workload.state}", workload=name
-            ) from exc
-        return workload.view()
-
-    @app.post("/-/workloads/{name}/wake")
-    async def wake(request: Request, name: str) -> dict[str, object]:
-        authorize(request)
-        workload = registry().by_name(name)
-        await workload.wake()
-        return workload.view()
+    if not settings.admin_listen:
+        app.include_router(admin_router(registry, app.state.admin_token, setup))
 
     @app.get("/metrics")
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"])
-    async def not_found(path: str) -> Response:
-        raise NotFound(
-            f"no route for /{path}; Dormant serves /v1/* (by model), /-/* (admin), /metrics"
-        )
+    # -- `http` workloads: by Host or path prefix, HTTP and WebSocket --------------------
+
+    def http_route(path: str, host: str) -> tuple[Workload, str]:
+        workload = registry().by_route(path, host)
+        if workload is None:
+            raise NotFound(
+                f"no route for {path}; Dormant serves /v1/* (by model), "
+                "/-/* (admin), /metrics and the configured path prefixes / hosts"
+            )
+        s = workload.settings
+        if s.strip_prefix and s.path_prefix and path.startswith(s.path_prefix):
+            path = path[len(s.path_prefix) :] or "/"
+        return workload, path
+
+    @app.websocket("/{path:path}")
+    async def websocket_route(websocket: WebSocket, path: str) -> None:
+        try:
+            workload, upstream_path = http_route(
+                websocket.url.path, websocket.headers.get("host", "")
+            )
+            connection = await workload.connect()
+        except ActivatorError as exc:
+            await websocket.close(
+                code=1008 if exc.status == 404 else 1013, reason=exc.message[:120]
+            )
+            return
+        try:
+            await proxy_websocket(
+                websocket,
+                connection,
+                upstream_path,
+                workload.settings.connect_timeout,
+                MAX_WEBSOCKET_MESSAGE,
+            )
+        finally:
+            connection.close()
+
+    @app.api_route(
+        "/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+    )
+    async def http_workload(request: Request, path: str) -> Response:
+        workload, upstream_path = http_route(request.url.path, request.headers.get("host", ""))
+        body = await _read_body(request, settings.max_body_bytes)
+        return await proxy(request, workload, body, False, upstream_path)
 
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -36,7 +37,7 @@ def _load(args: argparse.Namespace) -> Settings:
 def cmd_up(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .app import create_app
+    from .app import create_admin_app, create_app
     from .check import detect_engine
 
     settings = _load(args)
@@ -61,16 +62,35 @@ def cmd_up(args: argparse.Namespace) -> int:
         )
     app = create_app(settings, setup)
     # The upstream's own Server and Date headers pass through unchanged.
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        access_log=False,
-        server_header=False,
-        date_header=False,
-        timeout_graceful_shutdown=30,
+    options: dict[str, Any] = {
+        "log_level": "warning",
+        "access_log": False,
+        "server_header": False,
+        "date_header": False,
+        "timeout_graceful_shutdown": 30,
+    }
+    main_server = uvicorn.Server(
+        uvicorn.Config(app, host=settings.host, port=settings.port, **options)
     )
+    if not settings.admin_listen:
+        main_server.run()
+        return 0
+    host, port = settings.admin_listen.rsplit(":", 1)
+    admin_app = create_admin_app(app)
+    admin_server = uvicorn.Server(
+        uvicorn.Config(admin_app, host=host.strip("[]"), port=int(port), lifespan="off", **options)
+    )
+
+    async def serve_both() -> None:
+        # One loop; uvicorn's signal handlers (on the main server) stop both.
+        admin = asyncio.ensure_future(admin_server._serve())
+        try:
+            await main_server.serve()
+        finally:
+            admin_server.should_exit = True
+            await admin
+
+    asyncio.run(serve_both())
     return 0
 
 

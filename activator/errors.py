@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 __all__ = [
     "ActivatorError",
     "BadRequest",
+    "ClientGone",
     "Conflict",
     "NotFound",
     "OperationFailed",
@@ -98,6 +99,12 @@ class UpstreamError(ActivatorError):
 
 class UpstreamTimeout(ActivatorError):
     status, code, type = 504, "upstream_timeout", "timeout_error"
+
+
+class ClientGone(ActivatorError):
+    """The client disconnected while its request waited (nginx's 499; never seen by it)."""
+
+    status, code, type = 499, "client_gone", "invalid_request_error"
 
 
 class Conflict(ActivatorError):

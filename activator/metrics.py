@@ -52,6 +52,16 @@ class Metrics:
         self.snapshot_bytes = Gauge(
             "dormant_snapshot_bytes", "Size of the latest snapshot", ["workload"], registry=r
         )
+        self.ttfb_seconds = Histogram(
+            "dormant_proxy_ttfb_seconds",
+            "Forward to upstream response headers",
+            ["workload"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.websockets = Gauge(
+            "dormant_websockets_open", "Proxied WebSocket connections", ["workload"], registry=r
+        )
         self.transitions = Counter(
             "dormant_transitions_total",
             "State transitions",

@@ -1,21 +1,40 @@
-"""How bytes move: forward one request to a leased instance and stream the answer back."""
+"""How bytes move: forward one request to a leased instance and stream the answer back.
+
+Timeouts fit LLM streams: connect, time to the response headers (first byte), and
+the longest silence inside a body. There is deliberately no total-duration limit.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
-from collections.abc import AsyncIterator, Iterable
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
 
 import httpx
 from fastapi import Request
 from starlette.background import BackgroundTask
 from starlette.responses import StreamingResponse
 
-from .errors import UpstreamError, UpstreamTimeout
+from .errors import ActivatorError, UpstreamError, UpstreamTimeout
+from .metrics import Metrics
 from .workload import Lease
 
-__all__ = ["HOP_BY_HOP", "clean_headers", "forward"]
+__all__ = [
+    "HOP_BY_HOP",
+    "Timeouts",
+    "clean_headers",
+    "forward",
+    "request_id",
+    "waking_stream",
+]
 
 log = logging.getLogger("dormant.proxy")
+access = logging.getLogger("dormant.access")
 
 HOP_BY_HOP = frozenset(
     {
@@ -31,6 +50,16 @@ HOP_BY_HOP = frozenset(
         "proxy-connection",
     }
 )
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds: to connect, to the response headers, and between body chunks."""
+
+    connect: float
+    first_byte: float
+    stream_idle: float
 
 
 def clean_headers(
@@ -43,65 +72,239 @@ def clean_headers(
     return [(k, v) for k, v in pairs if k not in banned]
 
 
-def _forwarded(request: Request) -> list[tuple[str, str]]:
+def request_id(request: Request) -> str:
+    """The client's X-Request-Id when it is sane, else a fresh one."""
+    given = request.headers.get("x-request-id", "")
+    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex[:16]
+
+
+def _upstream_headers(request: Request, rid: str) -> list[tuple[str, str]]:
+    # Host is kept (servers such as Jupyter check it against Origin); the address we
+    # connect to never comes from the request.
+    headers = clean_headers(request.headers.items(), drop=("content-length", "x-request-id"))
     client = request.client.host if request.client else ""
     prior = request.headers.get("x-forwarded-for")
     return [
+        *headers,
         ("x-forwarded-for", f"{prior}, {client}" if prior else client),
         ("x-forwarded-proto", request.url.scheme),
         ("x-forwarded-host", request.headers.get("host", "")),
+        ("x-request-id", rid),
     ]
 
 
-async def forward(
-    client: httpx.AsyncClient, request: Request, lease: Lease, body: bytes, workload: str
-) -> StreamingResponse:
-    """Send ``request`` (with ``body`` already read) to the leased instance on loopback.
-
-    The lease is released when the response body is finished or abandoned (client
-    disconnect cancels the stream, which closes the upstream connection).
-    """
-    path = request.url.path
+async def _open(
+    client: httpx.AsyncClient,
+    request: Request,
+    lease: Lease,
+    body: bytes,
+    path: str,
+    timeouts: Timeouts,
+    workload: str,
+    rid: str,
+) -> httpx.Response:
     url = f"http://127.0.0.1:{lease.port}{path}"
     if request.url.query:
         url += f"?{request.url.query}"
-    headers = clean_headers(request.headers.items(), drop=("host", "content-length"))
-    headers += _forwarded(request)
+    upstream_request = client.build_request(
+        request.method,
+        url,
+        headers=_upstream_headers(request, rid),
+        content=body,
+        extensions={
+            "timeout": {
+                "connect": timeouts.connect,
+                "read": None,
+                "write": timeouts.stream_idle,
+                "pool": timeouts.connect,
+            }
+        },
+    )
     try:
-        upstream = await client.send(
-            client.build_request(request.method, url, headers=headers, content=body), stream=True
-        )
+        async with asyncio.timeout(timeouts.first_byte):
+            return await client.send(upstream_request, stream=True)
+    except TimeoutError as exc:
+        raise UpstreamTimeout(
+            f"{workload} sent no response within {timeouts.first_byte:.0f}s", workload=workload
+        ) from exc
     except httpx.TimeoutException as exc:
-        lease.release()
         raise UpstreamTimeout(
             f"{workload} did not answer in time: {exc!r}", workload=workload
         ) from exc
     except httpx.HTTPError as exc:
-        lease.release()
         raise UpstreamError(f"{workload} is unreachable: {exc!r}", workload=workload) from exc
 
-    async def body_stream() -> AsyncIterator[bytes]:
+
+async def _relay(upstream: httpx.Response, idle: float, workload: str) -> AsyncIterator[bytes]:
+    chunks = upstream.aiter_raw()
+    while True:
         try:
-            async for chunk in upstream.aiter_raw():
-                yield chunk
+            async with asyncio.timeout(idle):
+                chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            log.warning("%s: response body silent for %.0fs; closing it", workload, idle)
+            return
         except httpx.HTTPError as exc:
             log.warning("%s: upstream stream broke: %r", workload, exc)
+            return
+        yield chunk
+
+
+class _Exchange:
+    """One proxied request: times it, releases the lease once, logs one access line."""
+
+    def __init__(
+        self, request: Request, lease: Lease, workload: str, rid: str, metrics: Metrics
+    ) -> None:
+        self.request, self.lease, self.workload, self.rid = request, lease, workload, rid
+        self.metrics = metrics
+        self.started = time.monotonic()
+        self.ttfb = 0.0
+        self.status = 0
+        self.bytes = 0
+        self.upstream: httpx.Response | None = None
+        self._done = False
+
+    async def open(
+        self, client: httpx.AsyncClient, body: bytes, path: str, timeouts: Timeouts
+    ) -> httpx.Response:
+        try:
+            self.upstream = await _open(
+                client, self.request, self.lease, body, path, timeouts, self.workload, self.rid
+            )
+        except ActivatorError as exc:
+            self.status = exc.status
+            await self.finish()
+            raise
+        self.ttfb = time.monotonic() - self.started
+        self.status = self.upstream.status_code
+        self.metrics.ttfb_seconds.labels(self.workload).observe(self.ttfb)
+        return self.upstream
+
+    async def finish(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self.upstream is not None:
+            await self.upstream.aclose()
+        self.lease.release()
+        waited = self.lease.waited
+        outcome = "ok" if 0 < self.status < 500 else "upstream_error"
+        self.metrics.requests.labels(self.workload, outcome).inc()
+        access.info(
+            "request_id=%s workload=%s method=%s path=%s status=%d wake=%s ttfb_ms=%.1f "
+            "duration_ms=%.1f bytes=%d",
+            self.rid,
+            self.workload,
+            self.request.method,
+            self.request.url.path,
+            self.status,
+            f"{waited.path}:{waited.seconds:.3f}" if waited else "-",
+            self.ttfb * 1000,
+            (time.monotonic() - self.started) * 1000,
+            self.bytes,
+        )
+
+    async def body(self, idle: float) -> AsyncIterator[bytes]:
+        assert self.upstream is not None
+        try:
+            async for chunk in _relay(self.upstream, idle, self.workload):
+                self.bytes += len(chunk)
+                yield chunk
         finally:
-            await upstream.aclose()
-            lease.release()
+            await self.finish()
 
-    async def finish() -> None:  # also runs when the body was never iterated
-        await upstream.aclose()
-        lease.release()
 
+async def forward(
+    client: httpx.AsyncClient,
+    request: Request,
+    lease: Lease,
+    body: bytes,
+    path: str,
+    timeouts: Timeouts,
+    workload: str,
+    rid: str,
+    metrics: Metrics,
+) -> StreamingResponse:
+    """Send ``request`` (``body`` already read) to the leased instance on loopback and
+    stream the answer. The lease is released when the body is finished or abandoned
+    (a client disconnect cancels the stream, which closes the upstream connection)."""
+    exchange = _Exchange(request, lease, workload, rid, metrics)
+    upstream = await exchange.open(client, body, path, timeouts)
     response = StreamingResponse(
-        body_stream(), status_code=upstream.status_code, background=BackgroundTask(finish)
+        exchange.body(timeouts.stream_idle),
+        status_code=upstream.status_code,
+        background=BackgroundTask(exchange.finish),
     )
     raw = [
         (k.encode("latin-1"), v.encode("latin-1"))
-        for k, v in clean_headers(upstream.headers.multi_items())
+        for k, v in clean_headers(upstream.headers.multi_items(), drop=("x-request-id",))
     ]
+    raw.append((b"x-request-id", rid.encode()))
     if lease.waited is not None:
         raw.append((b"x-dormant-wake", f"{lease.waited.path}; {lease.waited.seconds:.3f}".encode()))
     response.raw_headers = raw
     return response
+
+
+def _sse_error(exc: ActivatorError) -> bytes:
+    return f"data: {json.dumps(exc.body())}\n\n".encode()
+
+
+def waking_stream(
+    acquire: Callable[[], Awaitable[Lease]],
+    every: float,
+    client: httpx.AsyncClient,
+    request: Request,
+    body: bytes,
+    path: str,
+    timeouts: Timeouts,
+    workload: str,
+    rid: str,
+    metrics: Metrics,
+) -> StreamingResponse:
+    """For a `stream: true` request that must wait for a wake: answer at once with an
+    SSE stream that carries a comment every ``every`` seconds until the upstream's first
+    chunk. Failures after the headers went out become an SSE `data: {"error": ...}` event."""
+
+    async def events() -> AsyncIterator[bytes]:
+        started = time.monotonic()
+        task = asyncio.ensure_future(acquire())
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=every)
+                if not task.done():
+                    yield f": waking {workload} ({time.monotonic() - started:.0f}s)\n\n".encode()
+            lease = task.result()
+        except ActivatorError as exc:
+            yield _sse_error(exc)
+            return
+        finally:
+            task.cancel()  # the client went away: leave the queue
+        if lease.waited is not None:
+            yield f": dormant-wake {lease.waited.path}; {lease.waited.seconds:.3f}\n\n".encode()
+        exchange = _Exchange(request, lease, workload, rid, metrics)
+        try:
+            upstream = await exchange.open(client, body, path, timeouts)
+        except ActivatorError as exc:
+            yield _sse_error(exc)
+            return
+        if upstream.status_code != 200:
+            detail = (await upstream.aread()).decode(errors="replace")[:2000]
+            await exchange.finish()
+            yield _sse_error(
+                UpstreamError(
+                    f"{workload} answered {upstream.status_code}: {detail}", workload=workload
+                )
+            )
+            return
+        async for chunk in exchange.body(timeouts.stream_idle):
+            yield chunk
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "x-request-id": rid},
+    )

@@ -35,6 +35,24 @@ class Registry:
                 f"no workload named {name!r}; known: {', '.join(sorted(self._by_name))}"
             ) from None
 
+    def by_route(self, path: str, host: str) -> Workload | None:
+        """An 'http' workload for this Host (port ignored) or, failing that, the longest
+        path_prefix that ``path`` is under."""
+        name = host.rsplit(":", 1)[0].lower() if host and not host.startswith("[") else host
+        for workload in self._by_name.values():
+            if name in workload.settings.hosts:
+                return workload
+        best = None
+        for workload in self._by_name.values():
+            prefix = workload.settings.path_prefix
+            if (
+                prefix
+                and (path == prefix or path.startswith(prefix + "/"))
+                and (best is None or len(prefix) > len(best.settings.path_prefix))
+            ):
+                best = workload
+        return best
+
     def by_model(self, model: str) -> Workload:
         try:
             return self._by_model[model]

@@ -40,7 +40,13 @@ class WorkloadSettings:
     models: tuple[str, ...] = ()
     """OpenAI model names this workload serves (routes /v1/* by the `model` field)."""
     kind: str = "openai"
-    """What the server speaks: 'openai'."""
+    """'openai' (routed by the JSON `model` field) or 'http' (routed by path_prefix / hosts)."""
+    path_prefix: str = ""
+    """kind http: requests whose path starts with this prefix go here (e.g. '/apps/grafana')."""
+    strip_prefix: bool = False
+    """kind http: remove path_prefix before forwarding."""
+    hosts: tuple[str, ...] = ()
+    """kind http: requests whose Host header (without port) is one of these go here."""
     port: int = 0
     """Upstream port on 127.0.0.1; 0 = pick a free one at start."""
     health_path: str = "/health"
@@ -56,7 +62,18 @@ class WorkloadSettings:
     wake_timeout: float = 120.0
     """Seconds a request may wait in the queue for a wake before 504."""
     queue_depth: int = 256
-    """Requests that may wait for a wake; more get 503 + Retry-After."""
+    """Requests that may wait (for a wake or a free slot); more get 503 + Retry-After."""
+    max_in_flight: int = 0
+    """Requests forwarded at once; more wait in the queue (0 = no limit)."""
+    connect_timeout: float = 10.0
+    """Seconds to connect to the upstream."""
+    first_byte_timeout: float = 300.0
+    """Seconds from forwarding a request to the upstream's response headers."""
+    stream_idle_timeout: float = 300.0
+    """Seconds a response body may go without a byte; there is no total-duration limit."""
+    wake_keepalive: float = 0.0
+    """For `stream: true` requests that wait for a wake: send an SSE comment this often
+    (seconds) until the first real chunk, so clients and proxies do not time out (0 = off)."""
     drain_timeout: float = 30.0
     """Seconds to wait for in-flight requests before giving up a hibernation."""
     checkpoint_timeout: float = 120.0
@@ -95,6 +112,11 @@ class Settings:
     """Largest request body accepted on /v1/* (bytes)."""
     log_level: str = "info"
     """debug, info, warning or error."""
+    on_shutdown: str = "stop"
+    """What happens to running workloads when Dormant stops: 'stop' or 'hibernate'.
+    (Instances never outlive Dormant: that is what keeps a crash from leaving orphans.)"""
+    admin_listen: str = ""
+    """HOST:PORT for the admin API (/-/*) alone; empty = on `listen` with everything else."""
 
     @property
     def host(self) -> str:
@@ -160,6 +182,10 @@ def _check_keys(data: dict[str, Any], allowed: list[str], path: str) -> None:
 
 
 _DURATIONS = {
+    "connect_timeout",
+    "first_byte_timeout",
+    "stream_idle_timeout",
+    "wake_keepalive",
     "idle_after",
     "start_timeout",
     "wake_timeout",
@@ -205,13 +231,27 @@ def _workload(data: Any, path: str) -> WorkloadSettings:
                 raise ConfigError(f"{where}: expected a list of model names")
             out[key] = tuple(value)
         elif key == "kind":
-            if value != "openai":
-                raise ConfigError(f"{where}: must be 'openai' (got {value!r})")
+            if value not in ("openai", "http"):
+                raise ConfigError(f"{where}: must be 'openai' or 'http' (got {value!r})")
             out[key] = value
+        elif key == "path_prefix":
+            if value and (not _string(value, where).startswith("/") or value.endswith("/")):
+                raise ConfigError(f"{where}: must start with '/' and not end with '/' ({value!r})")
+            out[key] = value
+        elif key == "strip_prefix":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}: expected true or false, got {value!r}")
+            out[key] = value
+        elif key == "hosts":
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise ConfigError(f"{where}: expected a list of host names")
+            out[key] = tuple(v.lower() for v in value)
         elif key == "port":
             out[key] = _integer(value, where, 0, 65535)
         elif key in ("queue_depth", "keep_snapshots"):
             out[key] = _integer(value, where, 1, 1_000_000)
+        elif key == "max_in_flight":
+            out[key] = _integer(value, where, 0, 1_000_000)
         elif key == "env":
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: expected a mapping of NAME: value")
@@ -226,6 +266,8 @@ def _workload(data: Any, path: str) -> WorkloadSettings:
     format_command(workload, 1, Path("."))  # placeholders are checked at load, not at boot
     if workload.kind == "openai" and not workload.models:
         raise ConfigError(f"{path}.models: an 'openai' workload needs at least one model name")
+    if workload.kind == "http" and not (workload.path_prefix or workload.hosts):
+        raise ConfigError(f"{path}: an 'http' workload needs a path_prefix or hosts to route by")
     return workload
 
 
@@ -250,6 +292,13 @@ def parse_settings(data: Any, source: str = "config") -> Settings:
                     f"workloads[{i}].models: {model!r} is already served by {seen_models[model]!r}"
                 )
             seen_models[model] = w.name
+    routes: dict[str, str] = {}
+    for i, w in enumerate(workloads):
+        paths = [f"path {w.path_prefix}"] if w.path_prefix else []
+        for route in paths + [f"host {h}" for h in w.hosts]:
+            if route in routes:
+                raise ConfigError(f"workloads[{i}]: {route} is already routed to {routes[route]!r}")
+            routes[route] = w.name
     out: dict[str, Any] = {"workloads": workloads}
     for key, value in data.items():
         if key == "workloads":
@@ -268,8 +317,12 @@ def parse_settings(data: Any, source: str = "config") -> Settings:
                     f"log_level: must be debug, info, warning or error (got {value!r})"
                 )
             out[key] = value
-        elif key == "listen":
-            out[key] = parse_listen(_string(value, key), key)
+        elif key in ("listen", "admin_listen"):
+            out[key] = parse_listen(_string(value, key), key) if value else ""
+        elif key == "on_shutdown":
+            if value not in ("stop", "hibernate"):
+                raise ConfigError(f"on_shutdown: must be 'stop' or 'hibernate' (got {value!r})")
+            out[key] = value
         else:
             out[key] = _string(value, key)
     settings = Settings(**out)

@@ -15,6 +15,7 @@ workload while a request is between "it is ready" and "I am in flight".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -31,12 +32,13 @@ from snapshots import (
 )
 from warmpool import Instance, InstanceSpec, LocalRuntime, StartFailed
 
+from .breaker import Slots
 from .errors import Conflict, QueueFull, WakeFailed, WakeTimeout
 from .metrics import Metrics
 from .settings import WorkloadSettings, format_command
 from .states import State, check_transition
 
-__all__ = ["Lease", "WakeRecord", "Workload"]
+__all__ = ["Connection", "Lease", "WakeRecord", "Workload"]
 
 log = logging.getLogger("dormant.workload")
 
@@ -48,6 +50,28 @@ class WakeRecord:
     path: str
     seconds: float
     at: float
+
+
+class Connection:
+    """A proxied WebSocket: counted apart from requests. Messages count as activity;
+    an open but silent connection does not keep the workload awake. Hibernation asks
+    every connection to close (``closing``) after the requests have drained."""
+
+    def __init__(self, workload: Workload, instance: Instance, waited: WakeRecord | None) -> None:
+        self._workload = workload
+        self.instance = instance
+        self.waited = waited
+        self.closing = asyncio.Event()
+
+    @property
+    def port(self) -> int:
+        return self.instance.port
+
+    def touch(self) -> None:
+        self._workload._last_activity = self._workload._clock()
+
+    def close(self) -> None:
+        self._workload._detach(self)
 
 
 class Lease:
@@ -98,8 +122,12 @@ class Workload:
         self._clock = clock
         self._lock = asyncio.Lock()
         self._wake_task: asyncio.Task[WakeRecord] | None = None
+        self._slots = Slots(settings.max_in_flight)
         self._idle = asyncio.Event()
         self._idle.set()
+        self._connections: set[Connection] = set()
+        self._connections_gone = asyncio.Event()
+        self._connections_gone.set()
         self._instance: Instance | None = None
         self._in_flight = 0
         self._waiting = 0
@@ -157,19 +185,30 @@ class Workload:
 
     # -- requests ------------------------------------------------------------------------
 
+    def _ready(self) -> bool:
+        return self._state is State.READY and self._instance is not None
+
+    def try_acquire(self) -> Lease | None:
+        """A lease right now (ready, a free slot, nobody queued ahead), or None."""
+        if self._ready() and self._waiting == 0 and self._slots.try_take():
+            return self._lease(None)
+        return None
+
     async def acquire(self, timeout: float | None = None) -> Lease:
-        """A lease on a ready instance, waking the workload first if needed.
+        """A lease on a ready instance, waking the workload first if needed, then
+        waiting for a free slot when ``max_in_flight`` are busy.
 
         Raises QueueFull when ``queue_depth`` requests already wait, WakeTimeout
         after ``timeout`` (default ``wake_timeout``), WakeFailed when the wake fails.
         A cancelled caller (client gone) simply leaves the queue.
         """
-        if self._state is State.READY and self._instance is not None:
-            return self._lease(None)
+        if (lease := self.try_acquire()) is not None:
+            return lease
         if self._waiting >= self.settings.queue_depth:
             retry = max(1, round(self.last_wake.seconds)) if self.last_wake else 5
             raise QueueFull(
-                f"{self.name} is waking and {self._waiting} requests already wait; retry later",
+                f"{self.name}: {self._waiting} requests already wait (state {self._state}); "
+                "retry later",
                 workload=self.name,
                 headers={"Retry-After": str(retry)},
             )
@@ -179,25 +218,35 @@ class Workload:
         self._metrics.queue_depth.labels(self.name).set(self._waiting)
         try:
             record: WakeRecord | None = None
-            while not (self._state is State.READY and self._instance is not None):
+            while True:
                 remaining = deadline - self._clock()
                 if remaining <= 0:
                     raise WakeTimeout(
-                        f"{self.name} did not become ready within {wait:.0f}s "
-                        f"(state {self._state})",
+                        f"{self.name} could not take the request within {wait:.0f}s "
+                        f"(state {self._state}, {self._in_flight} in flight)",
                         workload=self.name,
                     )
-                task = self._ensure_wake_task()
-                try:
-                    record = await asyncio.wait_for(asyncio.shield(task), remaining)
-                except TimeoutError:
+                if not self._ready():
+                    with contextlib.suppress(TimeoutError):
+                        record = await asyncio.wait_for(
+                            asyncio.shield(self._ensure_wake_task()), remaining
+                        )
                     continue
-            return self._lease(record)
+                if not self._slots.try_take():
+                    try:
+                        async with asyncio.timeout(remaining):
+                            await self._slots.take()
+                    except TimeoutError:
+                        continue
+                if self._ready():
+                    return self._lease(record)
+                self._slots.give()  # it started hibernating while we waited for the slot
         finally:
             self._waiting -= 1
             self._metrics.queue_depth.labels(self.name).set(self._waiting)
 
     def _lease(self, waited: WakeRecord | None) -> Lease:
+        """Record one more request in flight; the caller already holds a slot."""
         assert self._instance is not None
         self._in_flight += 1
         self._idle.clear()
@@ -205,7 +254,25 @@ class Workload:
         self._metrics.in_flight.labels(self.name).set(self._in_flight)
         return Lease(self, self._instance, waited)
 
+    async def connect(self, timeout: float | None = None) -> Connection:
+        """Wake if needed (queued like a request), then register a WebSocket connection."""
+        lease = await self.acquire(timeout)
+        lease.release()  # a connection holds no request slot; nothing awaits in between
+        connection = Connection(self, lease.instance, lease.waited)
+        self._connections.add(connection)
+        self._connections_gone.clear()
+        self._metrics.websockets.labels(self.name).set(len(self._connections))
+        return connection
+
+    def _detach(self, connection: Connection) -> None:
+        self._connections.discard(connection)
+        self._last_activity = self._clock()
+        self._metrics.websockets.labels(self.name).set(len(self._connections))
+        if not self._connections:
+            self._connections_gone.set()
+
     def _release(self) -> None:
+        self._slots.give()
         self._in_flight -= 1
         self._last_activity = self._clock()
         self._metrics.in_flight.labels(self.name).set(self._in_flight)
@@ -309,11 +376,16 @@ class Workload:
             instance = self._instance
             self._transition(State.DRAINING, reason)
             try:
-                await asyncio.wait_for(self._idle.wait(), self.settings.drain_timeout)
+                async with asyncio.timeout(self.settings.drain_timeout):
+                    await self._idle.wait()
+                    for connection in list(self._connections):
+                        connection.closing.set()
+                    await self._connections_gone.wait()
             except TimeoutError:
                 self._transition(State.READY, "drain timed out")
                 raise Conflict(
-                    f"{self.name} still has {self._in_flight} requests in flight after "
+                    f"{self.name} still has {self._in_flight} requests and "
+                    f"{len(self._connections)} websockets open after "
                     f"{self.settings.drain_timeout:.0f}s; not hibernated",
                     workload=self.name,
                 ) from None
@@ -361,6 +433,17 @@ class Workload:
         ):
             self._fail(f"process {self._instance.exit_reason()}")
 
+    async def shutdown(self, mode: str) -> None:
+        """At Dormant's exit: 'hibernate' checkpoints a ready workload (falling back to
+        stopping it if that fails); 'stop' stops it. Snapshots stay for the next start."""
+        if mode == "hibernate" and self._runtime.engine is not None and self._state is State.READY:
+            try:
+                await self.hibernate("shutdown")
+                return
+            except Exception as exc:  # stopping is still right; say why we could not hibernate
+                log.warning("%s: could not hibernate at shutdown (%s); stopping it", self.name, exc)
+        await self.stop()
+
     async def stop(self) -> None:
         """Stop the instance (shutdown); snapshots stay for the next start."""
         if self._wake_task and not self._wake_task.done():
@@ -390,6 +473,7 @@ class Workload:
             "port": instance.port if instance else None,
             "restored_from": instance.restored_from if instance else None,
             "in_flight": self._in_flight,
+            "websockets": len(self._connections),
             "waiting": self._waiting,
             "idle_s": round(self.idle_for(), 3),
             "idle_after_s": self.settings.idle_after,

@@ -1,0 +1,72 @@
+"""The admin API under /-/: workloads, hibernate, wake, health. Bearer-token protected
+(compared in constant time) except the health probes."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+
+from fastapi import APIRouter, Request
+
+from snapshots import SnapshotError
+
+from .check import EngineSetup
+from .errors import OperationFailed, Unauthorized
+from .resolve import Registry
+
+__all__ = ["admin_router"]
+
+
+def admin_router(registry: Callable[[], Registry], token: str, engine: EngineSetup) -> APIRouter:
+    router = APIRouter(prefix="/-")
+
+    def authorize(request: Request) -> None:
+        if not token:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+            raise Unauthorized(
+                "admin API: missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    async def readyz() -> dict[str, object]:
+        return {"status": "ok", "workloads": len(registry())}
+
+    @router.get("/workloads")
+    async def workloads(request: Request) -> dict[str, object]:
+        authorize(request)
+        return {
+            "engine": {"name": engine.choice.name, "reason": engine.choice.reason},
+            "workloads": [w.view() for w in registry()],
+        }
+
+    @router.get("/workloads/{name}")
+    async def workload_detail(request: Request, name: str) -> dict[str, object]:
+        authorize(request)
+        return registry().by_name(name).view()
+
+    @router.post("/workloads/{name}/hibernate")
+    async def hibernate(request: Request, name: str) -> dict[str, object]:
+        authorize(request)
+        workload = registry().by_name(name)
+        try:
+            await workload.hibernate("admin request")
+        except SnapshotError as exc:
+            raise OperationFailed(
+                f"hibernate failed: {exc}; {name} is {workload.state}", workload=name
+            ) from exc
+        return workload.view()
+
+    @router.post("/workloads/{name}/wake")
+    async def wake(request: Request, name: str) -> dict[str, object]:
+        authorize(request)
+        workload = registry().by_name(name)
+        await workload.wake()
+        return workload.view()
+
+    return router

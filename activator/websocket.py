@@ -1,0 +1,115 @@
+"""WebSocket proxying, both directions, for `http` workloads (and notebooks).
+
+The upstream is dialled only after the workload is ready (a connect wakes it);
+messages in either direction count as activity. When the workload hibernates, the
+connection is closed with 1012 (service restart) so clients reconnect, which wakes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from fastapi import WebSocket
+from starlette.websockets import WebSocketDisconnect
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+
+from .proxy import clean_headers
+from .workload import Connection
+
+__all__ = ["proxy_websocket"]
+
+log = logging.getLogger("dormant.websocket")
+
+_SKIP = (
+    "host",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-extensions",
+    "sec-websocket-protocol",
+)
+
+
+async def _client_to_upstream(
+    websocket: WebSocket, upstream: ClientConnection, connection: Connection
+) -> None:
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        connection.touch()
+        if message.get("bytes") is not None:
+            await upstream.send(message["bytes"])
+        elif message.get("text") is not None:
+            await upstream.send(message["text"])
+
+
+async def _upstream_to_client(
+    websocket: WebSocket, upstream: ClientConnection, connection: Connection
+) -> None:
+    async for data in upstream:
+        connection.touch()
+        if isinstance(data, bytes):
+            await websocket.send_bytes(data)
+        else:
+            await websocket.send_text(data)
+
+
+async def proxy_websocket(
+    websocket: WebSocket,
+    connection: Connection,
+    path: str,
+    connect_timeout: float,
+    max_message_bytes: int,
+) -> None:
+    """Relay ``websocket`` to the connection's instance until either side closes."""
+    query = websocket.url.query
+    uri = f"ws://127.0.0.1:{connection.port}{path}" + (f"?{query}" if query else "")
+    headers = clean_headers(websocket.headers.items(), drop=_SKIP)
+    host = websocket.headers.get("host")
+    try:
+        upstream = await connect(
+            uri,
+            additional_headers=[*headers, *([("host", host)] if host else [])],
+            subprotocols=list(websocket.scope.get("subprotocols", [])) or None,  # type: ignore[arg-type]
+            open_timeout=connect_timeout,
+            max_size=max_message_bytes,
+            ping_interval=None,
+            compression=None,
+        )
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        log.info("upstream refused websocket %s: %d", path, status)
+        await websocket.close(
+            code=1008 if status in (401, 403) else 1011, reason=f"upstream answered {status}"
+        )
+        return
+    except (OSError, TimeoutError, WebSocketException) as exc:
+        log.warning("cannot open upstream websocket %s: %r", path, exc)
+        await websocket.close(code=1011, reason="upstream unavailable")
+        return
+    try:
+        await websocket.accept(subprotocol=upstream.subprotocol)
+        tasks = [
+            asyncio.ensure_future(_client_to_upstream(websocket, upstream, connection)),
+            asyncio.ensure_future(_upstream_to_client(websocket, upstream, connection)),
+            asyncio.ensure_future(connection.closing.wait()),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(
+                    asyncio.CancelledError, ConnectionClosed, WebSocketDisconnect, RuntimeError
+                ):
+                    await task
+        hibernating = tasks[2] in done
+        code = 1012 if hibernating else (upstream.close_code or 1000)
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+            await websocket.close(code=code, reason="hibernating" if hibernating else "")
+    finally:
+        await upstream.close()
