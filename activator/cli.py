@@ -68,6 +68,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         "server_header": False,
         "date_header": False,
         "timeout_graceful_shutdown": 30,
+        # the client address is the socket's: never X-Forwarded-For
+        "proxy_headers": False,
     }
     main_server = uvicorn.Server(
         uvicorn.Config(app, host=settings.host, port=settings.port, **options)

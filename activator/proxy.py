@@ -81,7 +81,16 @@ def request_id(request: Request) -> str:
 def _upstream_headers(request: Request, rid: str) -> list[tuple[str, str]]:
     # Host is kept (servers such as Jupyter check it against Origin); the address we
     # connect to never comes from the request.
-    headers = clean_headers(request.headers.items(), drop=("content-length", "x-request-id"))
+    headers = clean_headers(
+        request.headers.items(),
+        drop=(
+            "content-length",
+            "x-request-id",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+        ),
+    )
     client = request.client.host if request.client else ""
     prior = request.headers.get("x-forwarded-for")
     return [

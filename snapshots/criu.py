@@ -7,9 +7,11 @@ Only CRIU >= 4.2 is accepted: 3.17 cannot parse the vDSO of kernels >= 6.12 and
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -90,6 +92,13 @@ def probe_criu(path: Path, timeout: float = 30.0) -> CriuInfo:
     return CriuInfo(path, version, check_ok, check_out)
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_parent() -> None:  # in the child, between fork and exec
+    _libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
 def _log_errors(log: Path, limit: int = 6) -> str:
     try:
         lines = log.read_text(errors="replace").splitlines()
@@ -119,6 +128,7 @@ class CriuEngine:
         return self.info.version_text
 
     def _run(self, args: list[str], timeout: float, pass_fds: tuple[int, ...] = ()) -> None:
+        # criu dies with Dormant: a dump or restore never outlives the process that owns it.
         subprocess.run(
             [str(self.info.path), *args],
             stdin=subprocess.DEVNULL,
@@ -127,6 +137,7 @@ class CriuEngine:
             timeout=timeout,
             check=True,
             pass_fds=pass_fds,
+            preexec_fn=_die_with_parent,
         )
 
     def dump(self, pid: int, images: Path, work: Path, timeout: float) -> float:
