@@ -14,10 +14,26 @@ from .check import EngineSetup
 from .errors import OperationFailed, Unauthorized
 from .resolve import Registry
 
-__all__ = ["admin_router"]
+__all__ = ["admin_router", "health_router"]
+
+
+def health_router(registry: Callable[[], Registry]) -> APIRouter:
+    """Liveness and readiness: open, and served on every listener."""
+    router = APIRouter(prefix="/-")
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    async def readyz() -> dict[str, object]:
+        return {"status": "ok", "workloads": len(registry())}
+
+    return router
 
 
 def admin_router(registry: Callable[[], Registry], token: str, engine: EngineSetup) -> APIRouter:
+    """Workloads, hibernate, wake: behind the bearer token when one is set."""
     router = APIRouter(prefix="/-")
 
     def authorize(request: Request) -> None:
@@ -28,14 +44,6 @@ def admin_router(registry: Callable[[], Registry], token: str, engine: EngineSet
             raise Unauthorized(
                 "admin API: missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
             )
-
-    @router.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @router.get("/readyz")
-    async def readyz() -> dict[str, object]:
-        return {"status": "ok", "workloads": len(registry())}
 
     @router.get("/workloads")
     async def workloads(request: Request) -> dict[str, object]:

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from snapshots import SnapshotStore
 from warmpool import LocalRuntime
 
-from .admin import admin_router
+from .admin import admin_router, health_router
 from .check import EngineSetup, detect_engine
 from .errors import (
     ActivatorError,
@@ -129,6 +129,7 @@ def create_admin_app(app: FastAPI) -> FastAPI:
     """The admin API alone, for `admin_listen`; it serves ``app``'s workloads."""
     admin = FastAPI(title="Dormant admin", docs_url=None, redoc_url=None)
     _install_error_handlers(admin)
+    admin.include_router(health_router(lambda: app.state.registry))
     admin.include_router(
         admin_router(lambda: app.state.registry, app.state.admin_token, app.state.engine)
     )
@@ -241,6 +242,7 @@ def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI
 
     if not settings.admin_listen:
         app.include_router(admin_router(registry, app.state.admin_token, setup))
+    app.include_router(health_router(registry))
 
     @app.get("/metrics")
     async def prometheus() -> Response:

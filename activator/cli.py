@@ -56,7 +56,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if not token:
         print(
             "dormant: no admin token set: /-/* admin routes are open to anyone who can reach "
-            f"{settings.listen}",
+            f"{settings.admin_listen or settings.listen}",
             file=sys.stderr,
             flush=True,
         )
