@@ -6,13 +6,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 STATE ?= .state
 
-.PHONY: setup criu run test test-fast lint format bench clean help
+.PHONY: setup criu run test test-fast test-gpu lint format bench bench-proxy clean help
 
 help:
 	@echo "make run    - set up, then start Dormant on the embedded default config (127.0.0.1:8080)"
 	@echo "make test   - set up, then run the whole test suite (real CRIU, servers, processes)"
 	@echo "make lint   - ruff + mypy"
 	@echo "make bench  - TTFT warm / after wake / after cold boot, side by side"
+	@echo "make bench-proxy - activator overhead vs calling the upstream directly (wrk)"
 
 setup: $(STAMP) criu
 
@@ -36,6 +37,9 @@ test: setup
 test-fast: setup
 	$(VENV)/bin/pytest -m "not slow"
 
+test-gpu: setup
+	$(VENV)/bin/pytest -m gpu -s tests/gpu
+
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -47,6 +51,11 @@ format: setup
 
 bench: setup
 	$(PY) -m loadtests.bench --out results
+
+bench-proxy: setup
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get install -y -qq wrk >/dev/null; } || echo "wrk unavailable: using the Python client"
+	$(PY) -m loadtests.bench_proxy --out results
 
 clean:
 	rm -rf $(STATE) results .pytest_cache .ruff_cache .mypy_cache
