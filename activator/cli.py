@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -182,6 +183,54 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_snapshots(args: argparse.Namespace) -> int:
+    """Work on the snapshot store directly (no running activator needed)."""
+    from snapshots import SnapshotCorrupt, SnapshotError, SnapshotStore
+
+    store = SnapshotStore(_load(args).state_path / "snapshots")
+    try:
+        if args.action == "list":
+            rows = [["ID", "WORKLOAD", "ENGINE", "CREATED", "SIZE", "DUMP"]]
+            for snap in store.list(args.target):
+                m = snap.manifest
+                created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m.created))
+                rows.append(
+                    [
+                        m.id,
+                        m.workload,
+                        f"{m.engine} {m.engine_version}",
+                        created,
+                        f"{m.total_bytes / 1e6:.0f} MB",
+                        f"{m.checkpoint_seconds:.2f}s",
+                    ]
+                )
+            print(_table(rows))
+            return 0
+        if not args.target:
+            raise RuntimeError(
+                f"snapshots {args.action} needs a snapshot id (see `snapshots list`)"
+            )
+        snap = store.get(args.target)
+        if args.action == "inspect":
+            print(snap.manifest.to_json())
+        elif args.action == "verify":
+            try:
+                store.verify(snap)
+            except SnapshotCorrupt as exc:
+                print(f"{snap.id}: BAD: {exc}")
+                return EXIT_FAILED
+            print(
+                f"{snap.id}: ok ({len(snap.manifest.files)} files, "
+                f"{snap.manifest.total_bytes} bytes match their sha256)"
+            )
+        elif args.action == "delete":
+            store.delete(snap)
+            print(f"deleted {snap.id}")
+    except SnapshotError as exc:
+        raise RuntimeError(str(exc)) from exc
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dormant",
@@ -226,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="what this machine supports and which engine will be used")
     check.add_argument("-c", "--config", help="YAML config (default: the embedded default)")
     check.set_defaults(func=cmd_check)
+
+    snaps = sub.add_parser("snapshots", help="list, inspect, verify or delete snapshots")
+    snaps.add_argument("action", choices=["list", "inspect", "verify", "delete"])
+    snaps.add_argument("target", nargs="?", help="snapshot id (list: a workload name to filter)")
+    snaps.add_argument("-c", "--config", help="YAML config (default: the embedded default)")
+    snaps.add_argument("--state-dir", help="state directory (default from config)")
+    snaps.set_defaults(func=cmd_snapshots)
     return parser
 
 
