@@ -34,7 +34,7 @@ from .errors import (
 )
 from .idle import Reaper
 from .metrics import Metrics
-from .proxy import Timeouts, forward, request_id, waking_stream
+from .proxy import Call, Timeouts, forward, request_id, waking_stream
 from .resolve import Registry
 from .settings import Settings, WorkloadSettings
 from .websocket import proxy_websocket
@@ -182,33 +182,27 @@ def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI
     async def proxy(
         request: Request, workload: Workload, body: bytes, stream: bool, path: str
     ) -> Response:
-        rid = request_id(request)
-        timeouts = _timeouts(workload.settings)
-        client: httpx.AsyncClient = app.state.client
+        call = Call(
+            app.state.client,
+            request,
+            body,
+            path,
+            _timeouts(workload.settings),
+            workload.name,
+            request_id(request),
+            metrics,
+        )
         lease = workload.try_acquire()
         if lease is None:
             every = workload.settings.wake_keepalive
             if stream and every > 0:
-                return waking_stream(
-                    workload.acquire,
-                    every,
-                    client,
-                    request,
-                    body,
-                    path,
-                    timeouts,
-                    workload.name,
-                    rid,
-                    metrics,
-                )
+                return waking_stream(call, workload.acquire, every)
             try:
                 lease = await _acquire_or_abandon(request, workload)
             except ActivatorError as exc:
                 metrics.requests.labels(workload.name, exc.code).inc()
                 raise
-        return await forward(
-            client, request, lease, body, path, timeouts, workload.name, rid, metrics
-        )
+        return await forward(call, lease)
 
     # -- OpenAI surface ----------------------------------------------------------------
 

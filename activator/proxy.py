@@ -26,6 +26,7 @@ from .workload import Lease
 
 __all__ = [
     "HOP_BY_HOP",
+    "Call",
     "Timeouts",
     "clean_headers",
     "forward",
@@ -102,24 +103,30 @@ def _upstream_headers(request: Request, rid: str) -> list[tuple[str, str]]:
     ]
 
 
-async def _open(
-    client: httpx.AsyncClient,
-    request: Request,
-    lease: Lease,
-    body: bytes,
-    path: str,
-    timeouts: Timeouts,
-    workload: str,
-    rid: str,
-) -> httpx.Response:
-    url = f"http://127.0.0.1:{lease.port}{path}"
+@dataclass(frozen=True)
+class Call:
+    """One request to forward: what was asked, where it goes, and under which limits."""
+
+    client: httpx.AsyncClient
+    request: Request
+    body: bytes
+    path: str
+    timeouts: Timeouts
+    workload: str
+    rid: str
+    metrics: Metrics
+
+
+async def _open(call: Call, lease: Lease) -> httpx.Response:
+    client, request, timeouts, workload = call.client, call.request, call.timeouts, call.workload
+    url = f"http://127.0.0.1:{lease.port}{call.path}"
     if request.url.query:
         url += f"?{request.url.query}"
     upstream_request = client.build_request(
         request.method,
         url,
-        headers=_upstream_headers(request, rid),
-        content=body,
+        headers=_upstream_headers(request, call.rid),
+        content=call.body,
         extensions={
             "timeout": {
                 "connect": timeouts.connect,
@@ -164,11 +171,8 @@ async def _relay(upstream: httpx.Response, idle: float, workload: str) -> AsyncI
 class _Exchange:
     """One proxied request: times it, releases the lease once, logs one access line."""
 
-    def __init__(
-        self, request: Request, lease: Lease, workload: str, rid: str, metrics: Metrics
-    ) -> None:
-        self.request, self.lease, self.workload, self.rid = request, lease, workload, rid
-        self.metrics = metrics
+    def __init__(self, call: Call, lease: Lease) -> None:
+        self.call, self.lease = call, lease
         self.started = time.monotonic()
         self.ttfb = 0.0
         self.status = 0
@@ -176,20 +180,16 @@ class _Exchange:
         self.upstream: httpx.Response | None = None
         self._done = False
 
-    async def open(
-        self, client: httpx.AsyncClient, body: bytes, path: str, timeouts: Timeouts
-    ) -> httpx.Response:
+    async def open(self) -> httpx.Response:
         try:
-            self.upstream = await _open(
-                client, self.request, self.lease, body, path, timeouts, self.workload, self.rid
-            )
+            self.upstream = await _open(self.call, self.lease)
         except ActivatorError as exc:
             self.status = exc.status
             await self.finish()
             raise
         self.ttfb = time.monotonic() - self.started
         self.status = self.upstream.status_code
-        self.metrics.ttfb_seconds.labels(self.workload).observe(self.ttfb)
+        self.call.metrics.ttfb_seconds.labels(self.call.workload).observe(self.ttfb)
         return self.upstream
 
     async def finish(self) -> None:
@@ -199,16 +199,16 @@ class _Exchange:
         if self.upstream is not None:
             await self.upstream.aclose()
         self.lease.release()
-        waited = self.lease.waited
+        call, waited = self.call, self.lease.waited
         outcome = "ok" if 0 < self.status < 500 else "upstream_error"
-        self.metrics.requests.labels(self.workload, outcome).inc()
+        call.metrics.requests.labels(call.workload, outcome).inc()
         access.info(
             "request_id=%s workload=%s method=%s path=%s status=%d wake=%s ttfb_ms=%.1f "
             "duration_ms=%.1f bytes=%d",
-            self.rid,
-            self.workload,
-            self.request.method,
-            self.request.url.path,
+            call.rid,
+            call.workload,
+            call.request.method,
+            call.request.url.path,
             self.status,
             f"{waited.path}:{waited.seconds:.3f}" if waited else "-",
             self.ttfb * 1000,
@@ -216,34 +216,26 @@ class _Exchange:
             self.bytes,
         )
 
-    async def body(self, idle: float) -> AsyncIterator[bytes]:
+    async def body(self) -> AsyncIterator[bytes]:
         assert self.upstream is not None
         try:
-            async for chunk in _relay(self.upstream, idle, self.workload):
+            async for chunk in _relay(
+                self.upstream, self.call.timeouts.stream_idle, self.call.workload
+            ):
                 self.bytes += len(chunk)
                 yield chunk
         finally:
             await self.finish()
 
 
-async def forward(
-    client: httpx.AsyncClient,
-    request: Request,
-    lease: Lease,
-    body: bytes,
-    path: str,
-    timeouts: Timeouts,
-    workload: str,
-    rid: str,
-    metrics: Metrics,
-) -> StreamingResponse:
-    """Send ``request`` (``body`` already read) to the leased instance on loopback and
-    stream the answer. The lease is released when the body is finished or abandoned
-    (a client disconnect cancels the stream, which closes the upstream connection)."""
-    exchange = _Exchange(request, lease, workload, rid, metrics)
-    upstream = await exchange.open(client, body, path, timeouts)
+async def forward(call: Call, lease: Lease) -> StreamingResponse:
+    """Send the call (body already read) to the leased instance on loopback and stream
+    the answer. The lease is released when the body is finished or abandoned (a client
+    disconnect cancels the stream, which closes the upstream connection)."""
+    exchange = _Exchange(call, lease)
+    upstream = await exchange.open()
     response = StreamingResponse(
-        exchange.body(timeouts.stream_idle),
+        exchange.body(),
         status_code=upstream.status_code,
         background=BackgroundTask(exchange.finish),
     )
@@ -251,7 +243,7 @@ async def forward(
         (k.encode("latin-1"), v.encode("latin-1"))
         for k, v in clean_headers(upstream.headers.multi_items(), drop=("x-request-id",))
     ]
-    raw.append((b"x-request-id", rid.encode()))
+    raw.append((b"x-request-id", call.rid.encode()))
     if lease.waited is not None:
         raw.append((b"x-dormant-wake", f"{lease.waited.path}; {lease.waited.seconds:.3f}".encode()))
     response.raw_headers = raw
@@ -263,20 +255,12 @@ def _sse_error(exc: ActivatorError) -> bytes:
 
 
 def waking_stream(
-    acquire: Callable[[], Awaitable[Lease]],
-    every: float,
-    client: httpx.AsyncClient,
-    request: Request,
-    body: bytes,
-    path: str,
-    timeouts: Timeouts,
-    workload: str,
-    rid: str,
-    metrics: Metrics,
+    call: Call, acquire: Callable[[], Awaitable[Lease]], every: float
 ) -> StreamingResponse:
     """For a `stream: true` request that must wait for a wake: answer at once with an
     SSE stream that carries a comment every ``every`` seconds until the upstream's first
     chunk. Failures after the headers went out become an SSE `data: {"error": ...}` event."""
+    workload = call.workload
 
     async def events() -> AsyncIterator[bytes]:
         started = time.monotonic()
@@ -294,9 +278,9 @@ def waking_stream(
             task.cancel()  # the client went away: leave the queue
         if lease.waited is not None:
             yield f": dormant-wake {lease.waited.path}; {lease.waited.seconds:.3f}\n\n".encode()
-        exchange = _Exchange(request, lease, workload, rid, metrics)
+        exchange = _Exchange(call, lease)
         try:
-            upstream = await exchange.open(client, body, path, timeouts)
+            upstream = await exchange.open()
         except ActivatorError as exc:
             yield _sse_error(exc)
             return
@@ -309,11 +293,11 @@ def waking_stream(
                 )
             )
             return
-        async for chunk in exchange.body(timeouts.stream_idle):
+        async for chunk in exchange.body():
             yield chunk
 
     return StreamingResponse(
         events(),
         media_type="text/event-stream",
-        headers={"cache-control": "no-cache", "x-request-id": rid},
+        headers={"cache-control": "no-cache", "x-request-id": call.rid},
     )
