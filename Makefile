@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Dormant needs Python >= 3.11"'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[refserver,loadtests,dev]'
+	$(PY) -m pip install -q -e '.[refserver,loadtests,notebooks,dev]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

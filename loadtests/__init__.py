@@ -1,0 +1,1 @@
+"""Load tests for Dormant: a pure OpenAI-compatible client (Locust users, SLO gates, bench)."""
