@@ -231,6 +231,14 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """TTFT warm / after wake / after cold boot: runs the load-test client `loadtests.bench`
+    (a separate program: it imports nothing from Dormant)."""
+    import subprocess
+
+    return subprocess.call([sys.executable, "-m", "loadtests.bench", *args.bench_args])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dormant",
@@ -282,10 +290,23 @@ def build_parser() -> argparse.ArgumentParser:
     snaps.add_argument("-c", "--config", help="YAML config (default: the embedded default)")
     snaps.add_argument("--state-dir", help="state directory (default from config)")
     snaps.set_defaults(func=cmd_snapshots)
+
+    bench = sub.add_parser(
+        "bench", help="TTFT warm / after wake / after cold boot, side by side", add_help=False
+    )
+    bench.add_argument(
+        "bench_args",
+        nargs=argparse.REMAINDER,
+        help="passed to `python -m loadtests.bench` (try --help)",
+    )
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # everything after `bench` belongs to loadtests.bench
+        return cmd_bench(argparse.Namespace(bench_args=argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
