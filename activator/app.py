@@ -34,7 +34,14 @@ from .errors import (
 )
 from .idle import Reaper
 from .metrics import Metrics
-from .proxy import Call, Timeouts, forward, request_id, waking_stream
+from .proxy import (
+    Call,
+    Timeouts,
+    forward,
+    request_id,
+    upstream_session,
+    waking_stream,
+)
 from .resolve import Registry
 from .settings import Settings, WorkloadSettings
 from .websocket import proxy_websocket
@@ -151,13 +158,16 @@ def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI
         if removed:
             log.warning("removed %d half-written snapshot(s) from an earlier crash", len(removed))
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
-        async with httpx.AsyncClient(limits=limits, timeout=None, trust_env=False) as client:
+        async with (
+            contextlib.AsyncExitStack() as stack,
+            httpx.AsyncClient(limits=limits, timeout=None, trust_env=False) as client,
+        ):
             runtime = LocalRuntime(store, state_dir / "work", setup.criu, client)
             workloads = [
                 Workload(w, runtime, store, state_dir, metrics) for w in settings.workloads
             ]
             app.state.registry = Registry(workloads)
-            app.state.client = client
+            app.state.client = await stack.enter_async_context(upstream_session())
             reaper = Reaper(workloads, settings.reap_interval)
             reaper.start()
             log.info("engine: %s (%s)", setup.choice.name, setup.choice.reason)

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
 from fastapi import Request
 from starlette.background import BackgroundTask
 from starlette.responses import StreamingResponse
@@ -31,6 +31,7 @@ __all__ = [
     "clean_headers",
     "forward",
     "request_id",
+    "upstream_session",
     "waking_stream",
 ]
 
@@ -107,7 +108,7 @@ def _upstream_headers(request: Request, rid: str) -> list[tuple[str, str]]:
 class Call:
     """One request to forward: what was asked, where it goes, and under which limits."""
 
-    client: httpx.AsyncClient
+    client: aiohttp.ClientSession
     request: Request
     body: bytes
     path: str
@@ -117,53 +118,60 @@ class Call:
     metrics: Metrics
 
 
-async def _open(call: Call, lease: Lease) -> httpx.Response:
-    client, request, timeouts, workload = call.client, call.request, call.timeouts, call.workload
+def upstream_session(max_connections: int = 1000) -> aiohttp.ClientSession:
+    """The one client the proxy forwards with. aiohttp, not httpx, on this hot path:
+    measured side by side (make bench-proxy), httpx's pure-Python connection handling
+    cost about 2x the latency and half the throughput. Raw bytes (no decompression),
+    no cookie jar (clients must never share cookies), no default headers added."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(
+            limit=max_connections, limit_per_host=0, keepalive_timeout=30, force_close=False
+        ),
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        trust_env=False,
+    )
+
+
+async def _open(call: Call, lease: Lease) -> aiohttp.ClientResponse:
+    request, timeouts, workload = call.request, call.timeouts, call.workload
     url = f"http://127.0.0.1:{lease.port}{call.path}"
     if request.url.query:
         url += f"?{request.url.query}"
-    upstream_request = client.build_request(
-        request.method,
-        url,
-        headers=_upstream_headers(request, call.rid),
-        content=call.body,
-        extensions={
-            "timeout": {
-                "connect": timeouts.connect,
-                "read": None,
-                "write": timeouts.stream_idle,
-                "pool": timeouts.connect,
-            }
-        },
-    )
     try:
         async with asyncio.timeout(timeouts.first_byte):
-            return await client.send(upstream_request, stream=True)
+            return await call.client.request(
+                request.method,
+                url,
+                headers=_upstream_headers(request, call.rid),
+                data=call.body or None,
+                allow_redirects=False,
+                compress=None,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect),
+            )
     except TimeoutError as exc:
         raise UpstreamTimeout(
             f"{workload} sent no response within {timeouts.first_byte:.0f}s", workload=workload
         ) from exc
-    except httpx.TimeoutException as exc:
-        raise UpstreamTimeout(
-            f"{workload} did not answer in time: {exc!r}", workload=workload
-        ) from exc
-    except httpx.HTTPError as exc:
+    except aiohttp.ClientError as exc:
         raise UpstreamError(f"{workload} is unreachable: {exc!r}", workload=workload) from exc
 
 
-async def _relay(upstream: httpx.Response, idle: float, workload: str) -> AsyncIterator[bytes]:
-    chunks = upstream.aiter_raw()
+async def _relay(
+    upstream: aiohttp.ClientResponse, idle: float, workload: str
+) -> AsyncIterator[bytes]:
     while True:
         try:
             async with asyncio.timeout(idle):
-                chunk = await anext(chunks)
-        except StopAsyncIteration:
-            return
+                chunk = await upstream.content.readany()
         except TimeoutError:
             log.warning("%s: response body silent for %.0fs; closing it", workload, idle)
             return
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             log.warning("%s: upstream stream broke: %r", workload, exc)
+            return
+        if not chunk:
             return
         yield chunk
 
@@ -177,10 +185,10 @@ class _Exchange:
         self.ttfb = 0.0
         self.status = 0
         self.bytes = 0
-        self.upstream: httpx.Response | None = None
+        self.upstream: aiohttp.ClientResponse | None = None
         self._done = False
 
-    async def open(self) -> httpx.Response:
+    async def open(self) -> aiohttp.ClientResponse:
         try:
             self.upstream = await _open(self.call, self.lease)
         except ActivatorError as exc:
@@ -188,7 +196,7 @@ class _Exchange:
             await self.finish()
             raise
         self.ttfb = time.monotonic() - self.started
-        self.status = self.upstream.status_code
+        self.status = self.upstream.status
         self.call.metrics.ttfb_seconds.labels(self.call.workload).observe(self.ttfb)
         return self.upstream
 
@@ -197,7 +205,11 @@ class _Exchange:
             return
         self._done = True
         if self.upstream is not None:
-            await self.upstream.aclose()
+            # a body read to the end goes back to the pool; anything else is closed
+            if self.upstream.content.at_eof():
+                self.upstream.release()
+            else:
+                self.upstream.close()
         self.lease.release()
         call, waited = self.call, self.lease.waited
         outcome = "ok" if 0 < self.status < 500 else "upstream_error"
@@ -236,12 +248,15 @@ async def forward(call: Call, lease: Lease) -> StreamingResponse:
     upstream = await exchange.open()
     response = StreamingResponse(
         exchange.body(),
-        status_code=upstream.status_code,
+        status_code=upstream.status,
         background=BackgroundTask(exchange.finish),
     )
     raw = [
         (k.encode("latin-1"), v.encode("latin-1"))
-        for k, v in clean_headers(upstream.headers.multi_items(), drop=("x-request-id",))
+        for k, v in clean_headers(
+            ((k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers),
+            drop=("x-request-id",),
+        )
     ]
     raw.append((b"x-request-id", call.rid.encode()))
     if lease.waited is not None:
@@ -284,13 +299,11 @@ def waking_stream(
         except ActivatorError as exc:
             yield _sse_error(exc)
             return
-        if upstream.status_code != 200:
-            detail = (await upstream.aread()).decode(errors="replace")[:2000]
+        if upstream.status != 200:
+            detail = (await upstream.content.read(2000)).decode(errors="replace")
             await exchange.finish()
             yield _sse_error(
-                UpstreamError(
-                    f"{workload} answered {upstream.status_code}: {detail}", workload=workload
-                )
+                UpstreamError(f"{workload} answered {upstream.status}: {detail}", workload=workload)
             )
             return
         async for chunk in exchange.body():
