@@ -244,7 +244,7 @@ class Bench:
     # -- the two Dormants ------------------------------------------------------------------
 
     def run_criu(self, workdir: Path) -> list[Row]:
-        with LocalDormant(workdir, "auto", self.plan.size, self.weights_dir) as dormant:
+        with LocalDormant.reference(workdir, "auto", self.plan.size, self.weights_dir) as dormant:
             self.say(f"auto: Dormant up at {dormant.url} (log {dormant.log_path})")
             with AdminClient(dormant.url) as admin:
                 engine = admin.engine()
@@ -262,7 +262,9 @@ class Bench:
         return rows
 
     def run_restart(self, workdir: Path) -> list[Row]:
-        with LocalDormant(workdir, "restart", self.plan.size, self.weights_dir) as dormant:
+        with LocalDormant.reference(
+            workdir, "restart", self.plan.size, self.weights_dir
+        ) as dormant:
             self.say(f"restart: Dormant up at {dormant.url} (log {dormant.log_path})")
             with httpx.Client(base_url=dormant.url, timeout=600, trust_env=False) as client:
                 self._warm_up(dormant, client)

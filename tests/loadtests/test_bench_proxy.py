@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.bench_proxy import percentile, split_duration
+from loadtests.bench_proxy import _dormant, split_duration
+from loadtests.launcher import LocalDormant
+from loadtests.loadgen import percentile
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,6 +28,24 @@ def test_percentile_and_split() -> None:
     assert split_duration(5, 2, integer=True) == [3.0, 2.0]
     assert split_duration(1, 2, integer=True) == [1.0]
     assert split_duration(1, 2, integer=False) == [0.5, 0.5]
+
+
+def test_the_proxy_dormant_fronts_the_upstream_and_the_bench_one_the_reference(
+    tmp_path: Path,
+) -> None:
+    proxy = _dormant(tmp_path)
+    config = proxy.config()
+    assert (proxy.workload, proxy.model, proxy.engine, proxy.isolated) == (
+        "echo",
+        "echo",
+        "restart",
+        True,
+    )
+    assert len(config["admin_token"]) == 32 and config["log_level"] == "warning"
+    assert config["workloads"][0]["command"][:3] == ["{python}", "-m", "loadtests.upstream"]
+    ref = LocalDormant.reference(tmp_path, "auto", "small", tmp_path / "weights")
+    assert (ref.workload, ref.model, ref.isolated) == ("ref", "ref-small", False)
+    assert ref.config()["reap_interval"] == 0.2 and "admin_token" not in ref.config()
 
 
 @pytest.mark.slow
