@@ -34,6 +34,7 @@ from .errors import (
 )
 from .idle import Reaper
 from .metrics import Metrics
+from .notebooks import ActivityProbe
 from .proxy import (
     Call,
     Timeouts,
@@ -168,7 +169,7 @@ def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI
             ]
             app.state.registry = Registry(workloads)
             app.state.client = await stack.enter_async_context(upstream_session())
-            reaper = Reaper(workloads, settings.reap_interval)
+            reaper = Reaper(workloads, settings.reap_interval, ActivityProbe(client, state_dir))
             reaper.start()
             log.info("engine: %s (%s)", setup.choice.name, setup.choice.reason)
             for w in workloads:

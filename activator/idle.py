@@ -1,18 +1,31 @@
-"""When do we give resources back? A pure rule, and the loop that applies it."""
+"""When do we give resources back? Pure rules, and the loop that applies them.
+
+``should_hibernate`` judges from what the proxy sees: requests in flight or queued,
+and the last activity (requests, WebSocket messages). A notebook server can be busy
+with none of that (a kernel computing for an hour, nobody connected), so before a
+``jupyter`` workload is hibernated the reaper also asks the server itself, and
+``jupyter_keeps_awake`` decides from its answer.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
+from .notebooks import JupyterActivity, ProbeFailed
+from .settings import WorkloadSettings
 from .states import State
 from .workload import Workload
 
-__all__ = ["Reaper", "should_hibernate"]
+__all__ = ["Probe", "Reaper", "jupyter_keeps_awake", "should_hibernate"]
 
 log = logging.getLogger("dormant.idle")
+
+Probe = Callable[[WorkloadSettings, int], Awaitable[JupyterActivity]]
+"""Asks a notebook server on a loopback port what it is doing (see notebooks.ActivityProbe);
+raises ProbeFailed."""
 
 
 def should_hibernate(
@@ -29,12 +42,35 @@ def should_hibernate(
     )
 
 
-class Reaper:
-    """Every ``interval`` seconds: notice dead instances, hibernate idle workloads."""
+def jupyter_keeps_awake(
+    activity: JupyterActivity | None, *, idle_for: float, idle_after: float
+) -> float | None:
+    """Whether a notebook server that the proxy sees idle is in fact active.
 
-    def __init__(self, workloads: Iterable[Workload], interval: float) -> None:
+    Returns how many seconds ago it was last active when that keeps it awake: 0 while
+    any kernel is busy (however long it has been computing), or Jupyter's own idle time
+    when Jupyter saw activity more recently than the proxy did and less than
+    ``idle_after`` ago. Returns None when it may hibernate, which includes not knowing
+    (``activity`` None: the server did not answer, so the proxy's view stands)."""
+    if activity is None:
+        return None
+    if activity.busy_kernels > 0:
+        return 0.0
+    if activity.idle_for < idle_for and activity.idle_for < idle_after:
+        return activity.idle_for
+    return None
+
+
+class Reaper:
+    """Every ``interval`` seconds: notice dead instances, hibernate idle workloads.
+    ``probe`` (when given) is asked about ``jupyter`` workloads before they hibernate."""
+
+    def __init__(
+        self, workloads: Iterable[Workload], interval: float, probe: Probe | None = None
+    ) -> None:
         self._workloads = list(workloads)
         self._interval = interval
+        self._probe = probe
         self._running: dict[str, asyncio.Task[State]] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -55,17 +91,48 @@ class Reaper:
             busy = self._running.get(workload.name)
             if busy is not None and not busy.done():
                 continue
-            if should_hibernate(
-                state=workload.state,
-                in_flight=workload.in_flight,
-                waiting=workload.waiting,
-                idle_for=workload.idle_for(),
-                idle_after=workload.settings.idle_after,
-            ):
+            if self._idle(workload):
                 task = asyncio.create_task(self._hibernate(workload), name=f"idle-{workload.name}")
                 self._running[workload.name] = task
 
+    @staticmethod
+    def _idle(workload: Workload) -> bool:
+        return should_hibernate(
+            state=workload.state,
+            in_flight=workload.in_flight,
+            waiting=workload.waiting,
+            idle_for=workload.idle_for(),
+            idle_after=workload.settings.idle_after,
+        )
+
+    async def _ask(self, workload: Workload) -> JupyterActivity | None:
+        """The notebook server's own view, or None when it cannot be had."""
+        port = workload.port
+        if self._probe is None or port is None:
+            return None
+        try:
+            return await self._probe(workload.settings, port)
+        except ProbeFailed as exc:
+            log.warning("%s: notebook server did not say what it is doing: %s", workload.name, exc)
+            return None
+
     async def _hibernate(self, workload: Workload) -> State:
+        if workload.settings.kind == "jupyter":
+            activity = await self._ask(workload)
+            ago = jupyter_keeps_awake(
+                activity, idle_for=workload.idle_for(), idle_after=workload.settings.idle_after
+            )
+            if activity is not None and ago is not None:
+                log.debug(
+                    "%s: kept awake (%d busy kernels, Jupyter active %.1fs ago)",
+                    workload.name,
+                    activity.busy_kernels,
+                    ago,
+                )
+                workload.note_activity(ago)
+                return workload.state
+            if not self._idle(workload):  # a request came in while we asked
+                return workload.state
         try:
             return await workload.hibernate(f"idle for {workload.idle_for():.0f}s")
         except Exception as exc:  # logged, and the workload keeps serving

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from .notebooks import base_path, jupyter_command
+
 __all__ = ["DEFAULT_CONFIG", "ConfigError", "Settings", "WorkloadSettings", "load_settings"]
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
@@ -36,11 +38,12 @@ class WorkloadSettings:
     name: str
     """Unique name; used in admin URLs and snapshot directories."""
     command: tuple[str, ...]
-    """argv; may use {port}, {python}, {state_dir}, {name}."""
+    """argv; may use {port}, {python}, {state_dir}, {name} (kind jupyter: built by Dormant)."""
     models: tuple[str, ...] = ()
     """OpenAI model names this workload serves (routes /v1/* by the `model` field)."""
     kind: str = "openai"
-    """'openai' (routed by the JSON `model` field) or 'http' (routed by path_prefix / hosts)."""
+    """'openai' (routed by the JSON `model` field), 'http' (routed by path_prefix / hosts) or
+    'jupyter' (a notebook server Dormant runs, served under /notebooks/NAME/)."""
     path_prefix: str = ""
     """kind http: requests whose path starts with this prefix go here (e.g. '/apps/grafana')."""
     strip_prefix: bool = False
@@ -86,6 +89,16 @@ class WorkloadSettings:
     """After a failed start, seconds during which requests fail fast with the reason."""
     keep_snapshots: int = 1
     """Verified snapshots kept per workload (older ones are deleted)."""
+    root_dir: str = ""
+    """kind jupyter: the notebook directory served; may use {state_dir}, {name}
+    (default {state_dir}/notebooks/{name}/files, created at start)."""
+    python: str = ""
+    """kind jupyter: the Python that runs jupyter_server and the kernels (default: Dormant's)."""
+    args: tuple[str, ...] = ()
+    """kind jupyter: extra `jupyter server` arguments, after Dormant's own (so they win)."""
+    token_file: str = ""
+    """kind jupyter: file holding the Jupyter token (default: generated at first start into
+    {state_dir}/notebooks/{name}/token, mode 0600)."""
 
 
 @dataclass(frozen=True)
@@ -198,11 +211,58 @@ _DURATIONS = {
 }
 
 
+_KINDS = ("openai", "http", "jupyter")
+_JUPYTER_ONLY = ("root_dir", "python", "args", "token_file")
+_NOT_FOR_JUPYTER = {
+    "command": "Dormant builds it; use 'args' for extra arguments and 'python' for the interpreter",
+    "models": "notebook servers are routed by path, not by model",
+    "path_prefix": "it is always /notebooks/NAME",
+    "strip_prefix": "Jupyter's base_url includes the prefix",
+    "hosts": "notebook servers are routed by path (/notebooks/NAME/)",
+    "health_path": "it is always /notebooks/NAME/api",
+}
+
+
+def _argv(value: Any, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = value.split()
+    if not isinstance(value, list) or not all(isinstance(v, str | int | float) for v in value):
+        raise ConfigError(f"{where}: expected a list of strings")
+    return tuple(str(v) for v in value)
+
+
+def _placeholders(value: str, where: str, allowed: tuple[str, ...]) -> None:
+    try:
+        value.format(**dict.fromkeys(allowed, ""))
+    except (KeyError, IndexError, ValueError) as exc:
+        names = ", ".join(f"{{{a}}}" for a in allowed)
+        raise ConfigError(
+            f"{where}: bad placeholder {exc}; use {names} (and {{{{ }}}} for literal braces)"
+        ) from None
+
+
+def _check_kind_keys(data: dict[str, Any], path: str) -> None:
+    """The kind first (it decides what else is needed), then keys only one kind uses."""
+    if data.get("kind", "openai") not in _KINDS:
+        raise ConfigError(
+            f"{path}.kind: must be 'openai', 'http' or 'jupyter' (got {data['kind']!r})"
+        )
+    if data.get("kind") == "jupyter":
+        for key, why in _NOT_FOR_JUPYTER.items():
+            if key in data:
+                raise ConfigError(f"{path}.{key}: not used by a 'jupyter' workload ({why})")
+        return
+    for key in _JUPYTER_ONLY:
+        if key in data:
+            raise ConfigError(f"{path}.{key}: only for workloads of kind 'jupyter'")
+
+
 def _workload(data: Any, path: str) -> WorkloadSettings:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping, got {type(data).__name__}")
     _check_keys(data, [f.name for f in fields(WorkloadSettings)], path)
-    for required in ("name", "command"):
+    _check_kind_keys(data, path)
+    for required in ("name",) if data.get("kind") == "jupyter" else ("name", "command"):
         if required not in data:
             raise ConfigError(f"{path}.{required}: required")
     out: dict[str, Any] = {}
@@ -231,9 +291,20 @@ def _workload(data: Any, path: str) -> WorkloadSettings:
                 raise ConfigError(f"{where}: expected a list of model names")
             out[key] = tuple(value)
         elif key == "kind":
-            if value not in ("openai", "http"):
-                raise ConfigError(f"{where}: must be 'openai' or 'http' (got {value!r})")
-            out[key] = value
+            out[key] = value  # checked first, in _check_kind_keys
+        elif key == "args":
+            out[key] = _argv(value, where)
+            for i, arg in enumerate(out[key]):
+                _placeholders(arg, f"{where}[{i}]", ("port", "python", "state_dir", "name"))
+        elif key in ("python", "root_dir"):
+            if not _string(value, where):
+                raise ConfigError(f"{where}: must not be empty")
+            _placeholders(value, where, ("state_dir", "name"))
+            out[key] = os.path.expanduser(value)
+        elif key == "token_file":
+            if not Path(_string(value, where)).expanduser().is_file():
+                raise ConfigError(f"{where}: {value!r} does not exist")
+            out[key] = str(Path(value).expanduser())
         elif key == "path_prefix":
             if value and (not _string(value, where).startswith("/") or value.endswith("/")):
                 raise ConfigError(f"{where}: must start with '/' and not end with '/' ({value!r})")
@@ -262,6 +333,13 @@ def _workload(data: Any, path: str) -> WorkloadSettings:
             out[key] = value
         else:
             out[key] = _string(value, where)
+    if out.get("kind") == "jupyter":
+        name = out["name"]
+        out["command"] = jupyter_command(
+            name, out.get("python", ""), out.get("root_dir", ""), out.get("args", ())
+        )
+        out["path_prefix"] = base_path(name)
+        out["health_path"] = base_path(name) + "/api"  # answers without the token
     workload = WorkloadSettings(**out)
     format_command(workload, 1, Path("."))  # placeholders are checked at load, not at boot
     if workload.kind == "openai" and not workload.models:

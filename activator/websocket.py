@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect
@@ -23,6 +24,7 @@ __all__ = ["proxy_websocket"]
 
 log = logging.getLogger("dormant.websocket")
 
+_HOST = re.compile(r"^([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?$")
 _SKIP = (
     "host",
     "sec-websocket-key",
@@ -66,13 +68,20 @@ async def proxy_websocket(
 ) -> None:
     """Relay ``websocket`` to the connection's instance until either side closes."""
     query = websocket.url.query
-    uri = f"ws://127.0.0.1:{connection.port}{path}" + (f"?{query}" if query else "")
+    # The client's Host goes in the URI (websockets sends exactly one Host, from it;
+    # Jupyter checks Origin against it); the socket always goes to the instance.
+    host = websocket.headers.get("host", "")
+    if not _HOST.match(host):
+        host = f"127.0.0.1:{connection.port}"
+    uri = f"ws://{host}{path}" + (f"?{query}" if query else "")
     headers = clean_headers(websocket.headers.items(), drop=_SKIP)
-    host = websocket.headers.get("host")
     try:
         upstream = await connect(
             uri,
-            additional_headers=[*headers, *([("host", host)] if host else [])],
+            host="127.0.0.1",
+            port=connection.port,
+            proxy=None,  # never an HTTP(S)_PROXY from the environment: loopback only
+            additional_headers=headers,
             subprotocols=list(websocket.scope.get("subprotocols", [])) or None,  # type: ignore[arg-type]
             open_timeout=connect_timeout,
             max_size=max_message_bytes,

@@ -32,6 +32,7 @@ from snapshots import (
 )
 from warmpool import Instance, InstanceSpec, LocalRuntime, StartFailed
 
+from . import notebooks
 from .breaker import Slots
 from .errors import Conflict, QueueFull, WakeFailed, WakeTimeout
 from .metrics import Metrics
@@ -164,8 +165,17 @@ class Workload:
     def waiting(self) -> int:
         return self._waiting
 
+    @property
+    def port(self) -> int | None:
+        """The ready instance's loopback port, or None when there is no instance."""
+        return self._instance.port if self._instance is not None else None
+
     def idle_for(self) -> float:
         return self._clock() - self._last_activity
+
+    def note_activity(self, seconds_ago: float = 0.0) -> None:
+        """Activity seen outside the proxy (e.g. a notebook kernel computing), ``seconds_ago``."""
+        self._last_activity = max(self._last_activity, self._clock() - seconds_ago)
 
     def _transition(self, new: State, reason: str = "") -> None:
         old = self._state
@@ -294,14 +304,27 @@ class Workload:
             return None
         return await asyncio.shield(self._ensure_wake_task())
 
-    def _spec(self, port: int) -> InstanceSpec:
+    def _environment(self) -> dict[str, str]:
+        """The command's environment. A notebook server also gets its token and runtime
+        directory, made ready here before every start or restore; when that fails the
+        wake fails and nothing changes (a snapshot stays as it is)."""
+        env = dict(self.settings.env)
+        if self.settings.kind == "jupyter":
+            try:
+                env.update(notebooks.prepare(self.settings, self._state_dir))
+            except (OSError, ValueError) as exc:
+                self.last_error = f"cannot prepare the notebook server: {exc}"
+                raise WakeFailed(f"{self.name}: {self.last_error}", workload=self.name) from exc
+        return env
+
+    def _spec(self, port: int, env: dict[str, str]) -> InstanceSpec:
         s = self.settings
         return InstanceSpec(
             name=s.name,
             command=format_command(s, port, self._state_dir),
             port=port,
             health_path=s.health_path,
-            env=dict(s.env),
+            env=env,
             cwd=Path(s.cwd) if s.cwd else None,
             start_timeout=s.start_timeout,
             stop_timeout=s.stop_timeout,
@@ -319,11 +342,14 @@ class Workload:
                     workload=self.name,
                 )
             started = self._clock()
+            env = self._environment()
             snapshot = self._store.latest(self.name) if self._runtime.engine else None
             if snapshot is not None:
                 self._transition(State.RESTORING, f"snapshot {snapshot.id}")
                 try:
-                    instance = await self._runtime.restore(snapshot, self._spec(self.settings.port))
+                    instance = await self._runtime.restore(
+                        snapshot, self._spec(self.settings.port, env)
+                    )
                     self.counters["restores"] += 1
                     return self._became_ready(instance, "restore", started)
                 except (SnapshotCorrupt, RestoreFailed, OSError) as exc:
@@ -335,7 +361,9 @@ class Workload:
             else:
                 self._transition(State.STARTING, "cold boot")
             try:
-                instance = await self._runtime.boot(self._spec(self.settings.port or _free_port()))
+                instance = await self._runtime.boot(
+                    self._spec(self.settings.port or _free_port(), env)
+                )
             except (StartFailed, OSError) as exc:
                 self.counters["start_failures"] += 1
                 self._fail(f"start failed: {exc}", backoff=True)

@@ -1,0 +1,256 @@
+"""Notebook servers: how Dormant runs `jupyter server`, and how it asks one what it is doing.
+
+A ``kind: jupyter`` workload is an ``http`` workload whose command Dormant builds
+(``jupyter_command``), routed under ``/notebooks/NAME`` without stripping the prefix
+(Jupyter's ``base_url`` includes it). At every start or restore, ``prepare`` makes the
+directories the server needs and hands it its token through the environment, never on
+the command line (where ``ps`` shows it) and never in a URL.
+
+Before the idle reaper hibernates a notebook server it asks the server itself
+(``ActivityProbe``): a kernel that is busy computing keeps it awake however long it
+runs, even with no client connected. The answer is reduced to a ``JupyterActivity``;
+what to do with it is a pure rule in ``activator.idle``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+import stat
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+if TYPE_CHECKING:
+    from .settings import WorkloadSettings
+
+__all__ = [
+    "BASE_PATH",
+    "JUPYTER_OPTIONS",
+    "ActivityProbe",
+    "JupyterActivity",
+    "ProbeFailed",
+    "activity_from",
+    "base_path",
+    "jupyter_command",
+    "prepare",
+    "read_token",
+    "root_dir",
+    "runtime_dir",
+    "token_path",
+]
+
+log = logging.getLogger("dormant.notebooks")
+
+BASE_PATH = "/notebooks"
+"""Every notebook server is served under BASE_PATH/NAME/."""
+
+DEFAULT_ROOT_DIR = "{state_dir}/notebooks/{name}/files"
+"""Where notebooks live when the config names no root_dir (created at start)."""
+
+JUPYTER_OPTIONS: tuple[str, ...] = (
+    "--ServerApp.open_browser=False",
+    # Dormant runs as root where CRIU needs it, and its instances with it.
+    "--ServerApp.allow_root=True",
+    # The port is Dormant's to choose; never wander to another one.
+    "--ServerApp.port_retries=0",
+    # Clients reach Jupyter through Dormant with their own Host header (e.g. a public
+    # name); Jupyter's DNS-rebinding guard would answer 403 to every non-local name.
+    # The server itself only listens on 127.0.0.1 and its token auth stays on.
+    "--ServerApp.allow_remote_access=True",
+    # Hibernation makes wall-clock time jump: whatever counts idle time by the clock
+    # would see hours of "inactivity" after a wake and shut things down. Dormant does
+    # the idle handling; these are all off (their defaults, made explicit so a user's
+    # jupyter_server_config.py cannot turn them on behind Dormant's back).
+    "--ServerApp.shutdown_no_activity_timeout=0",
+    "--MappingKernelManager.cull_idle_timeout=0",
+    "--TerminalManager.cull_inactive_timeout=0",
+    # Kernels talk to the server over unix sockets inside the checkpointed tree, so the
+    # server and its kernels are dumped and restored together (tcp would need
+    # --tcp-established and iptables).
+    "--KernelManager.transport=ipc",
+)
+"""Dormant's fixed `jupyter server` settings (user `args` come after and may override)."""
+
+_TOKEN_BYTES = 24
+_SOCKET_PATH_MAX = 107  # sun_path, minus the terminating NUL
+_KERNEL_SOCKET_SUFFIX = len("/kernel-") + 36 + len("-ipc-") + 5  # uuid, up to 5 digits
+
+
+class ProbeFailed(Exception):
+    """The notebook server did not say what it is doing (unreachable, refused, odd answer)."""
+
+
+@dataclass(frozen=True)
+class JupyterActivity:
+    """What a Jupyter server reports about itself."""
+
+    busy_kernels: int
+    """Kernels whose execution_state is 'busy' (running code) right now."""
+    idle_for: float
+    """Seconds since Jupyter's own last activity (API calls, kernel messages, terminals)."""
+
+
+# -- configuration (pure) ------------------------------------------------------------------
+
+
+def base_path(name: str) -> str:
+    """The path prefix of notebook server ``name``: ``/notebooks/NAME`` (no trailing slash)."""
+    return f"{BASE_PATH}/{name}"
+
+
+def jupyter_command(name: str, python: str, root: str, args: Sequence[str]) -> tuple[str, ...]:
+    """The argv template of notebook server ``name`` (placeholders filled at start).
+
+    ``python`` runs ``-m jupyter_server`` (and, through the default kernel spec, the
+    kernels); ``root`` is the directory served; ``args`` come last so they win."""
+    return (
+        python or "{python}",
+        "-m",
+        "jupyter_server",
+        "--ServerApp.ip=127.0.0.1",
+        "--ServerApp.port={port}",
+        f"--ServerApp.base_url={base_path(name)}/",
+        f"--ServerApp.root_dir={root or DEFAULT_ROOT_DIR}",
+        *JUPYTER_OPTIONS,
+        *args,
+    )
+
+
+def token_path(workload: WorkloadSettings, state_dir: Path) -> Path:
+    """The file holding the workload's Jupyter token: its ``token_file``, or
+    STATE_DIR/notebooks/NAME/token (generated at first start, mode 0600)."""
+    if workload.token_file:
+        return Path(workload.token_file).expanduser()
+    return state_dir / "notebooks" / workload.name / "token"
+
+
+def root_dir(workload: WorkloadSettings, state_dir: Path) -> Path:
+    """The directory the notebook server serves (relative paths are under ``cwd``)."""
+    template = workload.root_dir or DEFAULT_ROOT_DIR
+    path = Path(template.format(state_dir=state_dir, name=workload.name))
+    return path if path.is_absolute() else Path(workload.cwd or ".") / path
+
+
+def runtime_dir(workload: WorkloadSettings, state_dir: Path) -> Path:
+    """JUPYTER_RUNTIME_DIR: kernel connection files and the kernels' unix sockets.
+
+    STATE_DIR/notebooks/NAME/runtime when a kernel's socket path there fits in a unix
+    socket address (107 bytes); otherwise a private directory directly in the system's
+    temporary directory, ``dormant-UID-DIGEST`` (DIGEST: of the path it stands for)."""
+    preferred = state_dir / "notebooks" / workload.name / "runtime"
+    if len(os.fsencode(preferred)) + _KERNEL_SOCKET_SUFFIX <= _SOCKET_PATH_MAX:
+        return preferred
+    digest = hashlib.sha256(str(preferred).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"dormant-{os.getuid()}-{digest}"
+
+
+def activity_from(
+    status: Mapping[str, Any], kernels: Sequence[Mapping[str, Any]], now: datetime
+) -> JupyterActivity:
+    """Reduce ``GET api/status`` and ``GET api/kernels`` answers to a JupyterActivity.
+
+    Raises ValueError (or KeyError, TypeError) on answers that are not Jupyter's."""
+    stamps = [_parse_time(status["last_activity"])]
+    stamps += [_parse_time(k["last_activity"]) for k in kernels if k.get("last_activity")]
+    busy = sum(1 for k in kernels if k.get("execution_state") == "busy")
+    return JupyterActivity(busy, max(0.0, (now - max(stamps)).total_seconds()))
+
+
+def _parse_time(value: Any) -> datetime:
+    stamp = datetime.fromisoformat(str(value))
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+
+
+# -- effects ---------------------------------------------------------------------------------
+
+
+def _private_dir(path: Path) -> None:
+    """Create ``path`` (0700) and make sure nobody else owns or can enter it."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise OSError(f"{path} is not a directory owned by uid {os.getuid()}; refusing to use it")
+    if info.st_mode & 0o077:
+        path.chmod(0o700)
+
+
+def read_token(path: Path) -> str:
+    """The token in ``path`` (surrounding whitespace removed); OSError when unreadable,
+    ValueError when empty."""
+    token = path.read_text().strip()
+    if not token:
+        raise ValueError(f"{path} is empty; a notebook server needs a token")
+    return token
+
+
+def _ensure_token(path: Path) -> str:
+    if not path.exists():
+        _private_dir(path.parent)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(_TOKEN_BYTES) + "\n")
+        log.info("generated a Jupyter token in %s", path)
+    return read_token(path)
+
+
+def prepare(workload: WorkloadSettings, state_dir: Path) -> dict[str, str]:
+    """Before a start or a restore: create the directories, generate the token when the
+    config names no ``token_file``, and return the environment the server needs
+    (JUPYTER_TOKEN, JUPYTER_RUNTIME_DIR). Raises OSError or ValueError."""
+    path = token_path(workload, state_dir)
+    token = read_token(path) if workload.token_file else _ensure_token(path)
+    runtime = runtime_dir(workload, state_dir)
+    _private_dir(runtime)
+    if not workload.root_dir:
+        root_dir(workload, state_dir).mkdir(parents=True, exist_ok=True)
+    return {"JUPYTER_TOKEN": token, "JUPYTER_RUNTIME_DIR": str(runtime)}
+
+
+class ActivityProbe:
+    """Asks a notebook server (on loopback, with its token) what it is doing.
+
+    ``GET api/status`` gives the server's last activity; ``GET api/kernels`` (with
+    ``no_track_activity``, so that asking is not itself activity) gives each kernel's
+    execution_state and last activity."""
+
+    def __init__(self, client: httpx.AsyncClient, state_dir: Path, timeout: float = 5.0) -> None:
+        self._client = client
+        self._state_dir = state_dir
+        self._timeout = timeout
+
+    async def __call__(self, workload: WorkloadSettings, port: int) -> JupyterActivity:
+        """Raises ProbeFailed with the reason."""
+        try:
+            token = read_token(token_path(workload, self._state_dir))
+        except (OSError, ValueError) as exc:
+            raise ProbeFailed(f"cannot read the token: {exc}") from exc
+        api = f"http://127.0.0.1:{port}{base_path(workload.name)}/api"
+        headers = {"Authorization": f"token {token}"}
+        try:
+            status = await self._get(api, "/status", headers, {})
+            kernels = await self._get(api, "/kernels", headers, {"no_track_activity": "1"})
+            if not isinstance(status, dict) or not isinstance(kernels, list):
+                raise ValueError("unexpected JSON shape")
+            return activity_from(status, kernels, datetime.now(UTC))
+        except httpx.HTTPError as exc:
+            raise ProbeFailed(f"{type(exc).__name__}: {exc}") from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ProbeFailed(f"not a Jupyter answer: {exc!r}") from exc
+
+    async def _get(
+        self, api: str, path: str, headers: dict[str, str], params: dict[str, str]
+    ) -> Any:
+        response = await self._client.get(
+            api + path, headers=headers, params=params, timeout=self._timeout
+        )
+        if response.status_code != 200:
+            raise ProbeFailed(f"GET api{path} answered {response.status_code}")
+        return response.json()
