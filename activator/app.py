@@ -164,6 +164,7 @@ def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI
             httpx.AsyncClient(limits=limits, timeout=None, trust_env=False) as client,
         ):
             runtime = LocalRuntime(store, state_dir / "work", setup.criu, client)
+            await asyncio.to_thread(runtime.clean_leftovers)
             workloads = [
                 Workload(w, runtime, store, state_dir, metrics) for w in settings.workloads
             ]

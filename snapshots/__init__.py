@@ -1,6 +1,6 @@
 """State plane: checkpoint engines and the snapshot store."""
 
-from .criu import MIN_VERSION, CriuEngine, CriuInfo, find_criu, probe_criu
+from .criu import MIN_VERSION, CriuEngine, CriuInfo, find_criu, kill_leftovers, probe_criu
 from .errors import (
     CheckpointFailed,
     EngineUnavailable,
@@ -30,6 +30,7 @@ __all__ = [
     "SnapshotStore",
     "changed_files",
     "find_criu",
+    "kill_leftovers",
     "mapped_files",
     "probe_criu",
     "process_tree",

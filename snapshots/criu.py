@@ -7,6 +7,7 @@ Only CRIU >= 4.2 is accepted: 3.17 cannot parse the vDSO of kernels >= 6.12 and
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from .errors import CheckpointFailed, EngineUnavailable, RestoreFailed
 
-__all__ = ["MIN_VERSION", "CriuEngine", "CriuInfo", "find_criu", "probe_criu"]
+__all__ = ["MIN_VERSION", "CriuEngine", "CriuInfo", "find_criu", "kill_leftovers", "probe_criu"]
 
 MIN_VERSION = (4, 2)
 _VERSION_RE = re.compile(r"Version:\s*(\d+)\.(\d+)(?:\.(\d+))?")
@@ -99,6 +100,36 @@ def _die_with_parent() -> None:  # in the child, between fork and exec
     _libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
+RUNNING_MARKER = "criu.running"
+
+
+def kill_leftovers(root: Path) -> list[int]:
+    """End criu processes (and the helpers they forked) that a killed Dormant left
+    behind, found by the markers under ``root``; returns the pids signalled."""
+    killed = []
+    for marker in root.rglob(RUNNING_MARKER):
+        try:
+            pgid = int(marker.read_text().strip())
+        except (OSError, ValueError):
+            marker.unlink(missing_ok=True)
+            continue
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and b"criu" in cmdline.split(b"\0", 1)[0]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(entry.name), signal.SIGKILL)
+                    killed.append(int(entry.name))
+        marker.unlink(missing_ok=True)
+    return killed
+
+
 def _log_errors(log: Path, limit: int = 6) -> str:
     try:
         lines = log.read_text(errors="replace").splitlines()
@@ -127,18 +158,37 @@ class CriuEngine:
     def version(self) -> str:
         return self.info.version_text
 
-    def _run(self, args: list[str], timeout: float, pass_fds: tuple[int, ...] = ()) -> None:
-        # criu dies with Dormant: a dump or restore never outlives the process that owns it.
-        subprocess.run(
+    def _run(
+        self, args: list[str], work: Path, timeout: float, pass_fds: tuple[int, ...] = ()
+    ) -> None:
+        """Run criu in a process group of its own, marked in ``work`` while it runs.
+
+        criu dies with Dormant (parent-death signal), but helpers it forks do not
+        inherit that; if Dormant is killed mid-run they are left, stopped. The marker
+        lets the next start find and end exactly that group (``kill_leftovers``).
+        """
+        proc = subprocess.Popen(
             [str(self.info.path), *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            timeout=timeout,
-            check=True,
             pass_fds=pass_fds,
             preexec_fn=_die_with_parent,
+            start_new_session=True,
         )
+        marker = work / RUNNING_MARKER
+        marker.write_text(str(proc.pid))
+        try:
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        finally:
+            marker.unlink(missing_ok=True)
+        if code != 0:
+            raise subprocess.CalledProcessError(code, args)
 
     def dump(self, pid: int, images: Path, work: Path, timeout: float) -> float:
         """Checkpoint the tree rooted at ``pid`` into ``images``; the tree is gone afterwards.
@@ -166,6 +216,7 @@ class CriuEngine:
                     "--tcp-close",
                     "--file-locks",
                 ],
+                work,
                 timeout,
             )
         except subprocess.TimeoutExpired as exc:
@@ -211,7 +262,7 @@ class CriuEngine:
             args += ["--inherit-fd", f"fd[{pipe_fd}]:{pipe_inode}"]
             fds = (pipe_fd,)
         try:
-            self._run(args, timeout, fds)
+            self._run(args, work, timeout, fds)
             return int(pidfile.read_text().strip())
         except subprocess.TimeoutExpired as exc:
             raise RestoreFailed(f"criu restore timed out after {timeout:.0f}s") from exc

@@ -18,6 +18,7 @@ from snapshots import (
     SnapshotCorrupt,
     SnapshotStore,
     changed_files,
+    kill_leftovers,
     mapped_files,
     process_tree,
     stdio_pipe_inode,
@@ -51,6 +52,13 @@ class LocalRuntime:
         self.client = client
         self.checkpoint_timeout = checkpoint_timeout
         self.restore_timeout = restore_timeout
+
+    def clean_leftovers(self) -> list[int]:
+        """At start: end criu processes a killed predecessor left (see kill_leftovers)."""
+        killed = kill_leftovers(self.work_dir) if self.work_dir.exists() else []
+        if killed:
+            log.warning("ended %d leftover criu process(es): %s", len(killed), killed)
+        return killed
 
     @property
     def engine_name(self) -> str:
