@@ -68,6 +68,7 @@ class _Run:
     zipf: ZipfPicker | None = None
     gates: list[Gate] = field(default_factory=list)
     burst_left: int = 0
+    notebook: str = ""
     keep_samples: bool = False
     samples: list[Sample] = field(default_factory=list)
 
@@ -138,7 +139,9 @@ def add_options(parser: LocustArgumentParser) -> None:
         "--zipf-s", type=float, default=1.1, help="churn: Zipf exponent over --model's names"
     )
     parser.add_argument(
-        "--notebook-url", default="", help="notebook: Jupyter server base URL (default: --host)"
+        "--notebook-url",
+        default="",
+        help="notebook: Jupyter server base URL (default: HOST/notebooks/WORKLOAD)",
     )
     parser.add_argument(
         "--notebook-token", default="", is_secret=True, help="notebook: Jupyter token"
@@ -261,7 +264,9 @@ def _prepare_notebook(environment: Environment) -> None:
         if not notebooks:
             _abort(environment, notebook_unavailable(admin.base_url, workloads))
             return
-        _hibernate(environment, admin, opts.workload or str(notebooks[0]["name"]))
+        name = opts.workload or str(notebooks[0]["name"])
+        RUN.notebook = name
+        _hibernate(environment, admin, name)
 
 
 @events.test_start.add_listener
@@ -409,8 +414,10 @@ class OpenAIStreamUser(User):
         name = "kernel"
         began = time.perf_counter()
         if self.kernel is None:
+            # Dormant serves a notebook workload NAME under /notebooks/NAME/
+            default_url = f"{(self.host or '').rstrip('/')}/notebooks/{RUN.notebook}"
             kernel = KernelSession(
-                opts.notebook_url or self.host, opts.notebook_token, opts.request_timeout
+                opts.notebook_url or default_url, opts.notebook_token, opts.request_timeout
             )
             try:
                 kernel.open()

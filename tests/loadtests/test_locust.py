@@ -205,3 +205,30 @@ def test_stream_client_times_chat_and_reports_http_errors(dormant: Dormant) -> N
         result = stream_completion(client, path, body)
     assert not result.ok and result.status == 404
     assert result.error is not None and result.error.startswith("HTTP 404")
+
+
+def test_notebook_scenario_wakes_a_hibernated_notebook(tmp_path: Path, criu: CriuEngine) -> None:
+    """The notebook scenario against a real `kind: jupyter` workload behind Dormant: it
+    hibernates the notebook, then kernels are created and code runs over WebSockets."""
+    d = Dormant(tmp_path, [{"name": "alice", "kind": "jupyter", "idle_after": 0}])
+    d.start()
+    try:
+        assert httpx.get(f"{d.url}/notebooks/alice/api", timeout=120).status_code == 200
+        token = (d.state / "notebooks" / "alice" / "token").read_text().strip()
+        done = locust(
+            d.url,
+            tmp_path / "nb",
+            "--scenario",
+            "notebook",
+            "--notebook-token",
+            token,
+            run_time="8s",
+            users=1,
+        )
+        rows = stats_rows(tmp_path / "nb")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert int(rows["ADMIN"]["Request Count"]) == 1 and int(rows["ADMIN"]["Failure Count"]) == 0
+        assert int(rows["EXEC"]["Request Count"]) > 0 and int(rows["EXEC"]["Failure Count"]) == 0
+        assert d.workload("alice")["counters"]["restores"] == 1
+    finally:
+        d.stop()
