@@ -16,6 +16,31 @@ import yaml
 from tests.conftest import ROOT, free_port
 
 
+def ref_workload(name: str, model: str) -> dict[str, Any]:
+    """A workload serving the tiny reference LLM (one torch thread: the tests share 2 cores)."""
+    return {
+        "name": name,
+        "models": [model],
+        "idle_after": 0,
+        "start_timeout": "120s",
+        "command": [
+            "{python}",
+            "-m",
+            "examples.refserver",
+            "--model",
+            model,
+            "--size",
+            "tiny",
+            "--threads",
+            "1",
+            "--port",
+            "{port}",
+            "--state-dir",
+            "{state_dir}/refserver",
+        ],
+    }
+
+
 class Dormant:
     """`python -m activator up -c CONFIG` with a private state dir, on a free loopback port."""
 

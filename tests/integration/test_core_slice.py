@@ -16,38 +16,14 @@ import httpx
 import pytest
 
 from snapshots import CriuEngine, SnapshotStore, process_tree
-from tests.integration.harness import Dormant, pid_alive
+from tests.integration.harness import Dormant, pid_alive, ref_workload
 
 pytestmark = pytest.mark.slow
 
 
-def _ref(name: str, model: str) -> dict[str, object]:
-    return {
-        "name": name,
-        "models": [model],
-        "idle_after": 0,
-        "start_timeout": "120s",
-        "command": [
-            "{python}",
-            "-m",
-            "examples.refserver",
-            "--model",
-            model,
-            "--size",
-            "tiny",
-            "--threads",
-            "1",
-            "--port",
-            "{port}",
-            "--state-dir",
-            "{state_dir}/refserver",
-        ],
-    }
-
-
 @pytest.fixture
 def dormant(tmp_path: Path, criu: CriuEngine) -> Iterator[Dormant]:
-    d = Dormant(tmp_path, [_ref("a", "ref-a"), _ref("b", "ref-b")])
+    d = Dormant(tmp_path, [ref_workload("a", "ref-a"), ref_workload("b", "ref-b")])
     d.start()
     yield d
     d.stop()

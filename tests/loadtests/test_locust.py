@@ -15,7 +15,7 @@ import pytest
 from loadtests.openai_stream import completion_request, stream_completion
 from snapshots import CriuEngine
 from tests.conftest import ROOT
-from tests.integration.harness import Dormant
+from tests.integration.harness import Dormant, ref_workload
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -23,33 +23,9 @@ LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 MODEL = "ref-tiny"
 
 
-def _ref() -> dict[str, object]:
-    return {
-        "name": "ref",
-        "models": [MODEL],
-        "idle_after": 0,
-        "start_timeout": "120s",
-        "command": [
-            "{python}",
-            "-m",
-            "examples.refserver",
-            "--model",
-            MODEL,
-            "--size",
-            "tiny",
-            "--threads",
-            "1",
-            "--port",
-            "{port}",
-            "--state-dir",
-            "{state_dir}/refserver",
-        ],
-    }
-
-
 @pytest.fixture(scope="module")
 def dormant(tmp_path_factory: pytest.TempPathFactory, criu: CriuEngine) -> Iterator[Dormant]:
-    d = Dormant(tmp_path_factory.mktemp("locust"), [_ref()])
+    d = Dormant(tmp_path_factory.mktemp("locust"), [ref_workload("ref", MODEL)])
     d.start()
     yield d
     d.stop()
