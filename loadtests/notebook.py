@@ -68,11 +68,19 @@ def unavailable_message(target: str, workloads: list[dict[str, Any]]) -> str:
     )
 
 
-def _message(session: str, code: str) -> dict[str, Any]:
+def execute_request(
+    session: str,
+    code: str,
+    *,
+    msg_id: str = "",
+    username: str = "loadtests",
+    store_history: bool = False,
+) -> dict[str, Any]:
+    """A Jupyter messaging v5 `execute_request` for the shell channel (WebSocket JSON)."""
     return {
         "header": {
-            "msg_id": uuid.uuid4().hex,
-            "username": "loadtests",
+            "msg_id": msg_id or uuid.uuid4().hex,
+            "username": username,
             "session": session,
             "msg_type": "execute_request",
             "version": "5.3",
@@ -83,7 +91,7 @@ def _message(session: str, code: str) -> dict[str, Any]:
         "content": {
             "code": code,
             "silent": False,
-            "store_history": False,
+            "store_history": store_history,
             "user_expressions": {},
             "allow_stdin": False,
             "stop_on_error": True,
@@ -149,7 +157,7 @@ class KernelSession:
         """Run ``code``; wait for its reply. Kernel errors come back in ``ExecResult.error``."""
         if self._ws is None:
             raise NotebookError("execute before open()")
-        request = _message(self._session, code)
+        request = execute_request(self._session, code)
         msg_id = request["header"]["msg_id"]
         started = self._clock()
         first: float | None = None

@@ -14,7 +14,6 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from activator.notebooks import runtime_dir
 from activator.settings import load_settings
+from loadtests.notebook import execute_request
 from snapshots import CriuEngine
 from tests.integration.harness import Dormant, pid_alive
 
@@ -124,28 +124,9 @@ class Kernel:
         msg_id = uuid.uuid4().hex
         ws.send(
             json.dumps(
-                {
-                    "header": {
-                        "msg_id": msg_id,
-                        "username": "test",
-                        "session": self.session,
-                        "msg_type": "execute_request",
-                        "version": "5.3",
-                        "date": datetime.now(UTC).isoformat(),
-                    },
-                    "parent_header": {},
-                    "metadata": {},
-                    "content": {
-                        "code": code,
-                        "silent": False,
-                        "store_history": True,
-                        "user_expressions": {},
-                        "allow_stdin": False,
-                        "stop_on_error": True,
-                    },
-                    "channel": "shell",
-                    "buffers": [],
-                }
+                execute_request(
+                    self.session, code, msg_id=msg_id, username="test", store_history=True
+                )
             )
         )
         return msg_id

@@ -87,7 +87,7 @@ def test_warm_then_wake_record_ttft_and_ttft_wake(dormant: Dormant, tmp_path: Pa
         "--samples-out",
         str(samples),
         users=3,
-        run_time="10s",
+        run_time="20s",  # the burst's restore plus warm requests after it, even on a busy machine
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
