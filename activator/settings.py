@@ -396,7 +396,9 @@ def parse_settings(data: Any, source: str = "config") -> Settings:
                 )
             out[key] = value
         elif key in ("listen", "admin_listen"):
-            out[key] = parse_listen(_string(value, key), key) if value else ""
+            # admin_listen may be empty (admin API on `listen`); listen may not
+            empty_ok = key == "admin_listen" and value == ""
+            out[key] = "" if empty_ok else parse_listen(_string(value, key), key)
         elif key == "on_shutdown":
             if value not in ("stop", "hibernate"):
                 raise ConfigError(f"on_shutdown: must be 'stop' or 'hibernate' (got {value!r})")

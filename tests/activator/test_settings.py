@@ -53,6 +53,8 @@ def _bad(patch: dict, workload_patch: dict | None = None) -> dict:
         ({"workloads": []}, "workloads: expected a non-empty list"),
         (_bad({"lisen": "x"}), "lisen: unknown key (did you mean 'listen'?)"),
         (_bad({"listen": "8080"}), "listen: expected HOST:PORT"),
+        (_bad({"listen": ""}), "listen: expected HOST:PORT"),
+        (_bad({"admin_listen": "9090"}), "admin_listen: expected HOST:PORT"),
         (_bad({"engine": "magic"}), "engine: must be 'auto', 'criu' or 'restart'"),
         (
             _bad({}, {"idel_after": 3}),
