@@ -158,10 +158,11 @@ def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI
         removed = store.clean_partial()
         if removed:
             log.warning("removed %d half-written snapshot(s) from an earlier crash", len(removed))
-        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+        # Two clients: aiohttp carries the proxied traffic (the hot path); httpx only
+        # health checks and notebook probes, so its default pool is plenty.
         async with (
-            contextlib.AsyncExitStack() as stack,
-            httpx.AsyncClient(limits=limits, timeout=None, trust_env=False) as client,
+            upstream_session() as session,
+            httpx.AsyncClient(timeout=None, trust_env=False) as client,
         ):
             runtime = LocalRuntime(store, state_dir / "work", setup.criu, client)
             await asyncio.to_thread(runtime.clean_leftovers)
@@ -169,7 +170,7 @@ def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI
                 Workload(w, runtime, store, state_dir, metrics) for w in settings.workloads
             ]
             app.state.registry = Registry(workloads)
-            app.state.client = await stack.enter_async_context(upstream_session())
+            app.state.client = session
             reaper = Reaper(workloads, settings.reap_interval, ActivityProbe(client, state_dir))
             reaper.start()
             log.info("engine: %s (%s)", setup.choice.name, setup.choice.reason)
