@@ -136,7 +136,15 @@ class Reaper:
         try:
             return await workload.hibernate(f"idle for {workload.idle_for():.0f}s")
         except Exception as exc:  # logged, and the workload keeps serving
-            log.warning("%s: idle hibernation did not happen: %s", workload.name, exc)
+            # Try again after another idle period, not at every tick: a dump that fails
+            # freezes the server each time, and the cause rarely goes away by itself.
+            workload.note_activity()
+            log.warning(
+                "%s: idle hibernation did not happen (next try in %.0fs unless it is used): %s",
+                workload.name,
+                workload.settings.idle_after,
+                exc,
+            )
             return workload.state
 
     async def _loop(self) -> None:

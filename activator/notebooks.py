@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import secrets
+import shutil
 import stat
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BASE_PATH",
     "JUPYTER_OPTIONS",
+    "TERMINAL_SHELL",
     "ActivityProbe",
     "JupyterActivity",
     "ProbeFailed",
@@ -44,6 +46,7 @@ __all__ = [
     "read_token",
     "root_dir",
     "runtime_dir",
+    "terminal_shell",
     "token_path",
 ]
 
@@ -78,6 +81,9 @@ JUPYTER_OPTIONS: tuple[str, ...] = (
     "--KernelManager.transport=ipc",
 )
 """Dormant's fixed `jupyter server` settings (user `args` come after and may override)."""
+
+TERMINAL_SHELL = "bash"
+"""The shell Jupyter terminals run unless the workload's env sets SHELL (see terminal_shell)."""
 
 _TOKEN_BYTES = 24
 _SOCKET_PATH_MAX = 107  # sun_path, minus the terminating NUL
@@ -204,14 +210,36 @@ def _ensure_token(path: Path) -> str:
 def prepare(workload: WorkloadSettings, state_dir: Path) -> dict[str, str]:
     """Before a start or a restore: create the directories, generate the token when the
     config names no ``token_file``, and return the environment the server needs
-    (JUPYTER_TOKEN, JUPYTER_RUNTIME_DIR). Raises OSError or ValueError."""
+    (JUPYTER_TOKEN, JUPYTER_RUNTIME_DIR, SHELL). Raises OSError or ValueError."""
     path = token_path(workload, state_dir)
     token = read_token(path) if workload.token_file else _ensure_token(path)
     runtime = runtime_dir(workload, state_dir)
     _private_dir(runtime)
     if not workload.root_dir:
         root_dir(workload, state_dir).mkdir(parents=True, exist_ok=True)
-    return {"JUPYTER_TOKEN": token, "JUPYTER_RUNTIME_DIR": str(runtime)}
+    return {"JUPYTER_TOKEN": token, "JUPYTER_RUNTIME_DIR": str(runtime), **terminal_shell(workload)}
+
+
+def terminal_shell(workload: WorkloadSettings) -> dict[str, str]:
+    """``SHELL`` for the server's terminals: bash, unless the workload's ``env`` names one.
+
+    Jupyter runs ``$SHELL`` in a terminal, or ``sh`` when it is unset (as it is under
+    systemd or CI). Debian's sh (dash) keeps /dev/tty open, and CRIU refuses to
+    checkpoint a session whose /dev/tty is held that way: every hibernation would fail
+    while a terminal is open. bash does not, so Dormant chooses it rather than inherit
+    whatever its own environment says."""
+    if any(key == "SHELL" for key, _ in workload.env):
+        return {}
+    bash = shutil.which(TERMINAL_SHELL)
+    if bash is None:
+        log.warning(
+            "%s: no %s on PATH; terminals run Jupyter's default shell, which may keep the "
+            "server from hibernating while a terminal is open",
+            workload.name,
+            TERMINAL_SHELL,
+        )
+        return {}
+    return {"SHELL": bash}
 
 
 class ActivityProbe:

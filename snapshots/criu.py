@@ -130,13 +130,26 @@ def kill_leftovers(root: Path) -> list[int]:
     return killed
 
 
+_HINTS = {
+    "ctty inheritance detected": (
+        "a process in a terminal session holds /dev/tty open (the sh/dash shell does, and "
+        "so do editors, pagers and password prompts running in a terminal); CRIU cannot "
+        "checkpoint that: end it or close the terminal, or use bash as the terminal shell"
+    ),
+}
+"""What to do about CRIU errors a user can cause and fix, by a substring of the error."""
+
+
 def _log_errors(log: Path, limit: int = 6) -> str:
+    """The last error lines of a CRIU log, then what to do about any error known here."""
     try:
         lines = log.read_text(errors="replace").splitlines()
     except OSError:
         return "(no criu log)"
     errors = [ln for ln in lines if "Error" in ln and not any(h in ln for h in _HARMLESS)]
-    return " | ".join((errors or lines)[-limit:]).strip()
+    text = " | ".join((errors or lines)[-limit:]).strip()
+    hints = [hint for known, hint in _HINTS.items() if any(known in ln for ln in errors)]
+    return "; ".join([text, *hints])
 
 
 class CriuEngine:

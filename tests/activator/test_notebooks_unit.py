@@ -24,6 +24,7 @@ from activator.notebooks import (
     prepare,
     root_dir,
     runtime_dir,
+    terminal_shell,
     token_path,
 )
 from activator.settings import (
@@ -185,6 +186,20 @@ def test_prepare_generates_a_private_token_once(tmp_path: Path) -> None:
         assert root_dir(w, tmp_path).is_dir()
     finally:
         shutil.rmtree(runtime)  # may be outside tmp_path (a short path for the sockets)
+
+
+def test_terminals_get_bash_unless_the_workload_names_a_shell(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dormant's own SHELL (here sh, as under systemd or CI) is not what terminals run:
+    dash holds /dev/tty and CRIU cannot checkpoint that."""
+    monkeypatch.setenv("SHELL", "/bin/sh")
+    env = prepare(_jupyter(), tmp_path)
+    shutil.rmtree(env["JUPYTER_RUNTIME_DIR"])
+    assert env["SHELL"] == shutil.which("bash")
+    assert terminal_shell(_jupyter(env={"SHELL": "/bin/zsh"})) == {}, "the workload's env wins"
+    monkeypatch.setenv("PATH", str(tmp_path))  # no bash to be found
+    assert terminal_shell(_jupyter()) == {}
 
 
 def test_prepare_reads_the_configured_token_file(tmp_path: Path) -> None:

@@ -44,8 +44,18 @@ def ref_workload(name: str, model: str) -> dict[str, Any]:
 class Dormant:
     """`python -m activator up -c CONFIG` with a private state dir, on a free loopback port."""
 
-    def __init__(self, tmp: Path, workloads: list[dict[str, Any]], **settings: Any) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        workloads: list[dict[str, Any]],
+        *,
+        environ: dict[str, str] | None = None,
+        **settings: Any,
+    ) -> None:
+        """``settings`` go into the config file; ``environ`` is added to Dormant's
+        environment (which its instances inherit)."""
         self.tmp = tmp
+        self.environ = {**os.environ, **(environ or {})}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.state = tmp / "state"
@@ -71,7 +81,7 @@ class Dormant:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
-            env={**os.environ},
+            env=self.environ,
         )
         log.close()
         deadline = time.monotonic() + timeout

@@ -36,6 +36,8 @@ BUSY_SECONDS = 15.0
 what matters is that it spans many idle periods (idle_after 2 s, a reap every 0.2 s),
 so 15 s shows the same thing without a slow test."""
 IDLE_AFTER = 2.0
+DAVE = "dave-jupyter-token-0123456789"
+DAVE_IDLE_AFTER = 6.0
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +46,10 @@ def nb(tmp_path_factory: pytest.TempPathFactory, criu: CriuEngine) -> Iterator[D
     (tmp / "admin-token").write_text(ADMIN + "\n")
     (tmp / "alice-token").write_text(ALICE + "\n")
     (tmp / "carol-token").write_text(CAROL)
+    (tmp / "dave-token").write_text(DAVE)
+    tty_shell = tmp / "tty-shell"  # a shell that keeps /dev/tty open on fd 9, like dash
+    tty_shell.write_text('#!/bin/bash\nexec 9<>/dev/tty\nexec bash "$@"\n')
+    tty_shell.chmod(0o755)
     d = Dormant(
         tmp,
         [
@@ -60,8 +66,18 @@ def nb(tmp_path_factory: pytest.TempPathFactory, criu: CriuEngine) -> Iterator[D
                 "token_file": str(tmp / "carol-token"),
                 "idle_after": IDLE_AFTER,
             },
+            {
+                "name": "dave",
+                "kind": "jupyter",
+                "token_file": str(tmp / "dave-token"),
+                "idle_after": DAVE_IDLE_AFTER,
+                "env": {"SHELL": str(tty_shell)},
+            },
         ],
         admin_token_file=str(tmp / "admin-token"),
+        # What systemd or a CI job may hand Dormant: terminals must still get a shell
+        # that CRIU can checkpoint (see notebooks.terminal_shell).
+        environ={"SHELL": "/bin/sh"},
     )
     d.start()
     yield d
@@ -267,24 +283,75 @@ def test_busy_kernel_is_not_reaped_until_it_finishes(nb: Dormant) -> None:
         assert kernel.run(ws, "print(y)") == ("7\n", "ok")
 
 
-def test_terminal_survives_hibernation(nb: Dormant) -> None:
-    """Terminals are WebSockets under the same prefix; the shell (a pty inside the
-    checkpointed tree) keeps its state too."""
-    base = f"{nb.url}/notebooks/alice"
-    created = httpx.post(f"{base}/api/terminals", headers=_auth(ALICE), timeout=120)
-    assert created.status_code == 200, created.text
-    uri = base.replace("http://", "ws://") + f"/terminals/websocket/{created.json()['name']}"
+class Terminal:
+    """One Jupyter terminal behind Dormant: a WebSocket under the same prefix."""
 
-    def shell(line: str, expect: str) -> None:
-        with connect(uri, additional_headers=_auth(ALICE), open_timeout=120) as ws:
+    def __init__(self, d: Dormant, name: str, token: str) -> None:
+        self.base = f"{d.url}/notebooks/{name}"
+        self.headers = _auth(token)
+        created = httpx.post(f"{self.base}/api/terminals", headers=self.headers, timeout=120)
+        assert created.status_code == 200, created.text
+        self.name = str(created.json()["name"])
+
+    def run(self, line: str, expect: str) -> None:
+        """Type ``line``; wait (at most 30 s) until ``expect`` appears on the terminal."""
+        uri = self.base.replace("http://", "ws://") + f"/terminals/websocket/{self.name}"
+        with connect(uri, additional_headers=self.headers, open_timeout=120) as ws:
             ws.send(json.dumps(["stdin", line + "\n"]))
             seen = ""
             deadline = time.monotonic() + 30
             while expect not in seen:
-                kind, *data = json.loads(ws.recv(timeout=max(0.01, deadline - time.monotonic())))
+                try:
+                    message = ws.recv(timeout=max(0.01, deadline - time.monotonic()))
+                except TimeoutError:
+                    raise AssertionError(f"no {expect!r} in 30 s, only {seen!r}") from None
+                kind, *data = json.loads(message)
                 seen += str(data[0]) if kind == "stdout" else ""
 
-    shell("export DORMANT_TEST=kept-$((6 * 7)); echo set-$((1 + 1))", "set-2")
+    def close(self) -> None:
+        gone = httpx.delete(f"{self.base}/api/terminals/{self.name}", headers=self.headers)
+        assert gone.status_code == 204, gone.text
+
+
+def test_terminal_survives_hibernation(nb: Dormant) -> None:
+    """The shell (a pty inside the checkpointed tree) keeps its state too. Dormant runs
+    with SHELL=/bin/sh here, as under systemd or CI; terminals still get bash, which
+    CRIU can checkpoint (Debian's sh would hold /dev/tty and make every dump fail)."""
+    terminal = Terminal(nb, "alice", ALICE)
+    terminal.run("export DORMANT_TEST=kept-$((6 * 7)); echo set-$((1 + 1))", "set-2")
+    terminal.run("echo shell=${BASH_VERSION:+bash}", "shell=bash")
     assert _admin(nb, "POST", "/workloads/alice/hibernate")["state"] == "hibernated"
-    shell("echo value=$DORMANT_TEST", "value=kept-42")
+    terminal.run("echo value=$DORMANT_TEST", "value=kept-42")
     assert _admin(nb, "GET", "/workloads/alice")["last_wake"]["path"] == "restore"
+
+
+def test_terminal_holding_dev_tty_blocks_hibernation_clearly(nb: Dormant) -> None:
+    """A terminal whose shell holds /dev/tty open (as Debian's sh does) cannot be
+    checkpointed. The admin call says so and what to do; the server keeps serving; the
+    idle reaper does not retry at every tick; once the terminal is closed it hibernates."""
+    terminal = Terminal(nb, "dave", DAVE)
+    terminal.run("echo up-$((40 + 2))", "up-42")
+
+    refused = nb.admin(
+        "POST", "/workloads/dave/hibernate", headers={"Authorization": f"Bearer {ADMIN}"}
+    )
+    assert refused.status_code == 500, refused.text
+    message = refused.json()["error"]["message"]
+    assert "ctty inheritance" in message and "holds /dev/tty open" in message, message
+    view = _admin(nb, "GET", "/workloads/dave")
+    assert view["state"] == "ready" and "/dev/tty" in view["last_error"]
+    assert httpx.get(f"{terminal.base}/api/status", headers=terminal.headers).status_code == 200
+
+    # The reaper (idle_after DAVE_IDLE_AFTER) fails too; it then waits a whole idle period
+    # before the next attempt instead of freezing the server for a dump at every tick.
+    deadline = time.monotonic() + DAVE_IDLE_AFTER + 30
+    while _admin(nb, "GET", "/workloads/dave")["counters"]["checkpoint_failures"] < 2:
+        assert time.monotonic() < deadline, nb.log()
+        time.sleep(0.1)
+    time.sleep(DAVE_IDLE_AFTER * 1.5)
+    failures = _admin(nb, "GET", "/workloads/dave")["counters"]["checkpoint_failures"]
+    assert failures <= 4, f"{failures} dumps tried in {DAVE_IDLE_AFTER * 1.5}s"
+    assert "dave: idle hibernation did not happen (next try in" in nb.log()
+
+    terminal.close()
+    assert _admin(nb, "POST", "/workloads/dave/hibernate")["state"] == "hibernated"
