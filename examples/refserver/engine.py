@@ -94,7 +94,7 @@ class Generation:
             self._past = self._hit.to_dynamic_cache()
         out = self.engine.model(
             input_ids=torch.tensor([self._pending]),
-            past_key_values=self._past,
+            cache=self._past,
             use_cache=True,
             logits_to_keep=1,  # only the last position's logits: a long prompt needs no more
         )

@@ -132,11 +132,11 @@ def test_cached_and_uncached_next_token_logits_match(model) -> None:
     cache = PrefixKVCache()
     split = len(prompt) - 20
     past = DynamicCache()
-    model(torch.tensor([prompt[:split]]), past_key_values=past, use_cache=True)
+    model(torch.tensor([prompt[:split]]), cache=past, use_cache=True)
     cache.store(prompt[:split], past)
     hit = cache.lookup(prompt)
     assert hit.tokens == split
-    out = model(torch.tensor([prompt[split:]]), past_key_values=hit.to_dynamic_cache())
+    out = model(torch.tensor([prompt[split:]]), cache=hit.to_dynamic_cache())
     torch.testing.assert_close(out.logits[0, -1], full, atol=1e-5, rtol=1e-5)
 
 
