@@ -400,6 +400,12 @@ def parse_settings(data: Any, source: str = "config") -> Settings:
             empty_ok = key == "admin_listen" and value == ""
             out[key] = "" if empty_ok else parse_listen(_string(value, key), key)
         elif key == "on_shutdown":
+            if value == "leave":
+                raise ConfigError(
+                    "on_shutdown: 'leave' is not supported: instances never outlive Dormant "
+                    "(that is what keeps a killed Dormant from leaving servers behind); "
+                    "use 'hibernate' to keep their state across a restart"
+                )
             if value not in ("stop", "hibernate"):
                 raise ConfigError(f"on_shutdown: must be 'stop' or 'hibernate' (got {value!r})")
             out[key] = value

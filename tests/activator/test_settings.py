@@ -56,6 +56,8 @@ def _bad(patch: dict, workload_patch: dict | None = None) -> dict:
         (_bad({"listen": ""}), "listen: expected HOST:PORT"),
         (_bad({"admin_listen": "9090"}), "admin_listen: expected HOST:PORT"),
         (_bad({"engine": "magic"}), "engine: must be 'auto', 'criu' or 'restart'"),
+        (_bad({"on_shutdown": "pause"}), "on_shutdown: must be 'stop' or 'hibernate'"),
+        (_bad({"on_shutdown": "leave"}), "'leave' is not supported: instances never outlive"),
         (
             _bad({}, {"idel_after": 3}),
             "workloads[0].idel_after: unknown key (did you mean 'idle_after'?)",
