@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 
 from .notebooks import JupyterActivity, ProbeFailed
@@ -63,7 +64,8 @@ def jupyter_keeps_awake(
 
 class Reaper:
     """Every ``interval`` seconds: notice dead instances, hibernate idle workloads.
-    ``probe`` (when given) is asked about ``jupyter`` workloads before they hibernate."""
+    ``probe`` (when given) is asked about ``jupyter`` workloads before they hibernate.
+    After a failed attempt the next one waits at least another ``idle_after``."""
 
     def __init__(
         self, workloads: Iterable[Workload], interval: float, probe: Probe | None = None
@@ -72,6 +74,7 @@ class Reaper:
         self._interval = interval
         self._probe = probe
         self._running: dict[str, asyncio.Task[State]] = {}
+        self._retry_at: dict[str, float] = {}  # after a failed attempt: not before (monotonic)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -90,6 +93,8 @@ class Reaper:
             workload.check_alive()
             busy = self._running.get(workload.name)
             if busy is not None and not busy.done():
+                continue
+            if time.monotonic() < self._retry_at.get(workload.name, 0.0):
                 continue
             if self._idle(workload):
                 task = asyncio.create_task(self._hibernate(workload), name=f"idle-{workload.name}")
@@ -138,9 +143,9 @@ class Reaper:
         except Exception as exc:  # logged, and the workload keeps serving
             # Try again after another idle period, not at every tick: a dump that fails
             # freezes the server each time, and the cause rarely goes away by itself.
-            workload.note_activity()
+            self._retry_at[workload.name] = time.monotonic() + workload.settings.idle_after
             log.warning(
-                "%s: idle hibernation did not happen (next try in %.0fs unless it is used): %s",
+                "%s: idle hibernation did not happen (next try in %.0fs at the earliest): %s",
                 workload.name,
                 workload.settings.idle_after,
                 exc,
