@@ -86,9 +86,9 @@ def nb(tmp_path_factory: pytest.TempPathFactory, criu: CriuEngine) -> Iterator[D
         shutil.rmtree(runtime_dir(w, d.state), ignore_errors=True)
 
 
-def _admin(d: Dormant, method: str, path: str) -> dict[str, Any]:
+def _admin(d: Dormant, method: str, path: str, status: int = 200) -> dict[str, Any]:
     response = d.admin(method, path, headers={"Authorization": f"Bearer {ADMIN}"})
-    assert response.status_code == 200, response.text
+    assert response.status_code == status, response.text
     data: dict[str, Any] = response.json()
     return data
 
@@ -332,11 +332,7 @@ def test_terminal_holding_dev_tty_blocks_hibernation_clearly(nb: Dormant) -> Non
     terminal = Terminal(nb, "dave", DAVE)
     terminal.run("echo up-$((40 + 2))", "up-42")
 
-    refused = nb.admin(
-        "POST", "/workloads/dave/hibernate", headers={"Authorization": f"Bearer {ADMIN}"}
-    )
-    assert refused.status_code == 500, refused.text
-    message = refused.json()["error"]["message"]
+    message = _admin(nb, "POST", "/workloads/dave/hibernate", status=500)["error"]["message"]
     assert "ctty inheritance" in message and "holds /dev/tty open" in message, message
     view = _admin(nb, "GET", "/workloads/dave")
     assert view["state"] == "ready" and "/dev/tty" in view["last_error"]
