@@ -30,7 +30,7 @@ from snapshots import (
     SnapshotCorrupt,
     SnapshotStore,
 )
-from warmpool import Instance, InstanceSpec, LocalRuntime, StartFailed
+from warmpool import Endpoint, Instance, InstanceSpec, LocalRuntime, StartFailed
 
 from . import notebooks
 from .breaker import Slots
@@ -68,6 +68,10 @@ class Connection:
     def port(self) -> int:
         return self.instance.port
 
+    @property
+    def endpoint(self) -> Endpoint:
+        return self.instance.endpoint
+
     def touch(self) -> None:
         self._workload._last_activity = self._workload._clock()
 
@@ -89,6 +93,10 @@ class Lease:
     @property
     def port(self) -> int:
         return self.instance.port
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self.instance.endpoint
 
     def release(self) -> None:
         if not self._released:

@@ -1,8 +1,21 @@
-"""The resource plane's exception tree."""
+"""The resource plane's exception tree. Runtimes translate foreign errors (OSError,
+subprocess, snapshot-store, HTTP-client) into these at their boundary, so callers
+catch ``WarmpoolError`` and nothing else."""
 
 from __future__ import annotations
 
-__all__ = ["StartFailed", "WarmpoolError"]
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .runtime import Instance
+
+__all__ = [
+    "CheckpointFailed",
+    "NotSupported",
+    "RestoreFailed",
+    "StartFailed",
+    "WarmpoolError",
+]
 
 
 class WarmpoolError(Exception):
@@ -11,3 +24,30 @@ class WarmpoolError(Exception):
 
 class StartFailed(WarmpoolError):
     """An instance did not become healthy: its command exited, or the health check timed out."""
+
+
+class RestoreFailed(WarmpoolError):
+    """A snapshot could not be restored (corrupt, changed files, CRIU failed, or the
+    restored server did not answer). The runtime has retired that snapshot already;
+    ``snapshot_id`` names it."""
+
+    def __init__(self, message: str, snapshot_id: str = "") -> None:
+        super().__init__(message)
+        self.snapshot_id = snapshot_id
+
+
+class CheckpointFailed(WarmpoolError):
+    """A checkpoint did not produce a committed snapshot.
+
+    ``instance`` is what serves now: the original instance when it was never stopped,
+    a replacement restored from the uncommitted images when the dump succeeded but the
+    commit did not, or None when the process is gone and nothing could bring it back
+    (the message then says what was lost)."""
+
+    def __init__(self, message: str, instance: Instance | None = None) -> None:
+        super().__init__(message)
+        self.instance = instance
+
+
+class NotSupported(WarmpoolError):
+    """The runtime (or its engine) cannot do this here; the message says why."""

@@ -22,33 +22,18 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from .runtime import Endpoint, InstanceSpec
 from .seccomp import block_io_uring
 
-__all__ = ["Instance", "InstanceSpec", "OutputTail", "spawn"]
+__all__ = ["Instance", "OutputTail", "spawn"]
 
 log = logging.getLogger("dormant.warmpool")
 
 _PR_SET_PDEATHSIG = 1
 _UNSHARE_SIGNAL_BUG = "unshare: sigprocmask unblock failed"
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-@dataclass(frozen=True)
-class InstanceSpec:
-    """How to run one workload's server. ``command`` is already formatted."""
-
-    name: str
-    command: Sequence[str]
-    port: int
-    health_path: str = "/health"
-    env: Mapping[str, str] = field(default_factory=dict)
-    cwd: Path | None = None
-    start_timeout: float = 300.0
-    stop_timeout: float = 10.0
 
 
 class OutputTail:
@@ -118,6 +103,14 @@ class Instance:
     @property
     def port(self) -> int:
         return self.spec.port
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """Local instances listen on loopback, on the spec's port."""
+        return Endpoint("127.0.0.1", self.spec.port)
+
+    def describe(self) -> dict[str, object]:
+        return {"pid": self.pid, "port": self.spec.port}
 
     def poll(self) -> int | None:
         """None while running, else the exit status (negative: killed by that signal)."""

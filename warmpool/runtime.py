@@ -1,0 +1,151 @@
+"""The Runtime seam: everything a workload needs from wherever its instances run.
+
+A ``Workload`` (activator/) owns one workload's state; it talks to instances only
+through this protocol. A runtime must implement:
+
+* ``boot(spec)`` — start the command and return once it answers its health check.
+* ``restore(spec)`` — bring the newest usable snapshot back, or return None when there
+  is none. A snapshot that fails to restore is retired by the runtime (marked bad) and
+  ``RestoreFailed`` is raised; the workload then cold-boots.
+* ``checkpoint(instance)`` — capture a drained instance into a committed snapshot; the
+  instance is gone afterwards. On failure ``CheckpointFailed`` says which instance (if
+  any) is serving now.
+* ``suspend`` / ``resume`` — park device memory in host RAM and back, where the
+  runtime's engine can (``capabilities.suspend``); otherwise ``NotSupported``.
+* ``stop(instance)``, ``latest(name)`` (the newest usable snapshot, for status and the
+  initial state), ``capabilities``.
+
+Errors are warmpool's own (``WarmpoolError`` and below): a runtime translates
+``OSError``, subprocess, snapshot-store and HTTP-client errors at this boundary.
+An ``Instance`` carries its ``Endpoint``: nothing outside a runtime assumes loopback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = [
+    "Capabilities",
+    "Endpoint",
+    "Instance",
+    "InstanceSpec",
+    "Runtime",
+    "SnapshotInfo",
+]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where an instance serves HTTP: ``scheme://host:port``."""
+
+    host: str
+    port: int
+    scheme: str = "http"
+
+    @property
+    def authority(self) -> str:
+        """``host:port``, with an IPv6 host in brackets."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """``scheme://host:port`` (no trailing slash): append a path that starts with '/'."""
+        return f"{self.scheme}://{self.authority}"
+
+    def __str__(self) -> str:
+        return self.url
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """How to run one workload's server, whatever the runtime. ``command`` is formatted;
+    ``port`` 0 lets the runtime choose one."""
+
+    name: str
+    command: Sequence[str]
+    port: int = 0
+    health_path: str = "/health"
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    start_timeout: float = 300.0
+    """Seconds a cold boot may take until healthy."""
+    stop_timeout: float = 10.0
+    """Seconds between SIGTERM and SIGKILL."""
+    checkpoint_timeout: float = 120.0
+    """Seconds a checkpoint (dump and commit) may take."""
+    restore_timeout: float = 60.0
+    """Seconds a restore plus the first healthy answer may take."""
+    keep_snapshots: int = 1
+    """Usable snapshots kept after a checkpoint (older ones are deleted)."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a runtime can do here, and why not when it cannot."""
+
+    engine: str
+    """The checkpoint engine's name: 'criu', or 'restart' when there is none."""
+    checkpoint: bool
+    checkpoint_why: str = ""
+    """Empty when ``checkpoint``; else why (and what to do)."""
+    suspend: bool = False
+    suspend_why: str = "suspend is not implemented by this runtime"
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """A committed snapshot, as a workload sees it."""
+
+    id: str
+    bytes: int
+    created: float
+    """Unix time."""
+    checkpoint_seconds: float = 0.0
+
+
+@runtime_checkable
+class Instance(Protocol):
+    """One running copy of a workload."""
+
+    @property
+    def endpoint(self) -> Endpoint: ...
+
+    @property
+    def restored_from(self) -> str | None:
+        """The snapshot id it was restored from; None when it was booted."""
+        ...
+
+    def alive(self) -> bool: ...
+
+    def exit_reason(self) -> str:
+        """Why it is gone ('running' while alive), with its last output where known."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Runtime-specific facts for status pages (pid, pod, cgroup, ...): JSON values."""
+        ...
+
+
+class Runtime(Protocol):
+    """Starts, checkpoints, restores and stops instances (see the module docstring)."""
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    def latest(self, name: str) -> SnapshotInfo | None: ...
+
+    async def boot(self, spec: InstanceSpec) -> Instance: ...
+
+    async def restore(self, spec: InstanceSpec) -> Instance | None: ...
+
+    async def checkpoint(self, instance: Instance) -> SnapshotInfo: ...
+
+    async def suspend(self, instance: Instance) -> None: ...
+
+    async def resume(self, instance: Instance) -> None: ...
+
+    async def stop(self, instance: Instance) -> None: ...
