@@ -96,8 +96,14 @@ def probe_criu(path: Path, timeout: float = 30.0) -> CriuInfo:
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _die_with_parent() -> None:  # in the child, between fork and exec
+def _die_with_parent(cgroup: Path | None = None) -> None:  # in the child, before exec
     _libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if cgroup is not None:  # what criu restores is forked by it, so lands in its cgroup
+        fd = os.open(cgroup / "cgroup.procs", os.O_WRONLY)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
 
 
 RUNNING_MARKER = "criu.running"
@@ -172,7 +178,12 @@ class CriuEngine:
         return self.info.version_text
 
     def _run(
-        self, args: list[str], work: Path, timeout: float, pass_fds: tuple[int, ...] = ()
+        self,
+        args: list[str],
+        work: Path,
+        timeout: float,
+        pass_fds: tuple[int, ...] = (),
+        cgroup: Path | None = None,
     ) -> None:
         """Run criu in a process group of its own, marked in ``work`` while it runs.
 
@@ -186,7 +197,7 @@ class CriuEngine:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             pass_fds=pass_fds,
-            preexec_fn=_die_with_parent,
+            preexec_fn=lambda: _die_with_parent(cgroup),
             start_new_session=True,
         )
         marker = work / RUNNING_MARKER
@@ -244,12 +255,20 @@ class CriuEngine:
         return time.monotonic() - started
 
     def restore(
-        self, images: Path, work: Path, pipe_fd: int | None, pipe_inode: str | None, timeout: float
+        self,
+        images: Path,
+        work: Path,
+        pipe_fd: int | None,
+        pipe_inode: str | None,
+        timeout: float,
+        cgroup: Path | None = None,
     ) -> int:
         """Restore the tree from ``images`` as a child of this process; returns its root pid.
 
         ``pipe_fd`` (a fresh pipe's write end) replaces the dumped stdout/stderr pipe
-        ``pipe_inode``, so the restored server writes to a reader we own.
+        ``pipe_inode``, so the restored server writes to a reader we own. With ``cgroup``
+        (a cgroup v2 directory) criu runs in it, so the tree it restores is in it too;
+        the cgroups recorded in the images are ignored.
         """
         work.mkdir(parents=True, exist_ok=True)
         pidfile = work / "restored.pid"
@@ -270,12 +289,14 @@ class CriuEngine:
             "--pidfile",
             str(pidfile),
         ]
+        if cgroup is not None:
+            args.append("--manage-cgroups=ignore")
         fds: tuple[int, ...] = ()
         if pipe_fd is not None and pipe_inode:
             args += ["--inherit-fd", f"fd[{pipe_fd}]:{pipe_inode}"]
             fds = (pipe_fd,)
         try:
-            self._run(args, work, timeout, fds)
+            self._run(args, work, timeout, fds, cgroup)
             return int(pidfile.read_text().strip())
         except subprocess.TimeoutExpired as exc:
             raise RestoreFailed(f"criu restore timed out after {timeout:.0f}s") from exc
