@@ -136,7 +136,7 @@ def upstream_session(max_connections: int = 1000) -> aiohttp.ClientSession:
 
 async def _open(call: Call, lease: Lease) -> aiohttp.ClientResponse:
     request, timeouts, workload = call.request, call.timeouts, call.workload
-    url = f"http://127.0.0.1:{lease.port}{call.path}"
+    url = f"{lease.endpoint.url}{call.path}"
     if request.url.query:
         url += f"?{request.url.query}"
     try:
@@ -241,7 +241,7 @@ class _Exchange:
 
 
 async def forward(call: Call, lease: Lease) -> StreamingResponse:
-    """Send the call (body already read) to the leased instance on loopback and stream
+    """Send the call (body already read) to the leased instance's endpoint and stream
     the answer. The lease is released when the body is finished or abandoned (a client
     disconnect cancels the stream, which closes the upstream connection)."""
     exchange = _Exchange(call, lease)

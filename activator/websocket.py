@@ -70,17 +70,18 @@ async def proxy_websocket(
     query = websocket.url.query
     # The client's Host goes in the URI (websockets sends exactly one Host, from it;
     # Jupyter checks Origin against it); the socket always goes to the instance.
+    endpoint = connection.endpoint
     host = websocket.headers.get("host", "")
     if not _HOST.match(host):
-        host = f"127.0.0.1:{connection.port}"
+        host = endpoint.authority
     uri = f"ws://{host}{path}" + (f"?{query}" if query else "")
     headers = clean_headers(websocket.headers.items(), drop=_SKIP)
     try:
         upstream = await connect(
             uri,
-            host="127.0.0.1",
-            port=connection.port,
-            proxy=None,  # never an HTTP(S)_PROXY from the environment: loopback only
+            host=endpoint.host,
+            port=endpoint.port,
+            proxy=None,  # never an HTTP(S)_PROXY from the environment
             additional_headers=headers,
             subprotocols=list(websocket.scope.get("subprotocols", [])) or None,  # type: ignore[arg-type]
             open_timeout=connect_timeout,
