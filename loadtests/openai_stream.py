@@ -1,14 +1,19 @@
 """One streamed OpenAI-compatible completion and its timing: TTFT, inter-token gaps, E2E.
 
-A pure client: it speaks the OpenAI streaming shape (server-sent events ``data: {...}``
-ending with ``data: [DONE]``) to Dormant or to a model server directly. Content is
-``choices[0].text`` (completions) or ``choices[0].delta.content`` (chat).
+A pure client: it speaks the OpenAI streaming shape (server-sent events ``data: {...}``) to
+Dormant or to a model server directly. Content is ``choices[0].text`` (completions) or
+``choices[0].delta.content`` (chat).
+
+A stream is complete when it says so, either way servers end one: ``data: [DONE]`` (OpenAI,
+vLLM, llama.cpp, Dormant's reference server) or a chunk whose ``finish_reason`` is set,
+followed by the end of the response (Hugging Face ``transformers serve``; the OpenAI SDK
+accepts both). A response that ends with neither was cut short: an error.
 
 Counting: every chunk that carries a content string is one token (servers send one chunk
 per generated token; a byte-level token can decode to '' while a character is incomplete).
-A chat chunk that announces the role, and finish or usage chunks without content, are not
-tokens. TTFT is the time to the first *non-empty* content; ITL samples are the gaps between
-consecutive token chunks from then on.
+A chat chunk that announces the role, a chunk with a ``finish_reason`` and no content, and
+usage chunks are not tokens. TTFT is the time to the first *non-empty* content; ITL samples
+are the gaps between consecutive token chunks from then on.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ __all__ = [
     "StreamResult",
     "StreamTimer",
     "chunk_content",
+    "chunk_finish_reason",
     "completion_request",
     "make_prompt",
     "parse_wake_header",
@@ -46,8 +52,10 @@ class StreamResult:
     gaps: list[float] = field(default_factory=list)
     e2e: float = 0.0
     tokens: int = 0
+    chunks: int = 0
     text: str = ""
     done: bool = False
+    finish_reason: str | None = None
     wake: str | None = None
     error: str | None = None
 
@@ -55,14 +63,18 @@ class StreamResult:
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def complete(self) -> bool:
+        """The server said the answer is whole: ``data: [DONE]`` or a ``finish_reason``."""
+        return self.done or self.finish_reason is not None
+
 
 class StreamError(Exception):
     """The stream carried something that is not a well-formed OpenAI chunk."""
 
 
-def chunk_content(payload: Any) -> str | None:
-    """The content of one parsed chunk; None when it carries no token (role announcement,
-    finish or usage chunk)."""
+def _first_choice(payload: Any) -> dict[str, Any] | None:
+    """``choices[0]`` of a parsed chunk; None for a chunk without choices (usage)."""
     if not isinstance(payload, dict):
         raise StreamError(f"chunk is not a JSON object: {payload!r:.120}")
     if "error" in payload:
@@ -75,17 +87,38 @@ def chunk_content(payload: Any) -> str | None:
     choice = choices[0]
     if not isinstance(choice, dict):
         raise StreamError(f"choice is not an object: {choice!r:.120}")
+    return choice
+
+
+def chunk_content(payload: Any) -> str | None:
+    """The content of one parsed chunk; None when it carries no token (role announcement,
+    finish or usage chunk)."""
+    choice = _first_choice(payload)
+    if choice is None:
+        return None
     text = choice.get("text")
     delta = choice.get("delta")
     if text is None and isinstance(delta, dict):
         text = delta.get("content")
         if "role" in delta and not text:
             return None  # the opening chunk that only announces the assistant role
-    return text if isinstance(text, str) else None
+    if not isinstance(text, str):
+        return None
+    if not text and choice.get("finish_reason") is not None:
+        return None  # the closing chunk: it says why generation stopped and carries no token
+    return text
 
 
-def _parse_line(line: str) -> object | str | None:
-    """``_DONE`` for ``data: [DONE]``, the content of a token chunk, else None."""
+def chunk_finish_reason(payload: Any) -> str | None:
+    """``choices[0].finish_reason`` of one parsed chunk (``"stop"``, ``"length"``, ...);
+    None while generation goes on."""
+    choice = _first_choice(payload)
+    reason = None if choice is None else choice.get("finish_reason")
+    return None if reason is None else str(reason)
+
+
+def _parse_line(line: str) -> object | dict[str, Any] | None:
+    """``_DONE`` for ``data: [DONE]``, the parsed chunk of another ``data:`` line, else None."""
     if not line.startswith("data:"):
         return None  # blank separators, comments (":"), event:/id:/retry: fields
     data = line[5:].strip()
@@ -95,7 +128,9 @@ def _parse_line(line: str) -> object | str | None:
         payload = json.loads(data)
     except json.JSONDecodeError as exc:
         raise StreamError(f"malformed chunk ({exc.msg}): {data[:120]!r}") from None
-    return chunk_content(payload)
+    if not isinstance(payload, dict):
+        raise StreamError(f"chunk is not a JSON object: {payload!r:.120}")
+    return payload
 
 
 class StreamTimer:
@@ -108,12 +143,22 @@ class StreamTimer:
         self._pieces: list[str] = []
 
     def feed(self, line: str, now: float) -> bool:
-        """Account for one line; True once ``data: [DONE]`` arrived."""
-        content = _parse_line(line)
-        if content is _DONE:
+        """Account for one line; True once ``data: [DONE]`` arrived (nothing follows it).
+
+        A ``finish_reason`` completes the answer too, but the caller reads on to the end of
+        the response (a usage chunk or ``[DONE]`` may follow)."""
+        chunk = _parse_line(line)
+        if chunk is _DONE:
             self.result.done = True
             return True
-        if not isinstance(content, str):
+        if not isinstance(chunk, dict):
+            return False
+        self.result.chunks += 1
+        content = chunk_content(chunk)
+        reason = chunk_finish_reason(chunk)
+        if reason is not None:
+            self.result.finish_reason = reason
+        if content is None:
             return False
         self.result.tokens += 1
         self._pieces.append(content)
@@ -126,12 +171,18 @@ class StreamTimer:
         return False
 
     def finish(self, now: float, error: str | None = None) -> StreamResult:
-        """Close the account; a stream without [DONE] or without content is an error."""
+        """Close the account at the end of the response. A stream that ended with neither
+        ``[DONE]`` nor a ``finish_reason`` was cut short, and one without content is
+        empty: both are errors."""
         result = self.result
         result.e2e = now - self.started
         result.text = "".join(self._pieces)
-        if error is None and not result.done:
-            error = f"stream ended without data: [DONE] after {result.tokens} content chunks"
+        if error is None and not result.complete:
+            error = (
+                "stream truncated: it ended without data: [DONE] or a finish_reason after "
+                f"{result.tokens} content chunks ({len(result.text)} characters; "
+                f"{result.chunks} chunks in all)"
+            )
         if error is None and result.ttft is None:
             error = f"stream finished without content ({result.tokens} empty content chunks)"
         result.error = error

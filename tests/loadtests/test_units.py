@@ -14,6 +14,7 @@ from loadtests.gates import Gate, Summary, evaluate, parse_gates, standard_gates
 from loadtests.openai_stream import (
     StreamTimer,
     chunk_content,
+    chunk_finish_reason,
     completion_request,
     make_prompt,
     parse_wake_header,
@@ -80,6 +81,31 @@ def test_chat_stream_skips_the_role_chunk_and_the_finish_chunk() -> None:
     assert result.ttft == pytest.approx(0.3) and result.gaps == pytest.approx([0.1])
 
 
+def test_a_finish_reason_completes_a_stream_without_done() -> None:
+    """transformers serve: the closing chunk (completions: text '') is no token; no [DONE]."""
+    closing = {"index": 0, "text": "", "finish_reason": "stop"}
+    timer = _feed(
+        [
+            (10.2, _completion("a")),
+            (10.3, _data({"choices": [{"index": 0, "text": "b", "finish_reason": None}]})),
+            (10.4, _data({"choices": [closing], "usage": {"completion_tokens": 2}})),
+        ]
+    )
+    result = timer.finish(10.5)
+    assert result.ok and result.complete and not result.done
+    assert result.finish_reason == "stop" and result.tokens == 2 and result.text == "ab"
+    assert result.gaps == pytest.approx([0.1]) and result.e2e == pytest.approx(0.5)
+
+
+def test_finish_reason_of_a_chunk() -> None:
+    assert chunk_finish_reason({"choices": [{"delta": {}, "finish_reason": "length"}]}) == "length"
+    assert chunk_finish_reason({"choices": [{"text": "x", "finish_reason": None}]}) is None
+    assert chunk_finish_reason({"choices": [{"text": "x"}]}) is None
+    assert chunk_finish_reason({"choices": [], "usage": {}}) is None
+    # a last token may carry the finish_reason with it: it is still a token
+    assert chunk_content({"choices": [{"text": "z", "finish_reason": "length"}]}) == "z"
+
+
 def test_role_chunk_with_content_counts() -> None:
     assert chunk_content({"choices": [{"delta": {"role": "assistant", "content": "Hi"}}]}) == "Hi"
     assert chunk_content({"choices": [{"delta": {"role": "assistant"}}]}) is None
@@ -88,7 +114,11 @@ def test_role_chunk_with_content_counts() -> None:
 @pytest.mark.parametrize(
     ("lines", "error"),
     [
-        ([_completion("a")], "stream ended without data: [DONE] after 1 content chunks"),
+        (
+            [_completion("ab"), _completion("")],
+            "stream truncated: it ended without data: [DONE] or a finish_reason after 2 content"
+            " chunks (2 characters; 2 chunks in all)",
+        ),
         ([_completion(""), "data: [DONE]"], "stream finished without content"),
         (["data: {not json"], "malformed chunk"),
         ([_data({"error": {"message": "boom"}})], 'error chunk: {"message": "boom"}'),
