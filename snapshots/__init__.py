@@ -3,24 +3,30 @@
 from .criu import MIN_VERSION, CriuEngine, CriuInfo, find_criu, kill_leftovers, probe_criu
 from .errors import (
     CheckpointFailed,
+    CommitFailed,
     EngineUnavailable,
+    ManifestInvalid,
     RestoreFailed,
     SnapshotCorrupt,
     SnapshotError,
     SnapshotNotFound,
+    StoreFailed,
 )
 from .manifest import FileEntry, Manifest
 from .procfs import changed_files, mapped_files, process_tree, stdio_pipe_inode
-from .store import PendingSnapshot, Snapshot, SnapshotStore
+from .store import Entry, PendingSnapshot, Snapshot, SnapshotStore
 
 __all__ = [
     "MIN_VERSION",
     "CheckpointFailed",
+    "CommitFailed",
     "CriuEngine",
     "CriuInfo",
     "EngineUnavailable",
+    "Entry",
     "FileEntry",
     "Manifest",
+    "ManifestInvalid",
     "PendingSnapshot",
     "RestoreFailed",
     "Snapshot",
@@ -28,6 +34,7 @@ __all__ = [
     "SnapshotError",
     "SnapshotNotFound",
     "SnapshotStore",
+    "StoreFailed",
     "changed_files",
     "find_criu",
     "kill_leftovers",

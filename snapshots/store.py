@@ -4,41 +4,65 @@ Layout::
 
     ROOT/                      0700
       WORKLOAD/                0700
-        .tmp-ID/               being written; never visible as a snapshot
+        .tmp-ID/               being written; never usable (status 'partial')
+        .del-ID/               being deleted; never usable (status 'partial')
         ID/                    committed: images + manifest.json (written last)
-        ID.bad/                failed verification or restore; kept for inspection
+        ID.bad/                failed verification or restore, with BAD_REASON; the newest
+                               ``keep_bad`` per workload are kept for inspection
 
 A snapshot holds a process's whole memory, so every directory is 0700 and every
-file 0600. A commit fsyncs each file, writes the manifest, fsyncs, then renames
-the directory into place and fsyncs the parent: after a crash a snapshot is
-either complete or absent.
+file 0600. A commit fsyncs each file and directory, writes the manifest, fsyncs,
+then renames the directory into place and fsyncs the parent: after a crash a
+snapshot is either complete or absent. A directory is only ever removed after it
+was renamed out of use, so a half-deleted snapshot is never usable either.
+
+Errors: writing raises ``StoreFailed`` (``CommitFailed`` from ``commit``) with what
+failed and what to do; retiring (``mark_bad``, ``prune``, ``clean_partial``,
+``discard``) logs and carries on; reading (``entries``, ``list``, ``latest``, ``get``,
+``verify``) raises only ``SnapshotError`` subclasses. A directory whose manifest is
+missing, unreadable or of the wrong shape is listed by ``entries`` as 'invalid' with
+the reason and retired by ``prune``; it is never returned by ``list``/``latest``.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
+import errno
 import logging
 import os
 import re
 import secrets
-import shutil
+import stat
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from .errors import SnapshotCorrupt, SnapshotNotFound
-from .manifest import MANIFEST_NAME, Manifest, digest_files, mismatched_files
+from .errors import CommitFailed, ManifestInvalid, SnapshotCorrupt, SnapshotNotFound, StoreFailed
+from .manifest import (
+    CHUNK_BYTES,
+    DEFAULT_DIGEST,
+    MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
+    Manifest,
+    check_files,
+    digest_files,
+)
 
-__all__ = ["PendingSnapshot", "Snapshot", "SnapshotStore"]
+__all__ = ["Entry", "PendingSnapshot", "Snapshot", "SnapshotStore", "Status"]
 
 log = logging.getLogger("dormant.snapshots")
 
+Status = Literal["ok", "bad", "invalid", "partial"]
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _TMP_PREFIX = ".tmp-"
+_DEL_PREFIX = ".del-"
 _BAD_SUFFIX = ".bad"
+BAD_REASON = "BAD_REASON"
+_REASON_LIMIT = 4096
 
 
 @dataclass(frozen=True)
@@ -66,10 +90,61 @@ class PendingSnapshot:
     path: Path
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+@dataclass(frozen=True)
+class Entry:
+    """One directory of the store, usable or not.
+
+    ``status``: 'ok' (committed, manifest valid), 'bad' (taken out of use; ``reason``
+    says why), 'invalid' (manifest missing or unreadable; ``reason``), 'partial'
+    (being written or deleted, or left so by a crash).
+    """
+
+    id: str
+    workload: str
+    path: Path
+    status: Status
+    reason: str
+    bytes: int
+    created: float
+    """Unix time: the manifest's, else the directory's modification time."""
+    manifest: Manifest | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, for the admin API and the CLI."""
+        m = self.manifest
+        return {
+            "id": self.id,
+            "workload": self.workload,
+            "path": str(self.path),
+            "status": self.status,
+            "reason": self.reason,
+            "bytes": self.bytes,
+            "created": self.created,
+            "engine": f"{m.engine} {m.engine_version}".strip() if m else "",
+            "checkpoint_seconds": m.checkpoint_seconds if m else None,
+        }
+
+
+# Every write step of a commit goes through one of these three (fault-injection tests
+# hook them to pick the moment a filesystem fails).
+
+
+def _sync(fd: int) -> None:
+    os.fsync(fd)
+
+
+def _create(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+
+
+def _rename(src: Path, dst: Path) -> None:
+    os.rename(src, dst)
+
+
+def _fsync_path(path: Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else os.O_NOFOLLOW))
     try:
-        os.fsync(fd)
+        _sync(fd)
     finally:
         os.close(fd)
 
@@ -83,34 +158,183 @@ def _new_id() -> str:
     )
 
 
-class SnapshotStore:
-    """Commits, lists, verifies and retires snapshots under one root directory."""
+def _mount_point(path: Path) -> Path:
+    path = path.resolve()
+    try:
+        dev = path.stat().st_dev
+        while path.parent != path and path.parent.stat().st_dev == dev:
+            path = path.parent
+    except OSError:
+        pass
+    return path
 
-    def __init__(self, root: Path) -> None:
+
+def explain(exc: OSError, what: str, path: Path, needed: int = 0) -> str:
+    """'WHAT failed: WHY; WHAT TO DO', for an OSError from the store's filesystem."""
+    code = exc.errno
+    fs = f"the filesystem mounted at {_mount_point(path)}"
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            try:
+                st = os.statvfs(path)
+            except FileNotFoundError:
+                st = os.statvfs(path.parent)
+            free = f"{st.f_bavail * st.f_frsize} bytes free"
+            if st.f_files and not st.f_favail:
+                free += ", no inodes free"
+        except OSError:
+            free = "free space unknown"
+        need = f", {needed} bytes needed" if needed else ""
+        limit = "disk quota exceeded" if code == errno.EDQUOT else "no space left"
+        hint = (
+            "raise the quota" if code == errno.EDQUOT else "free space there"
+        ) + " or point state_dir at a larger filesystem"
+        return f"{what} failed: {limit} on {fs} ({free}{need}); {hint}"
+    if code == errno.EFBIG:
+        return (
+            f"{what} failed: file too large ({exc.strerror}): a file size limit "
+            f"(ulimit -f, RLIMIT_FSIZE) or {fs}'s maximum; raise the limit"
+        )
+    if code == errno.EIO:
+        return f"{what} failed: I/O error on {fs}: the disk may be failing; check `dmesg`"
+    if code == errno.EROFS:
+        return f"{what} failed: {fs} is read-only; remount it read-write or move state_dir"
+    if code in (errno.EACCES, errno.EPERM):
+        return (
+            f"{what} failed: permission denied on {exc.filename or path} ({exc.strerror}); "
+            "run Dormant as the owner of state_dir (and check `lsattr` for immutable files)"
+        )
+    return f"{what} failed on {fs}: {exc.strerror or exc} ({exc.filename or path})"
+
+
+def _lexists(path: Path) -> bool:
+    """Whether anything is at ``path``; True when that cannot be told (EIO, EACCES)."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _rmtree(path: Path) -> list[str]:
+    """Remove a directory tree without following links; returns what could not be removed."""
+    problems: list[str] = []
+
+    def record(exc: OSError) -> None:
+        # a directory left non-empty by an earlier problem says nothing new
+        if not isinstance(exc, FileNotFoundError) and not (
+            problems and exc.errno == errno.ENOTEMPTY
+        ):
+            problems.append(explain(exc, f"removing {exc.filename}", path))
+
+    for dirpath, dirs, files in os.walk(path, topdown=False, onerror=record):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
+            try:
+                os.unlink(os.path.join(dirpath, name))
+            except OSError as exc:
+                record(exc)
+        try:
+            os.rmdir(dirpath)
+        except OSError as exc:
+            record(exc)
+    return problems
+
+
+def _disk_bytes(path: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
+
+
+class SnapshotStore:
+    """Commits, lists, verifies and retires snapshots under one root directory.
+
+    ``digest`` is the algorithm new manifests use, over pieces of ``chunk_bytes``;
+    ``keep_bad`` bounds the ``ID.bad``
+    directories kept per workload (older ones are deleted when one is marked bad).
+    Raises StoreFailed when the root cannot be created.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        digest: str = DEFAULT_DIGEST,
+        keep_bad: int = 2,
+        chunk_bytes: int = CHUNK_BYTES,
+    ) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root, 0o700)
+        self.digest = digest
+        self.chunk_bytes = chunk_bytes
+        self.keep_bad = keep_bad
+        # Snapshots mark_bad could not move out of use on disk: kept out of use here.
+        self._quarantined: dict[Path, str] = {}
+        self._warned: set[tuple[Path, str]] = set()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.root, 0o700)
+        except OSError as exc:
+            what = f"creating the snapshot store {self.root}"
+            raise StoreFailed(explain(exc, what, self.root)) from exc
 
     def _workload_dir(self, workload: str) -> Path:
         if not _NAME_RE.match(workload):
             raise ValueError(f"invalid workload name {workload!r}")
         path = self.root / workload
-        path.mkdir(mode=0o700, exist_ok=True)
+        if not path.is_dir():
+            path.mkdir(mode=0o700, exist_ok=True)
+            _fsync_path(self.root, directory=True)
         return path
 
     # -- writing -----------------------------------------------------------------
 
     @contextlib.contextmanager
     def begin(self, workload: str) -> Iterator[PendingSnapshot]:
-        """A fresh private temp directory; removed again unless it was committed."""
+        """A fresh private temp directory ``.tmp-ID``, removed when the block ends
+        without committing it -- except when the block raises ``CommitFailed`` for it:
+        then its images are the only copy of a dumped process, so it is kept for the
+        caller to restore from and ``discard``. Raises StoreFailed when it cannot be
+        created (ValueError for an unsafe workload name)."""
         snap_id = _new_id()
-        path = self._workload_dir(workload) / f"{_TMP_PREFIX}{snap_id}"
-        path.mkdir(mode=0o700)
         try:
-            yield PendingSnapshot(snap_id, workload, path)
-        finally:
-            if path.exists():
-                shutil.rmtree(path, ignore_errors=True)
+            path = self._workload_dir(workload) / f"{_TMP_PREFIX}{snap_id}"
+            path.mkdir(mode=0o700)
+        except OSError as exc:
+            where = self.root / workload
+            raise StoreFailed(
+                explain(exc, f"creating a snapshot directory for {workload}", where)
+            ) from exc
+        pending = PendingSnapshot(snap_id, workload, path)
+        try:
+            yield pending
+        except CommitFailed as exc:
+            if exc.pending_path != path:
+                self.discard(pending)
+            raise
+        except BaseException:
+            self.discard(pending)
+            raise
+        else:
+            if _lexists(path):
+                self.discard(pending)
+
+    def discard(self, pending: PendingSnapshot) -> None:
+        """Remove a pending snapshot's directory (after a failed commit, once its images
+        are no longer needed). Never raises: what cannot be removed is logged and left
+        for ``clean_partial`` at the next start."""
+        self._remove_tree(pending.path, f"pending snapshot {pending.id}")
 
     def commit(
         self,
@@ -121,70 +345,227 @@ class SnapshotStore:
         checkpoint_seconds: float = 0.0,
         meta: Mapping[str, Any] | None = None,
     ) -> Snapshot:
-        """Digest every file, write the manifest last, and rename into place atomically."""
-        names = []
-        for dirpath, _dirs, files in os.walk(pending.path):
-            for name in files:
-                full = Path(dirpath) / name
-                os.chmod(full, 0o600)
-                with open(full, "rb") as f:
-                    os.fsync(f.fileno())
-                names.append(str(full.relative_to(pending.path)))
-            os.chmod(dirpath, 0o700)
-        manifest = Manifest(
-            id=pending.id,
-            workload=pending.workload,
-            engine=engine,
-            created=time.time(),
-            files=digest_files(pending.path, names),
-            engine_version=engine_version,
-            checkpoint_seconds=checkpoint_seconds,
-            meta=dict(meta or {}),
-        )
+        """Digest every file, write the manifest last, and rename into place atomically.
+
+        Raises CommitFailed when any step fails (disk full, quota, I/O error, file size
+        limit, ...): then nothing is committed, no manifest is left behind, and the
+        files under ``pending.path`` are untouched.
+        """
+        step = "making the images durable"
+        names: list[str] = []
         manifest_path = pending.path / MANIFEST_NAME
-        fd = os.open(manifest_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(manifest.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync_dir(pending.path)
-        final = pending.path.parent / pending.id
-        os.rename(pending.path, final)
-        _fsync_dir(final.parent)
+        wrote_manifest = False
+        needed = 0
+        try:
+            for dirpath, _dirs, files in os.walk(pending.path, topdown=False):
+                for name in files:
+                    full = Path(dirpath) / name
+                    info = os.lstat(full)
+                    if not stat.S_ISREG(info.st_mode):
+                        raise CommitFailed(
+                            f"commit of {pending.id}: {full} is not a regular file; "
+                            "a snapshot holds only regular files",
+                            pending.path,
+                        )
+                    needed += info.st_size
+                    os.chmod(full, 0o600)
+                    _fsync_path(full)
+                    names.append(str(full.relative_to(pending.path)))
+                os.chmod(dirpath, 0o700)
+                _fsync_path(Path(dirpath), directory=True)
+            step = "digesting the images"
+            manifest = Manifest(
+                id=pending.id,
+                workload=pending.workload,
+                engine=engine,
+                created=time.time(),
+                files=digest_files(pending.path, names, self.digest, self.chunk_bytes),
+                engine_version=engine_version,
+                checkpoint_seconds=checkpoint_seconds,
+                meta=dict(meta or {}),
+                digest=self.digest,
+                chunk_bytes=self.chunk_bytes,
+            )
+            step = "writing the manifest"
+            text = manifest.to_json().encode()
+            needed = len(text)
+            fd = _create(manifest_path)
+            wrote_manifest = True
+            with os.fdopen(fd, "wb") as f:
+                f.write(text)
+                f.flush()
+                step = "syncing the manifest"
+                _sync(f.fileno())
+            step = "syncing the snapshot directory"
+            _fsync_path(pending.path, directory=True)
+            step = "renaming the snapshot into place"
+            final = pending.path.parent / pending.id
+            _rename(pending.path, final)
+        except OSError as exc:
+            if wrote_manifest:
+                with contextlib.suppress(OSError):
+                    manifest_path.unlink()
+            raise self._commit_failed(pending, exc, step, needed) from exc
+        try:
+            _fsync_path(final.parent, directory=True)
+        except OSError as exc:
+            # The rename may not survive a crash: undo it, so that the caller is told
+            # the truth (not committed) and finds the images where it expects them.
+            try:
+                _rename(final, pending.path)
+            except OSError:
+                log.error(
+                    "snapshot %s committed but its directory entry may not be durable "
+                    "(%s); keeping it: its manifest is complete",
+                    pending.id,
+                    explain(exc, "syncing the workload directory", final.parent),
+                )
+            else:
+                with contextlib.suppress(OSError):
+                    manifest_path.unlink()
+                raise self._commit_failed(
+                    pending, exc, "syncing the workload directory", 0
+                ) from exc
         log.info(
-            "snapshot committed workload=%s id=%s bytes=%d",
+            "snapshot committed workload=%s id=%s bytes=%d digest=%s",
             pending.workload,
             pending.id,
             manifest.total_bytes,
+            manifest.digest,
         )
         return Snapshot(final, manifest)
 
+    def _commit_failed(
+        self, pending: PendingSnapshot, exc: OSError, step: str, needed: int
+    ) -> CommitFailed:
+        reason = explain(exc, step, pending.path, needed)
+        return CommitFailed(
+            f"commit of snapshot {pending.id} ({pending.workload}): {reason}; "
+            f"nothing was committed, the images are intact in {pending.path}",
+            pending.path,
+        )
+
     # -- reading -----------------------------------------------------------------
 
-    def _load(self, path: Path) -> Snapshot | None:
+    def _read_manifest(self, path: Path) -> Manifest:
         try:
-            return Snapshot(path, Manifest.from_json((path / MANIFEST_NAME).read_text()))
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning("ignoring %s: unreadable manifest (%s)", path, exc)
-            return None
+            fd = os.open(path / MANIFEST_NAME, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            raise ManifestInvalid("no manifest (deleted, or never written)") from None
+        except OSError as exc:
+            raise ManifestInvalid(f"manifest unreadable ({exc.strerror or exc})") from None
+        try:
+            with os.fdopen(fd, "rb") as f:
+                text = f.read(MAX_MANIFEST_BYTES + 1)
+        except OSError as exc:
+            raise ManifestInvalid(f"manifest unreadable ({exc.strerror or exc})") from None
+        return Manifest.from_json(text)
 
-    def list(self, workload: str | None = None) -> list[Snapshot]:
-        """Committed, not-bad snapshots, newest first."""
-        dirs = (
-            [self.root / workload]
-            if workload
-            else sorted(p for p in self.root.iterdir() if p.is_dir())
-        )
+    def _committed(self, path: Path, workload: str) -> Entry:
+        if path in self._quarantined:
+            entry = self._other(path, workload, path.name, "bad", self._quarantined[path])
+            with contextlib.suppress(ManifestInvalid):
+                m = self._read_manifest(path)
+                entry = Entry(entry.id, workload, path, "bad", entry.reason, entry.bytes, m.created)
+            return entry
+        try:
+            m = self._read_manifest(path)
+            if m.id != path.name or m.workload != workload:
+                raise ManifestInvalid(
+                    f"manifest says {m.workload}/{m.id}, but it is in {workload}/{path.name}"
+                )
+        except ManifestInvalid as exc:
+            if (path, str(exc)) not in self._warned:
+                self._warned.add((path, str(exc)))
+                log.warning("snapshot %s is unusable: %s", path, exc)
+            return self._other(path, workload, path.name, "invalid", str(exc))
+        return Entry(m.id, workload, path, "ok", "", m.total_bytes, m.created, m)
+
+    def _other(self, path: Path, workload: str, snap_id: str, status: Status, why: str) -> Entry:
+        try:
+            created = path.stat().st_mtime
+        except OSError:
+            created = 0.0
+        return Entry(snap_id, workload, path, status, why, _disk_bytes(path), created)
+
+    def _bad(self, path: Path, workload: str) -> Entry:
+        try:
+            with open(path / BAD_REASON, errors="replace") as f:
+                reason = f.read(_REASON_LIMIT).strip() or "no reason recorded"
+        except OSError as exc:
+            reason = f"reason not recorded ({exc.strerror or exc})"
+        entry = self._other(path, workload, path.name[: -len(_BAD_SUFFIX)], "bad", reason)
+        with contextlib.suppress(ManifestInvalid):
+            m = self._read_manifest(path)
+            entry = Entry(entry.id, workload, path, "bad", reason, entry.bytes, m.created, m)
+        return entry
+
+    def _scan(self, workload: str) -> builtins.list[Entry]:
+        wdir = self.root / workload
+        try:
+            names = sorted(os.listdir(wdir))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            raise StoreFailed(explain(exc, f"listing {wdir}", wdir)) from exc
         found = []
-        for wdir in dirs:
-            if not wdir.is_dir():
-                continue
-            for path in wdir.iterdir():
-                if path.name.startswith(_TMP_PREFIX) or path.name.endswith(_BAD_SUFFIX):
+        for name in names:
+            path = wdir / name
+            try:
+                if not stat.S_ISDIR(os.lstat(path).st_mode):
                     continue
-                if path.is_dir() and (snap := self._load(path)) is not None:
-                    found.append(snap)
-        return sorted(found, key=lambda s: (s.manifest.created, s.id), reverse=True)
+            except OSError:
+                continue
+            if name.startswith(_TMP_PREFIX):
+                entry = self._other(
+                    path,
+                    workload,
+                    name[len(_TMP_PREFIX) :],
+                    "partial",
+                    "being written, or left by a crash (removed at the next start)",
+                )
+            elif name.startswith(_DEL_PREFIX):
+                entry = self._other(
+                    path, workload, name[len(_DEL_PREFIX) :], "partial", "being deleted"
+                )
+            elif name.startswith("."):
+                continue
+            elif name.endswith(_BAD_SUFFIX):
+                entry = self._bad(path, workload)
+            else:
+                entry = self._committed(path, workload)
+            if _lexists(path):  # not renamed or removed meanwhile
+                found.append(entry)
+        return found
+
+    def workloads(self) -> builtins.list[str]:
+        """Names of the workloads that have a directory here."""
+        try:
+            return sorted(
+                name
+                for name in os.listdir(self.root)
+                if _NAME_RE.match(name) and _is_dir(self.root / name)
+            )
+        except OSError as exc:
+            raise StoreFailed(explain(exc, f"listing {self.root}", self.root)) from exc
+
+    def entries(self, workload: str | None = None) -> builtins.list[Entry]:
+        """Every snapshot directory with its status, newest first (all workloads when
+        ``workload`` is None). Raises StoreFailed only when a directory cannot be listed."""
+        if workload is not None and not _NAME_RE.match(workload):
+            return []
+        found = []
+        for name in [workload] if workload else self.workloads():
+            found += self._scan(name)
+        return sorted(found, key=lambda e: (e.created, e.id), reverse=True)
+
+    def list(self, workload: str | None = None) -> builtins.list[Snapshot]:
+        """Usable snapshots (committed, valid manifest, not bad), newest first."""
+        return [
+            Snapshot(e.path, e.manifest)
+            for e in self.entries(workload)
+            if e.status == "ok" and e.manifest is not None
+        ]
 
     def latest(self, workload: str) -> Snapshot | None:
         """The newest usable snapshot of ``workload``, or None."""
@@ -192,63 +573,195 @@ class SnapshotStore:
         return snaps[0] if snaps else None
 
     def get(self, snapshot_id: str) -> Snapshot:
-        for snap in self.list():
-            if snap.id == snapshot_id:
-                return snap
+        """The usable snapshot ``snapshot_id``; SnapshotNotFound (saying why) otherwise."""
+        entry = self.entry(snapshot_id)
+        if entry.status != "ok" or entry.manifest is None:
+            raise SnapshotNotFound(
+                f"snapshot {snapshot_id!r} is not usable ({entry.status}: {entry.reason})"
+            )
+        return Snapshot(entry.path, entry.manifest)
+
+    def entry(self, snapshot_id: str) -> Entry:
+        """Any entry by id (``ID`` or ``ID.bad``), whatever its status."""
+        wanted = snapshot_id.removesuffix(_BAD_SUFFIX)
+        for entry in self.entries():
+            if entry.id == wanted:
+                return entry
         raise SnapshotNotFound(f"no snapshot {snapshot_id!r} under {self.root}")
 
     def verify(self, snapshot: Snapshot) -> None:
-        """Raise SnapshotCorrupt unless every file matches the manifest (size, then sha256)
-        and no file was added."""
+        """Raise SnapshotCorrupt unless every file matches the manifest (size, then the
+        digest of every chunk), no file was added and each is a regular file. A file that
+        cannot be read is a problem too (never an OSError)."""
         problems: list[str] = []
         expected = snapshot.manifest.files
-        present = {
-            str((Path(d) / f).relative_to(snapshot.path))
-            for d, _dirs, files in os.walk(snapshot.path)
-            for f in files
-        } - {MANIFEST_NAME}
-        problems += [f"{name}: missing" for name in sorted(set(expected) - present)]
-        problems += [f"{name}: not in manifest" for name in sorted(present - set(expected))]
-        sized = []
-        for name in sorted(set(expected) & present):
-            size = (snapshot.path / name).stat().st_size
-            if size != expected[name].size:
-                problems.append(f"{name}: size {size} != {expected[name].size}")
-            else:
-                sized.append(name)
+        present: dict[str, os.stat_result] = {}
+
+        def unreadable(exc: OSError) -> None:
+            problems.append(f"{exc.filename or snapshot.path}: unreadable ({exc.strerror})")
+
+        for dirpath, _dirs, files in os.walk(snapshot.path, onerror=unreadable):
+            for f in files:
+                full = Path(dirpath) / f
+                try:
+                    present[str(full.relative_to(snapshot.path))] = os.lstat(full)
+                except OSError as exc:
+                    unreadable(exc)
+        present.pop(MANIFEST_NAME, None)
+        problems += [f"{name}: missing" for name in sorted(set(expected) - set(present))]
+        problems += [f"{name}: not in manifest" for name in sorted(set(present) - set(expected))]
+        for name in sorted(set(expected) & set(present)):
+            st = present[name]
+            if not stat.S_ISREG(st.st_mode):
+                problems.append(f"{name}: not a regular file")
+            elif st.st_size != expected[name].size:
+                problems.append(f"{name}: size {st.st_size} != {expected[name].size}")
         if not problems:
-            bad = mismatched_files(snapshot.path, {n: expected[n] for n in sized})
-            problems += [f"{name}: sha256 mismatch" for name in bad]
+            problems = check_files(snapshot.path, snapshot.manifest, expected)
         if problems:
             raise SnapshotCorrupt(snapshot.id, problems)
 
     # -- retiring ----------------------------------------------------------------
 
     def mark_bad(self, snapshot: Snapshot, reason: str) -> Path:
-        """Move a snapshot out of use (kept as ID.bad with the reason) and return its new path."""
-        bad = snapshot.path.with_name(snapshot.path.name + _BAD_SUFFIX)
-        if bad.exists():
-            shutil.rmtree(bad, ignore_errors=True)
-        os.rename(snapshot.path, bad)
-        (bad / "BAD_REASON").write_text(reason + "\n")
+        """Take a snapshot out of use: renamed ``ID.bad`` with the reason in BAD_REASON;
+        older ``.bad`` directories of the workload beyond ``keep_bad`` are deleted.
+        Returns where the snapshot is now.
+
+        Never raises: it logs and carries on. If the rename fails, the manifest is
+        removed instead; if that fails too, this store keeps the snapshot out of use
+        in memory (``entries`` shows it 'bad'). A BAD_REASON that cannot be written
+        leaves the snapshot bad with the reason "reason not recorded".
+        """
+        path = snapshot.path
+        bad = path.with_name(path.name + _BAD_SUFFIX)
+        try:
+            if _lexists(bad):
+                self._remove_tree(bad, f"old {bad.name}")
+            _rename(path, bad)
+        except OSError as exc:
+            log.error("%s", explain(exc, f"marking snapshot {snapshot.id} bad", path))
+            self._quarantined[path] = reason
+            try:
+                (path / MANIFEST_NAME).unlink()
+                log.warning("snapshot %s disabled by removing its manifest", snapshot.id)
+            except OSError:
+                log.error("snapshot %s kept out of use in memory only: %s", snapshot.id, reason)
+            return path
+        try:
+            fd = os.open(bad / BAD_REASON, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(reason + "\n")
+        except OSError as exc:
+            log.error("%s", explain(exc, f"recording why {snapshot.id} is bad", bad))
         log.warning("snapshot %s marked bad: %s", snapshot.id, reason)
+        self._bound_bad(snapshot.workload)
         return bad
 
-    def delete(self, snapshot: Snapshot) -> None:
-        shutil.rmtree(snapshot.path)
+    def _bound_bad(self, workload: str) -> builtins.list[str]:
+        try:
+            bad = [e for e in self._scan(workload) if e.path.name.endswith(_BAD_SUFFIX)]
+        except StoreFailed as exc:
+            log.error("%s", exc)
+            return []
+        bad.sort(key=lambda e: e.id, reverse=True)  # ids sort by creation time
+        return [e.id for e in bad[max(self.keep_bad, 0) :] if self._delete_quietly(e.path)]
+
+    def delete(self, snapshot: Snapshot | Entry) -> None:
+        """Delete a snapshot (or any entry). It is renamed out of use first, so a
+        deletion that fails half-way never leaves a usable snapshot. Raises StoreFailed."""
+        path = snapshot.path
+        name = path.name.removeprefix(_TMP_PREFIX).removeprefix(_DEL_PREFIX)
+        doomed = path.with_name(_DEL_PREFIX + name)
+        if path != doomed:
+            try:
+                _rename(path, doomed)
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    (path / MANIFEST_NAME).unlink()
+                raise StoreFailed(explain(exc, f"deleting {path}", path)) from exc
+        problems = _rmtree(doomed)
+        if problems:
+            raise StoreFailed(
+                f"deleting {path} failed: {'; '.join(problems[:3])}; "
+                f"left as {doomed.name} (removed at the next start)"
+            )
+
+    def _delete_quietly(self, path: Path) -> bool:
+        try:
+            self.delete(Entry(path.name, path.parent.name, path, "partial", "", 0, 0.0))
+            return True
+        except StoreFailed as exc:
+            log.error("%s", exc)
+            return False
+
+    def _remove_tree(self, path: Path, what: str) -> bool:
+        problems = _rmtree(path)
+        if problems:
+            log.error(
+                "could not remove %s at %s: %s (left for the next start)",
+                what,
+                path,
+                "; ".join(problems[:3]),
+            )
+        return not problems
 
     def prune(self, workload: str, keep: int) -> builtins.list[str]:
-        """Delete all but the newest ``keep`` snapshots of ``workload``; returns the deleted ids."""
-        doomed = self.list(workload)[max(keep, 0) :]
-        for snap in doomed:
-            self.delete(snap)
-        return [s.id for s in doomed]
+        """Retention for ``workload``: keep the newest ``keep`` usable snapshots and delete
+        older ones; mark 'invalid' directories bad (then bounded with the others by
+        ``keep_bad``); finish deletions a crash interrupted. Returns the deleted ids.
+        Never raises: what cannot be deleted is logged and retried next time."""
+        try:
+            entries = self._scan(workload)
+        except StoreFailed as exc:
+            log.error("%s", exc)
+            return []
+        deleted = []
+        usable = sorted(
+            (e for e in entries if e.status == "ok"), key=lambda e: (e.created, e.id), reverse=True
+        )
+        for entry in usable[max(keep, 0) :]:
+            if self._delete_quietly(entry.path):
+                deleted.append(entry.id)
+        for entry in entries:
+            if entry.status == "invalid":
+                self._retire_invalid(entry)
+            elif entry.path.name.startswith(_DEL_PREFIX):
+                self._delete_quietly(entry.path)
+        return deleted + self._bound_bad(workload)
+
+    def _retire_invalid(self, entry: Entry) -> None:
+        bad = entry.path.with_name(entry.path.name + _BAD_SUFFIX)
+        try:
+            if _lexists(bad):
+                self._remove_tree(bad, f"old {bad.name}")
+            _rename(entry.path, bad)
+            (bad / BAD_REASON).write_text(entry.reason + "\n")
+            log.warning("snapshot %s marked bad: %s", entry.id, entry.reason)
+        except OSError as exc:
+            log.error("%s", explain(exc, f"retiring unusable snapshot {entry.id}", entry.path))
 
     def clean_partial(self) -> builtins.list[Path]:
-        """Remove temp directories left by a crash during a checkpoint."""
+        """Remove temp directories left by a crash during a checkpoint or a deletion.
+        Never raises: what cannot be removed is logged and left."""
         removed = []
-        for wdir in (p for p in self.root.iterdir() if p.is_dir()):
-            for path in wdir.glob(f"{_TMP_PREFIX}*"):
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(path)
+        try:
+            names = self.workloads()
+        except StoreFailed as exc:
+            log.error("%s", exc)
+            return []
+        for name in names:
+            try:
+                children = sorted(os.listdir(self.root / name))
+            except OSError as exc:
+                log.error("%s", explain(exc, f"listing {self.root / name}", self.root / name))
+                continue
+            for child in children:
+                path = self.root / name / child
+                if child.startswith((_TMP_PREFIX, _DEL_PREFIX)) and self._remove_tree(
+                    path, "a partial snapshot"
+                ):
+                    removed.append(path)
         return removed

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import json
+import shutil
 import stat
 from pathlib import Path
 
 import pytest
 
-from snapshots import Manifest, SnapshotCorrupt, SnapshotStore
+from snapshots import (
+    CommitFailed,
+    Manifest,
+    ManifestInvalid,
+    Snapshot,
+    SnapshotCorrupt,
+    SnapshotNotFound,
+    SnapshotStore,
+)
 
 
-def _write(store: SnapshotStore, workload: str = "m", payload: bytes = b"x" * 5000) -> object:
+def _write(store: SnapshotStore, workload: str = "m", payload: bytes = b"x" * 5000) -> Snapshot:
     with store.begin(workload) as pending:
         (pending.path / "images").mkdir()
         (pending.path / "images" / "pages-1.img").write_bytes(payload)
@@ -25,7 +34,8 @@ def test_commit_writes_manifest_with_digests_and_private_modes(tmp_path: Path) -
     manifest = json.loads((snap.path / "manifest.json").read_text())
     assert manifest["workload"] == "m" and manifest["engine"] == "criu"
     assert manifest["files"]["images/pages-1.img"]["size"] == 5000
-    assert len(manifest["files"]["images/core.img"]["sha256"]) == 64
+    assert manifest["format"] == 2 and manifest["digest"] == "blake3"
+    assert [len(c) for c in manifest["files"]["images/core.img"]["chunks"]] == [64]
     assert manifest["total_bytes"] == 5004
     assert stat.S_IMODE((tmp_path / "snaps").stat().st_mode) == 0o700
     assert stat.S_IMODE(snap.path.stat().st_mode) == 0o700
@@ -38,7 +48,7 @@ def test_commit_writes_manifest_with_digests_and_private_modes(tmp_path: Path) -
 @pytest.mark.parametrize(
     ("damage", "problem"),
     [
-        (lambda p: p.write_bytes(b"y" + p.read_bytes()[1:]), "sha256 mismatch"),
+        (lambda p: p.write_bytes(b"y" + p.read_bytes()[1:]), "blake3 mismatch"),
         (lambda p: p.write_bytes(p.read_bytes()[:-1]), "size 4999 != 5000"),
         (lambda p: p.unlink(), "missing"),
         (lambda p: (p.parent / "extra.img").write_bytes(b"!"), "not in manifest"),
@@ -93,8 +103,8 @@ def test_prune_keeps_newest(tmp_path: Path) -> None:
 def test_manifest_round_trip_and_unknown_format() -> None:
     text = Manifest(id="a", workload="w", engine="criu", created=1.0, files={}).to_json()
     assert Manifest.from_json(text).id == "a"
-    with pytest.raises(ValueError, match="unsupported manifest format"):
-        Manifest.from_json(text.replace('"format": 1', '"format": 99'))
+    with pytest.raises(ManifestInvalid, match="unsupported manifest format 99"):
+        Manifest.from_json(text.replace('"format": 2', '"format": 99'))
 
 
 def test_rejects_unsafe_workload_names(tmp_path: Path) -> None:
@@ -103,13 +113,8 @@ def test_rejects_unsafe_workload_names(tmp_path: Path) -> None:
         pass
 
 
-def test_chunked_verification_finds_a_flip_in_any_chunk(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import snapshots.manifest as manifest
-
-    monkeypatch.setattr(manifest, "CHUNK_BYTES", 1024)
-    store = SnapshotStore(tmp_path)
+def test_chunked_verification_finds_a_flip_in_any_chunk(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path, chunk_bytes=1024)
     snap = _write(store, payload=bytes(range(256)) * 20)  # 5120 bytes: 5 chunks
     assert len(snap.manifest.files["images/pages-1.img"].chunks) == 5
     store.verify(snap)
@@ -117,5 +122,139 @@ def test_chunked_verification_finds_a_flip_in_any_chunk(
     data = bytearray(pages.read_bytes())
     data[3 * 1024 + 7] ^= 0x01
     pages.write_bytes(bytes(data))
-    with pytest.raises(SnapshotCorrupt, match=r"pages-1\.img: sha256 mismatch"):
+    with pytest.raises(SnapshotCorrupt, match=r"pages-1\.img: blake3 mismatch"):
         store.verify(snap)
+
+
+def test_format_1_sha256_manifests_are_still_read_and_verified(tmp_path: Path) -> None:
+    """Snapshots committed before format 2 (sha256, whole-file digests, optional 32 MiB
+    chunks) stay usable, and damage to them is still found."""
+    import hashlib
+
+    wdir = tmp_path / "m" / "20250101T000000-000000001-abcd"
+    (wdir / "images").mkdir(parents=True)
+    pages, core = b"p" * 70_000, b"core"
+    (wdir / "images" / "pages-1.img").write_bytes(pages)
+    (wdir / "images" / "core.img").write_bytes(core)
+    (wdir / "manifest.json").write_text(
+        json.dumps(
+            {
+                "format": 1,
+                "id": wdir.name,
+                "workload": "m",
+                "engine": "criu",
+                "engine_version": "4.2.1",
+                "created": 1.0,
+                "checkpoint_seconds": 0.5,
+                "meta": {"port": 8001, "stdio_pipe": "pipe:[123]", "files": {"/w": 10}},
+                "files": {
+                    "images/pages-1.img": {
+                        "size": len(pages),
+                        "sha256": hashlib.sha256(pages).hexdigest(),
+                        "chunks": [hashlib.sha256(pages).hexdigest()],
+                    },
+                    "images/core.img": {"size": 4, "sha256": hashlib.sha256(core).hexdigest()},
+                },
+                "total_bytes": len(pages) + 4,
+            }
+        )
+    )
+    store = SnapshotStore(tmp_path)
+    snap = store.latest("m")
+    assert snap is not None and snap.manifest.digest == "sha256" and snap.manifest.format == 1
+    store.verify(snap)
+    (wdir / "images" / "core.img").write_bytes(b"cORE")
+    with pytest.raises(SnapshotCorrupt, match=r"core\.img: sha256 mismatch"):
+        store.verify(snap)
+
+
+def test_entries_show_every_directory_with_its_status(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    good = _write(store)
+    doomed = _write(store)
+    store.mark_bad(doomed, "restore failed: criu exit 1")
+    broken = _write(store)
+    (broken.path / "manifest.json").unlink()
+    partial = tmp_path / "m" / ".tmp-20990101T000000-000000001-abcd"
+    partial.mkdir()
+
+    by_id = {e.id: e for e in store.entries()}
+    assert by_id[good.id].status == "ok" and by_id[good.id].bytes == 5004
+    assert by_id[doomed.id].status == "bad"
+    assert by_id[doomed.id].reason == "restore failed: criu exit 1"
+    assert by_id[broken.id].status == "invalid" and "no manifest" in by_id[broken.id].reason
+    assert by_id[partial.name.removeprefix(".tmp-")].status == "partial"
+    assert store.list() == [good] and store.latest("m") == good
+    assert store.entries("../etc") == [] and store.latest("no-such") is None
+    assert store.entry(f"{doomed.id}.bad").status == "bad"
+    with pytest.raises(SnapshotNotFound, match=r"not usable \(bad: restore failed"):
+        store.get(doomed.id)
+    with pytest.raises(SnapshotNotFound, match=r"not usable \(invalid: no manifest"):
+        store.get(broken.id)
+
+
+def test_bad_directories_are_bounded(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path, keep_bad=2)
+    snaps = [_write(store) for _ in range(4)]
+    for i, snap in enumerate(snaps):
+        store.mark_bad(snap, f"reason {i}")
+    bad = [e for e in store.entries("m") if e.status == "bad"]
+    assert sorted(e.reason for e in bad) == ["reason 2", "reason 3"], "the newest two are kept"
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == sorted(
+        f"{s.id}.bad" for s in snaps[2:]
+    )
+
+
+def test_prune_retires_invalid_and_finishes_interrupted_deletes(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path, keep_bad=2)
+    old, new = _write(store), _write(store)
+    invalid = _write(store)
+    (invalid.path / "manifest.json").write_text("{not json")
+    leftover = tmp_path / "m" / f".del-{old.id}x"
+    (leftover / "images").mkdir(parents=True)
+    assert store.prune("m", keep=1) == [old.id]
+    statuses = {e.id: (e.status, e.reason) for e in store.entries("m")}
+    assert statuses == {
+        new.id: ("ok", ""),
+        invalid.id: ("bad", statuses[invalid.id][1]),
+    }
+    assert "not JSON" in statuses[invalid.id][1]
+    assert not leftover.exists()
+
+
+def test_delete_takes_the_snapshot_out_of_use_first(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    snap = _write(store)
+    store.delete(snap)
+    assert store.entries() == [] and not snap.path.exists()
+    store.delete(snap)  # already gone: nothing to do
+
+
+def test_verify_refuses_links_and_reports_instead_of_raising(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    snap = _write(store)
+    pages = snap.path / "images" / "pages-1.img"
+    target = tmp_path / "elsewhere.img"
+    target.write_bytes(pages.read_bytes())
+    pages.unlink()
+    pages.symlink_to(target)
+    with pytest.raises(SnapshotCorrupt, match=r"pages-1\.img: not a regular file"):
+        store.verify(snap)
+    shutil.rmtree(snap.path)
+    with pytest.raises(SnapshotCorrupt, match="missing"):
+        store.verify(snap)
+
+
+def test_begin_removes_the_directory_unless_commit_failed_for_it(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    with store.begin("m") as pending:
+        (pending.path / "pages.img").write_bytes(b"p")
+    assert not pending.path.exists(), "left without committing: removed"
+    with pytest.raises(CommitFailed), store.begin("m") as pending:
+        (pending.path / "pages.img").write_bytes(b"p")
+        raise CommitFailed("simulated by the caller", pending.path)
+    assert (pending.path / "pages.img").read_bytes() == b"p", "kept for a restore"
+    assert [e.status for e in store.entries("m")] == ["partial"]
+    store.discard(pending)
+    assert not pending.path.exists()
+    store.discard(pending)  # idempotent, never raises
