@@ -16,17 +16,35 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CheckpointFailed, EngineUnavailable, RestoreFailed
 
-__all__ = ["MIN_VERSION", "CriuEngine", "CriuInfo", "find_criu", "kill_leftovers", "probe_criu"]
+__all__ = [
+    "CUDA_DUMP_OPTIONS",
+    "CUDA_RESTORE_OPTIONS",
+    "MIN_VERSION",
+    "CriuEngine",
+    "CriuInfo",
+    "find_criu",
+    "kill_leftovers",
+    "probe_criu",
+]
 
 MIN_VERSION = (4, 2)
 _VERSION_RE = re.compile(r"Version:\s*(\d+)\.(\d+)(?:\.(\d+))?")
 # Printed on every run on these machines and harmless (FACTS.md).
 _HARMLESS = ("RLIMIT_NOFILE",)
+
+CUDA_DUMP_OPTIONS = ("--link-remap", "--ext-unix-sk", "--ghost-limit", "512M")
+"""Extra dump options for trees with CUDA processes (their device memory already parked
+in host RAM by the driver's checkpoint API): CUDA keeps unlinked files open
+(``--link-remap``), has unix sockets to peers outside the tree (``--ext-unix-sk``) and
+deleted files larger than CRIU's 1 MiB default ghost limit. ``--file-locks`` is always on."""
+CUDA_RESTORE_OPTIONS = ("--ext-unix-sk",)
+"""Extra restore options matching ``CUDA_DUMP_OPTIONS``."""
 
 
 @dataclass(frozen=True)
@@ -214,12 +232,15 @@ class CriuEngine:
         if code != 0:
             raise subprocess.CalledProcessError(code, args)
 
-    def dump(self, pid: int, images: Path, work: Path, timeout: float) -> float:
+    def dump(
+        self, pid: int, images: Path, work: Path, timeout: float, options: Sequence[str] = ()
+    ) -> float:
         """Checkpoint the tree rooted at ``pid`` into ``images``; the tree is gone afterwards.
 
         Connections must already be drained: established TCP sockets are closed
         (``--tcp-close``) and listening sockets are restored on the same port.
-        Returns the seconds the dump took.
+        ``options`` are appended to criu's arguments (e.g. ``-L DIR`` and
+        ``CUDA_DUMP_OPTIONS`` for CUDA trees). Returns the seconds the dump took.
         """
         work.mkdir(parents=True, exist_ok=True)
         images.mkdir(parents=True, exist_ok=True)
@@ -239,6 +260,7 @@ class CriuEngine:
                     "-v2",
                     "--tcp-close",
                     "--file-locks",
+                    *options,
                 ],
                 work,
                 timeout,
@@ -262,13 +284,15 @@ class CriuEngine:
         pipe_inode: str | None,
         timeout: float,
         cgroup: Path | None = None,
+        options: Sequence[str] = (),
     ) -> int:
         """Restore the tree from ``images`` as a child of this process; returns its root pid.
 
         ``pipe_fd`` (a fresh pipe's write end) replaces the dumped stdout/stderr pipe
         ``pipe_inode``, so the restored server writes to a reader we own. With ``cgroup``
         (a cgroup v2 directory) criu runs in it, so the tree it restores is in it too;
-        the cgroups recorded in the images are ignored.
+        the cgroups recorded in the images are ignored. ``options`` are appended to
+        criu's arguments (``-L DIR`` and ``CUDA_RESTORE_OPTIONS`` for CUDA trees).
         """
         work.mkdir(parents=True, exist_ok=True)
         pidfile = work / "restored.pid"
@@ -291,6 +315,7 @@ class CriuEngine:
         ]
         if cgroup is not None:
             args.append("--manage-cgroups=ignore")
+        args += options
         fds: tuple[int, ...] = ()
         if pipe_fd is not None and pipe_inode:
             args += ["--inherit-fd", f"fd[{pipe_fd}]:{pipe_inode}"]
