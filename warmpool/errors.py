@@ -11,9 +11,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CheckpointFailed",
+    "DeviceUnavailable",
     "NotSupported",
     "RestoreFailed",
+    "ResumeFailed",
     "StartFailed",
+    "SuspendFailed",
     "WarmpoolError",
 ]
 
@@ -51,3 +54,18 @@ class CheckpointFailed(WarmpoolError):
 
 class NotSupported(WarmpoolError):
     """The runtime (or its engine) cannot do this here; the message says why."""
+
+
+class SuspendFailed(WarmpoolError):
+    """Parking an instance's device memory in host RAM failed; the instance was left
+    running and serving where the engine could (the message says if it could not)."""
+
+
+class ResumeFailed(WarmpoolError):
+    """Bringing a suspended instance's memory back failed; it cannot serve until it is
+    stopped and booted (or restored) again."""
+
+
+class DeviceUnavailable(WarmpoolError):
+    """The device cannot be used or measured here (no NVIDIA driver, no NVML); the
+    message says why."""
