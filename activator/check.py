@@ -7,7 +7,7 @@ import platform
 from dataclasses import dataclass
 
 from snapshots import CriuEngine, CriuInfo, EngineUnavailable, find_criu, probe_criu
-from warmpool import EngineChoice, choose_engine, pid_namespaces_work
+from warmpool import EngineChoice, choose_engine, device_findings, pid_namespaces_work
 
 from .settings import ConfigError, Settings
 
@@ -65,32 +65,10 @@ def detect_engine(settings: Settings) -> EngineSetup:
     return EngineSetup(choice, engine, info, problem, pidns)
 
 
-def _nvml() -> Finding:
-    try:
-        import pynvml  # nvidia-ml-py
-    except ImportError:
-        return Finding("GPU (NVML)", False, "nvidia-ml-py not installed")
-    try:
-        pynvml.nvmlInit()
-    except Exception as exc:  # NVMLError_LibraryNotFound and friends
-        return Finding("GPU (NVML)", False, f"no NVIDIA driver/GPU: {exc}")
-    try:
-        count = pynvml.nvmlDeviceGetCount()
-        driver = pynvml.nvmlSystemGetDriverVersion()
-        names = [
-            pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i)) for i in range(count)
-        ]
-        major = int(str(driver).split(".")[0])
-        cuda_ckpt = (
-            "CUDA checkpoint API available"
-            if major >= 570
-            else "driver < 570: no CUDA checkpoint API"
-        )
-        return Finding(
-            "GPU (NVML)", True, f"{count} device(s) {names}, driver {driver}; {cuda_ckpt}"
-        )
-    finally:
-        pynvml.nvmlShutdown()
+def _device() -> list[Finding]:
+    """NVIDIA GPUs (driver, CUDA checkpoint API, restore onto another GPU, MIG) and how
+    CPU memory is measured (cgroup v2, v1, or PSS)."""
+    return [Finding(f.item, f.ok, f.detail) for f in device_findings()]
 
 
 def machine_report(settings: Settings) -> tuple[list[Finding], EngineSetup]:
@@ -119,7 +97,7 @@ def machine_report(settings: Settings) -> tuple[list[Finding], EngineSetup]:
         findings.append(
             Finding("CRIU", False, setup.criu_problem or "not probed (engine: restart)")
         )
-    findings.append(_nvml())
+    findings += _device()
     findings.append(
         Finding(
             "engine",

@@ -68,10 +68,54 @@ class Metrics:
             ["workload", "from_state", "to_state"],
             registry=r,
         )
+        # The warm pool (issue 10): swaps between tiers, device memory, thrash.
+        self.swaps = Counter(
+            "dormant_swaps_total",
+            "Moves between tiers (resident, suspended, hibernated, cold) by the engine used",
+            ["workload", "from", "to", "engine"],
+            registry=r,
+        )
+        self.swap_seconds = Histogram(
+            "dormant_swap_seconds",
+            "Duration of one swap, by engine and direction (out: off the device; in: onto it)",
+            ["engine", "direction"],
+            buckets=_WAKE_BUCKETS,
+            registry=r,
+        )
+        self.device_memory = Gauge(
+            "dormant_device_memory_bytes",
+            "Device memory a workload holds (measured, or declared where unmeasurable)",
+            ["workload"],
+            registry=r,
+        )
+        self.pool_used = Gauge(
+            "dormant_pool_used_bytes",
+            "Device memory the pool's resident workloads hold",
+            registry=r,
+        )
+        self.pool_budget = Gauge(
+            "dormant_pool_budget_bytes",
+            "Device memory the pool may use (budget minus reserve)",
+            registry=r,
+        )
+        self.thrash = Counter(
+            "dormant_thrash_total",
+            "Swaps back onto the device within the workload's own min_resident of leaving it",
+            ["workload"],
+            registry=r,
+        )
 
     def set_state(self, workload: str, state: State) -> None:
         for s in State:
             self.state.labels(workload, s.value).set(1 if s is state else 0)
+
+    def record_swap(
+        self, workload: str, from_tier: str, to_tier: str, engine: str, seconds: float
+    ) -> None:
+        """Count one swap and its duration; ``direction`` is 'in' when it lands resident."""
+        self.swaps.labels(workload, from_tier, to_tier, engine).inc()
+        direction = "in" if to_tier == "resident" else "out"
+        self.swap_seconds.labels(engine, direction).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
