@@ -1,17 +1,18 @@
-"""The admin API under /-/: workloads, hibernate, wake, health. Bearer-token protected
+"""The admin API under /-/: workloads, hibernate, wake, snapshots, health. Bearer-token protected
 (compared in constant time) except the health probes."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Callable
 
 from fastapi import APIRouter, Request
 
-from snapshots import SnapshotError
+from snapshots import SnapshotError, SnapshotStore
 
 from .check import EngineSetup
-from .errors import OperationFailed, Unauthorized
+from .errors import NotFound, OperationFailed, Unauthorized
 from .resolve import Registry
 
 __all__ = ["admin_router", "health_router"]
@@ -69,6 +70,21 @@ def admin_router(registry: Callable[[], Registry], token: str, engine: EngineSet
                 f"hibernate failed: {exc}; {name} is {workload.state}", workload=name
             ) from exc
         return workload.view()
+
+    @router.get("/snapshots")
+    async def snapshots(request: Request, workload: str | None = None) -> dict[str, object]:
+        """The snapshot store this activator uses (an absolute path) and every entry in
+        it with its status and reason: `dormant snapshots` asks here, to read that store."""
+        authorize(request)
+        settings = getattr(request.app.state, "settings", None)
+        if settings is None:
+            raise NotFound("this listener does not know the activator's snapshot store")
+        root = (settings.state_path / "snapshots").resolve()
+        try:
+            entries = await asyncio.to_thread(SnapshotStore(root).entries, workload)
+        except SnapshotError as exc:
+            raise OperationFailed(f"reading the snapshot store {root} failed: {exc}") from exc
+        return {"store": str(root), "entries": [e.to_dict() for e in entries]}
 
     @router.post("/workloads/{name}/wake")
     async def wake(request: Request, name: str) -> dict[str, object]:

@@ -136,6 +136,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 def create_admin_app(app: FastAPI) -> FastAPI:
     """The admin API alone, for `admin_listen`; it serves ``app``'s workloads."""
     admin = FastAPI(title="Dormant admin", docs_url=None, redoc_url=None)
+    admin.state.settings = app.state.settings  # e.g. /-/snapshots reports its state dir
     _install_error_handlers(admin)
     admin.include_router(health_router(lambda: app.state.registry))
     admin.include_router(

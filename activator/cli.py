@@ -10,11 +10,15 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from .settings import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from snapshots import Entry
 
 __all__ = ["main"]
 
@@ -183,37 +187,91 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _find_store(args: argparse.Namespace) -> tuple[Path, str]:
+    """The snapshot store to work on and why that one: --state-dir or -c when given, else
+    the one the activator at --url reports, else the default state directory."""
+    if args.state_dir or args.config:
+        why = "from --state-dir" if args.state_dir else f"from the state_dir of {args.config}"
+        return _load(args).state_path / "snapshots", why
+    token = os.environ.get("DORMANT_ADMIN_TOKEN", "")
+    if args.token_file:
+        with open(args.token_file) as f:
+            token = f.read().strip()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    default = "the default state dir ($DORMANT_STATE_DIR or ~/.local/state/dormant)"
+    try:
+        response = httpx.get(
+            args.url.rstrip("/") + "/-/snapshots",
+            headers=headers,
+            timeout=args.timeout,
+            trust_env=False,
+        )
+    except httpx.HTTPError:
+        return _load(args).state_path / "snapshots", f"no activator at {args.url}; {default}"
+    if response.status_code == 401:
+        how = "is not this activator's" if token else "is needed: --token-file FILE or"
+        raise RuntimeError(
+            f"the activator at {args.url} answered 401: the admin token {how} "
+            "$DORMANT_ADMIN_TOKEN (or pass --state-dir to read a store directly)"
+        )
+    try:
+        root = Path(response.json()["store"]) if response.status_code == 200 else None
+    except (ValueError, KeyError, TypeError):
+        root = None
+    if root is None:
+        why = f"the activator at {args.url} did not say which store it uses"
+        return _load(args).state_path / "snapshots", f"{why} ({response.status_code}); {default}"
+    if not root.is_dir():
+        raise RuntimeError(
+            f"the activator at {args.url} uses the snapshot store {root}, which is not on "
+            "this machine; pass --state-dir"
+        )
+    return root, f"from the activator at {args.url}"
+
+
+def _entry_row(e: Entry) -> list[str]:
+    created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.created)) if e.created else "-"
+    m = e.manifest
+    return [
+        e.id,
+        e.workload,
+        e.status,
+        f"{m.engine} {m.engine_version}".strip() if m else "-",
+        created,
+        f"{e.bytes / 1e6:.0f} MB",
+        f"{m.checkpoint_seconds:.2f}s" if m else "-",
+        e.reason.replace("\n", " ")[:160],
+    ]
+
+
 def cmd_snapshots(args: argparse.Namespace) -> int:
-    """Work on the snapshot store directly (no running activator needed)."""
+    """Work on a snapshot store directly: the running activator's (asked at --url), or
+    the one --state-dir / -c names. Says on stderr which store and why."""
     from snapshots import SnapshotCorrupt, SnapshotError, SnapshotStore
 
-    store = SnapshotStore(_load(args).state_path / "snapshots")
+    root, why = _find_store(args)
+    print(f"store: {root} ({why})", file=sys.stderr, flush=True)
     try:
+        store = SnapshotStore(root)
         if args.action == "list":
-            rows = [["ID", "WORKLOAD", "ENGINE", "CREATED", "SIZE", "DUMP"]]
-            for snap in store.list(args.target):
-                m = snap.manifest
-                created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m.created))
-                rows.append(
-                    [
-                        m.id,
-                        m.workload,
-                        f"{m.engine} {m.engine_version}",
-                        created,
-                        f"{m.total_bytes / 1e6:.0f} MB",
-                        f"{m.checkpoint_seconds:.2f}s",
-                    ]
-                )
-            print(_table(rows))
+            header = ["ID", "WORKLOAD", "STATUS", "ENGINE", "CREATED", "SIZE", "DUMP", "REASON"]
+            print(_table([header, *(_entry_row(e) for e in store.entries(args.target))]))
             return 0
         if not args.target:
             raise RuntimeError(
                 f"snapshots {args.action} needs a snapshot id (see `snapshots list`)"
             )
-        snap = store.get(args.target)
+        entry = store.entry(args.target)
         if args.action == "inspect":
-            print(snap.manifest.to_json())
+            if entry.status == "ok" and entry.manifest is not None:
+                print(entry.manifest.to_json())
+            else:
+                print(json.dumps(entry.to_dict(), indent=2))
         elif args.action == "verify":
+            if entry.status != "ok":
+                print(f"{entry.id}: BAD: {entry.status}: {entry.reason}")
+                return EXIT_FAILED
+            snap = store.get(entry.id)
             try:
                 store.verify(snap)
             except SnapshotCorrupt as exc:
@@ -221,11 +279,16 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
                 return EXIT_FAILED
             print(
                 f"{snap.id}: ok ({len(snap.manifest.files)} files, "
-                f"{snap.manifest.total_bytes} bytes match their sha256)"
+                f"{snap.manifest.total_bytes} bytes match their {snap.manifest.digest} digests)"
             )
         elif args.action == "delete":
-            store.delete(snap)
-            print(f"deleted {snap.id}")
+            if entry.status == "partial":
+                raise RuntimeError(
+                    f"{entry.id} is {entry.reason}: not deleting it (a running Dormant may be "
+                    "writing it; the next start removes what a crash left)"
+                )
+            store.delete(entry)
+            print(f"deleted {entry.id} ({entry.status})")
     except SnapshotError as exc:
         raise RuntimeError(str(exc)) from exc
     return 0
@@ -284,11 +347,32 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("-c", "--config", help="YAML config (default: the embedded default)")
     check.set_defaults(func=cmd_check)
 
-    snaps = sub.add_parser("snapshots", help="list, inspect, verify or delete snapshots")
+    snaps = sub.add_parser(
+        "snapshots",
+        help="list, inspect, verify or delete snapshots",
+        description="Work on the snapshot store of the activator at --url (it says which "
+        "store it uses); with --state-dir or -c, or when no activator answers, on that "
+        "config's (or the default) state directory. Prints the store it reads on stderr.",
+    )
     snaps.add_argument("action", choices=["list", "inspect", "verify", "delete"])
     snaps.add_argument("target", nargs="?", help="snapshot id (list: a workload name to filter)")
-    snaps.add_argument("-c", "--config", help="YAML config (default: the embedded default)")
-    snaps.add_argument("--state-dir", help="state directory (default from config)")
+    snaps.add_argument("-c", "--config", help="YAML config whose state_dir to use")
+    snaps.add_argument("--state-dir", help="state directory to use (its snapshots/ subdirectory)")
+    snaps.add_argument(
+        "--url",
+        default=os.environ.get("DORMANT_URL", "http://127.0.0.1:8080"),
+        help="the activator to ask which store it uses "
+        "(default $DORMANT_URL or http://127.0.0.1:8080)",
+    )
+    snaps.add_argument(
+        "--token-file", help="file holding the admin token (default: $DORMANT_ADMIN_TOKEN)"
+    )
+    snaps.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        help="seconds to wait for the activator's answer (default 5)",
+    )
     snaps.set_defaults(func=cmd_snapshots)
 
     bench = sub.add_parser(

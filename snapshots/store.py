@@ -305,7 +305,9 @@ class SnapshotStore:
         """A fresh private temp directory ``.tmp-ID``, removed when the block ends
         without committing it -- except when the block raises ``CommitFailed`` for it:
         then its images are the only copy of a dumped process, so it is kept for the
-        caller to restore from and ``discard``. Raises StoreFailed when it cannot be
+        caller to restore from and ``discard``. (A caller that handles CommitFailed
+        inside the block, e.g. by restoring from ``pending.path / "images"`` there, gets
+        the directory removed when the block ends.) Raises StoreFailed when it cannot be
         created (ValueError for an unsafe workload name)."""
         snap_id = _new_id()
         try:
