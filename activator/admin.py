@@ -10,6 +10,7 @@ from collections.abc import Callable
 from fastapi import APIRouter, Request
 
 from snapshots import SnapshotError, SnapshotStore
+from warmpool import WarmpoolError
 
 from .check import EngineSetup
 from .errors import NotFound, OperationFailed, Unauthorized
@@ -65,7 +66,7 @@ def admin_router(registry: Callable[[], Registry], token: str, engine: EngineSet
         workload = registry().by_name(name)
         try:
             await workload.hibernate("admin request")
-        except SnapshotError as exc:
+        except WarmpoolError as exc:
             raise OperationFailed(
                 f"hibernate failed: {exc}; {name} is {workload.state}", workload=name
             ) from exc

@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from snapshots import SnapshotStore
-from warmpool import LocalRuntime
+from warmpool import CgroupTree, LocalRuntime
 
 from .admin import admin_router, health_router
 from .check import EngineSetup, detect_engine
@@ -45,6 +45,7 @@ from .proxy import (
 )
 from .resolve import Registry
 from .settings import Settings, WorkloadSettings
+from .specs import spec_factory
 from .websocket import proxy_websocket
 from .workload import Lease, Workload
 
@@ -165,16 +166,30 @@ def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI
             upstream_session() as session,
             httpx.AsyncClient(timeout=None, trust_env=False) as client,
         ):
-            runtime = LocalRuntime(store, state_dir / "work", setup.criu, client)
+            runtime = LocalRuntime(
+                store,
+                state_dir / "work",
+                setup.criu,
+                client,
+                CgroupTree(state_dir),
+                engine_why=setup.choice.reason,
+            )
             await asyncio.to_thread(runtime.clean_leftovers)
             workloads = [
-                Workload(w, runtime, store, state_dir, metrics) for w in settings.workloads
+                Workload(w, runtime, metrics, spec_factory(w, state_dir))
+                for w in settings.workloads
             ]
             app.state.registry = Registry(workloads)
             app.state.client = session
             reaper = Reaper(workloads, settings.reap_interval, ActivityProbe(client, state_dir))
             reaper.start()
             log.info("engine: %s (%s)", setup.choice.name, setup.choice.reason)
+            if runtime.cgroups is not None and not runtime.cgroups.available():
+                log.warning(
+                    "instances run without cgroups (%s): a killed Dormant may leave a "
+                    "half-restored instance running until the next start",
+                    runtime.cgroups.why_not,
+                )
             for w in workloads:
                 log.info("workload %s: %s", w.name, w.state)
             try:

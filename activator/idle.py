@@ -15,6 +15,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
+from warmpool import Endpoint
+
 from .notebooks import JupyterActivity, ProbeFailed
 from .settings import WorkloadSettings
 from .states import State
@@ -24,8 +26,8 @@ __all__ = ["Probe", "Reaper", "jupyter_keeps_awake", "should_hibernate"]
 
 log = logging.getLogger("dormant.idle")
 
-Probe = Callable[[WorkloadSettings, int], Awaitable[JupyterActivity]]
-"""Asks a notebook server on a loopback port what it is doing (see notebooks.ActivityProbe);
+Probe = Callable[[WorkloadSettings, Endpoint], Awaitable[JupyterActivity]]
+"""Asks a notebook server at its endpoint what it is doing (see notebooks.ActivityProbe);
 raises ProbeFailed."""
 
 
@@ -112,11 +114,11 @@ class Reaper:
 
     async def _ask(self, workload: Workload) -> JupyterActivity | None:
         """The notebook server's own view, or None when it cannot be had."""
-        port = workload.port
-        if self._probe is None or port is None:
+        endpoint = workload.endpoint
+        if self._probe is None or endpoint is None:
             return None
         try:
-            return await self._probe(workload.settings, port)
+            return await self._probe(workload.settings, endpoint)
         except ProbeFailed as exc:
             log.warning("%s: notebook server did not say what it is doing: %s", workload.name, exc)
             return None

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from warmpool import Endpoint
+
 if TYPE_CHECKING:
     from .settings import WorkloadSettings
 
@@ -243,7 +245,7 @@ def terminal_shell(workload: WorkloadSettings) -> dict[str, str]:
 
 
 class ActivityProbe:
-    """Asks a notebook server (on loopback, with its token) what it is doing.
+    """Asks a notebook server (at its endpoint, with its token) what it is doing.
 
     ``GET api/status`` gives the server's last activity; ``GET api/kernels`` (with
     ``no_track_activity``, so that asking is not itself activity) gives each kernel's
@@ -254,13 +256,13 @@ class ActivityProbe:
         self._state_dir = state_dir
         self._timeout = timeout
 
-    async def __call__(self, workload: WorkloadSettings, port: int) -> JupyterActivity:
+    async def __call__(self, workload: WorkloadSettings, endpoint: Endpoint) -> JupyterActivity:
         """Raises ProbeFailed with the reason."""
         try:
             token = read_token(token_path(workload, self._state_dir))
         except (OSError, ValueError) as exc:
             raise ProbeFailed(f"cannot read the token: {exc}") from exc
-        api = f"http://127.0.0.1:{port}{base_path(workload.name)}/api"
+        api = f"{endpoint.url}{base_path(workload.name)}/api"
         headers = {"Authorization": f"token {token}"}
         try:
             status = await self._get(api, "/status", headers, {})

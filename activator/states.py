@@ -21,19 +21,32 @@ class State(StrEnum):
 
 
 TRANSITIONS: dict[State, frozenset[State]] = {
-    State.COLD: frozenset({State.STARTING}),
+    # to RESTORING when a snapshot appeared (another runtime, or one written by a pod)
+    State.COLD: frozenset({State.STARTING, State.RESTORING}),
     State.STARTING: frozenset({State.READY, State.FAILED}),
     # a restore that fails falls back to a cold boot
     State.RESTORING: frozenset({State.READY, State.STARTING, State.FAILED}),
     State.RESUMING: frozenset({State.READY, State.FAILED}),
     State.READY: frozenset({State.DRAINING, State.FAILED}),
-    # back to READY when the drain times out; to COLD when the engine is `restart`
-    State.DRAINING: frozenset({State.CHECKPOINTING, State.READY, State.COLD, State.SUSPENDED}),
+    # back to READY when the drain times out; to COLD (or HIBERNATED, when an older
+    # snapshot remains) when the instance is stopped instead of checkpointed; to FAILED
+    # when the process died while draining
+    State.DRAINING: frozenset(
+        {
+            State.CHECKPOINTING,
+            State.READY,
+            State.COLD,
+            State.HIBERNATED,
+            State.SUSPENDED,
+            State.FAILED,
+        }
+    ),
     # back to READY when the checkpoint fails and the process is still serving
     State.CHECKPOINTING: frozenset({State.HIBERNATED, State.READY, State.FAILED}),
     State.SUSPENDED: frozenset({State.RESUMING, State.DRAINING}),
     State.HIBERNATED: frozenset({State.RESTORING, State.STARTING, State.COLD}),
-    State.FAILED: frozenset({State.STARTING, State.RESTORING, State.COLD}),
+    # cleared to where it rests: HIBERNATED when a snapshot remains, else COLD
+    State.FAILED: frozenset({State.STARTING, State.RESTORING, State.COLD, State.HIBERNATED}),
 }
 
 # States a workload rests in between operations; the others exist only while an

@@ -5,6 +5,10 @@ workload if needed), ``hibernate()``, ``wake()``. Nobody outside reads the state
 and acts on it. Every change of state goes through ``_transition``, which checks
 the table in ``states``, logs, and updates metrics.
 
+The workload talks to its instances only through the ``Runtime`` protocol
+(warmpool/runtime.py): no pids, paths or snapshot stores here. The spec of the next
+instance comes from a factory (``activator.specs``).
+
 Concurrency: lifecycle operations (wake, hibernate, stop) run one at a time under
 ``_lock``. All requests that find the workload not ready share one wake task, so
 however many arrive, there is exactly one restore. Checking READY and taking a
@@ -17,27 +21,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from snapshots import (
-    CheckpointFailed,
-    RestoreFailed,
-    SnapshotCorrupt,
-    SnapshotStore,
-)
-from warmpool import Endpoint, Instance, InstanceSpec, LocalRuntime, StartFailed
+from warmpool import CheckpointFailed, Endpoint, Instance, InstanceSpec, Runtime, WarmpoolError
 
-from . import notebooks
 from .breaker import Slots
 from .errors import Conflict, QueueFull, WakeFailed, WakeTimeout
 from .metrics import Metrics
-from .settings import WorkloadSettings, format_command
-from .states import State, check_transition
+from .settings import WorkloadSettings
+from .specs import SpecFactory
+from .states import STABLE, State, check_transition
 
 __all__ = ["Connection", "Lease", "WakeRecord", "Workload"]
 
@@ -52,6 +48,11 @@ class WakeRecord:
     seconds: float
     at: float
 
+    def header(self) -> str:
+        """The one format of a wake, in the ``X-Dormant-Wake`` header and the access log:
+        ``restore; 0.412``."""
+        return f"{self.path}; {self.seconds:.3f}"
+
 
 class Connection:
     """A proxied WebSocket: counted apart from requests. Messages count as activity;
@@ -63,10 +64,6 @@ class Connection:
         self.instance = instance
         self.waited = waited
         self.closing = asyncio.Event()
-
-    @property
-    def port(self) -> int:
-        return self.instance.port
 
     @property
     def endpoint(self) -> Endpoint:
@@ -91,10 +88,6 @@ class Lease:
         self.waited = waited
 
     @property
-    def port(self) -> int:
-        return self.instance.port
-
-    @property
     def endpoint(self) -> Endpoint:
         return self.instance.endpoint
 
@@ -104,29 +97,21 @@ class Lease:
             self._workload._release()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Workload:
     """The owner of one workload's state."""
 
     def __init__(
         self,
         settings: WorkloadSettings,
-        runtime: LocalRuntime,
-        store: SnapshotStore,
-        state_dir: Path,
+        runtime: Runtime,
         metrics: Metrics,
+        spec: SpecFactory,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.name = settings.name
         self._runtime = runtime
-        self._store = store
-        self._state_dir = state_dir
+        self._spec = spec
         self._metrics = metrics
         self._clock = clock
         self._lock = asyncio.Lock()
@@ -145,6 +130,7 @@ class Workload:
         self._failed_at = float("-inf")
         self.reason = ""
         self.last_error = ""
+        self.last_error_at: float | None = None
         self.last_wake: WakeRecord | None = None
         self.last_checkpoint: dict[str, Any] | None = None
         self.counters = {
@@ -155,8 +141,7 @@ class Workload:
             "checkpoint_failures": 0,
             "start_failures": 0,
         }
-        has_snapshot = runtime.engine is not None and store.latest(self.name) is not None
-        self._state = State.HIBERNATED if has_snapshot else State.COLD
+        self._state = self._at_rest()
         metrics.set_state(self.name, self._state)
 
     # -- state -------------------------------------------------------------------------
@@ -174,9 +159,9 @@ class Workload:
         return self._waiting
 
     @property
-    def port(self) -> int | None:
-        """The ready instance's loopback port, or None when there is no instance."""
-        return self._instance.port if self._instance is not None else None
+    def endpoint(self) -> Endpoint | None:
+        """Where the ready instance serves, or None when there is no instance."""
+        return self._instance.endpoint if self._instance is not None else None
 
     def idle_for(self) -> float:
         return self._clock() - self._last_activity
@@ -185,21 +170,26 @@ class Workload:
         """Activity seen outside the proxy (e.g. a notebook kernel computing), ``seconds_ago``."""
         self._last_activity = max(self._last_activity, self._clock() - seconds_ago)
 
+    def _at_rest(self) -> State:
+        """Where a workload without an instance rests: HIBERNATED while it has a usable
+        snapshot (it must never look cold then), else COLD."""
+        return State.HIBERNATED if self._runtime.latest(self.name) is not None else State.COLD
+
     def _transition(self, new: State, reason: str = "") -> None:
         old = self._state
         check_transition(old, new)
         now = self._clock()
         self._metrics.transitions.labels(self.name, old.value, new.value).inc()
         self._metrics.set_state(self.name, new)
-        log.info(
-            "%s: %s -> %s after %.3fs%s",
-            self.name,
-            old,
-            new,
-            now - self._since,
-            f" ({reason})" if reason else "",
-        )
+        # The duration of what just happened: an operation's (starting -> ready in 3.4s);
+        # a resting state's time is not an operation's and is not logged as one.
+        took = "" if old in STABLE else f" in {now - self._since:.3f}s"
+        log.info("%s: %s -> %s%s%s", self.name, old, new, took, f" ({reason})" if reason else "")
         self._state, self._since, self.reason = new, now, reason
+
+    def _error(self, message: str) -> None:
+        self.last_error = message
+        self.last_error_at = time.time()
 
     # -- requests ------------------------------------------------------------------------
 
@@ -307,40 +297,15 @@ class Workload:
         return self._wake_task
 
     async def wake(self) -> WakeRecord | None:
-        """Make the workload ready (admin / pre-warm); None when it already was."""
-        if self._state is State.READY:
+        """Make the workload ready (admin / pre-warm) and return once it is: None when it
+        already was. During a hibernation it waits for that to end, then wakes it."""
+        if self._ready() and not self._lock.locked():
             return None
         return await asyncio.shield(self._ensure_wake_task())
 
-    def _environment(self) -> dict[str, str]:
-        """The command's environment. A notebook server also gets its token and runtime
-        directory, made ready here before every start or restore; when that fails the
-        wake fails and nothing changes (a snapshot stays as it is)."""
-        env = dict(self.settings.env)
-        if self.settings.kind == "jupyter":
-            try:
-                env.update(notebooks.prepare(self.settings, self._state_dir))
-            except (OSError, ValueError) as exc:
-                self.last_error = f"cannot prepare the notebook server: {exc}"
-                raise WakeFailed(f"{self.name}: {self.last_error}", workload=self.name) from exc
-        return env
-
-    def _spec(self, port: int, env: dict[str, str]) -> InstanceSpec:
-        s = self.settings
-        return InstanceSpec(
-            name=s.name,
-            command=format_command(s, port, self._state_dir),
-            port=port,
-            health_path=s.health_path,
-            env=env,
-            cwd=Path(s.cwd) if s.cwd else None,
-            start_timeout=s.start_timeout,
-            stop_timeout=s.stop_timeout,
-        )
-
     async def _wake(self) -> WakeRecord:
         async with self._lock:
-            if self._state is State.READY and self.last_wake is not None:
+            if self._ready() and self.last_wake is not None:
                 return self.last_wake
             since_failure = self._clock() - self._failed_at
             if self._state is State.FAILED and since_failure < self.settings.retry_backoff:
@@ -350,66 +315,78 @@ class Workload:
                     workload=self.name,
                 )
             started = self._clock()
-            env = self._environment()
-            snapshot = self._store.latest(self.name) if self._runtime.engine else None
-            if snapshot is not None:
-                self._transition(State.RESTORING, f"snapshot {snapshot.id}")
-                try:
-                    instance = await self._runtime.restore(
-                        snapshot, self._spec(self.settings.port, env)
-                    )
-                    self.counters["restores"] += 1
-                    return self._became_ready(instance, "restore", started)
-                except (SnapshotCorrupt, RestoreFailed, OSError) as exc:
-                    self.counters["restore_failures"] += 1
-                    self.last_error = f"restore of {snapshot.id} failed: {exc}"
-                    log.error("%s: %s; marking it bad and cold booting", self.name, self.last_error)
-                    await asyncio.to_thread(self._store.mark_bad, snapshot, str(exc))
+            spec = self._spec()  # WakeFailed when it cannot be built: nothing changed
+            try:
+                instance = await self._restore_or_boot(spec)
+            except asyncio.CancelledError:
+                if self._state in (State.RESTORING, State.STARTING):
+                    self._fail("the wake was cancelled (shutdown)")
+                raise
+            return self._became_ready(instance, started)
+
+    async def _restore_or_boot(self, spec: InstanceSpec) -> Instance:
+        instance: Instance | None = None
+        snapshot = self._runtime.latest(self.name)
+        if snapshot is not None:
+            self._transition(State.RESTORING, f"snapshot {snapshot.id}")
+            try:
+                instance = await self._runtime.restore(spec)
+            except WarmpoolError as exc:
+                self.counters["restore_failures"] += 1
+                self._error(f"restore failed: {exc}")
+                log.error("%s: %s; cold booting instead", self.name, self.last_error)
                 self._transition(State.STARTING, "restore failed; cold boot")
             else:
-                self._transition(State.STARTING, "cold boot")
-            try:
-                instance = await self._runtime.boot(
-                    self._spec(self.settings.port or _free_port(), env)
-                )
-            except (StartFailed, OSError) as exc:
-                self.counters["start_failures"] += 1
-                self._fail(f"start failed: {exc}", backoff=True)
-                raise WakeFailed(f"{self.name} could not start: {exc}", workload=self.name) from exc
-            self.counters["boots"] += 1
-            return self._became_ready(instance, "boot", started)
+                if instance is None:
+                    self._transition(State.STARTING, "no usable snapshot; cold boot")
+        else:
+            self._transition(State.STARTING, "cold boot")
+        if instance is not None:
+            return instance
+        try:
+            return await self._runtime.boot(spec)
+        except WarmpoolError as exc:
+            self.counters["start_failures"] += 1
+            self._fail(f"start failed: {exc}", backoff=True)
+            raise WakeFailed(f"{self.name} could not start: {exc}", workload=self.name) from exc
 
-    def _became_ready(self, instance: Instance, path: str, started: float) -> WakeRecord:
+    def _became_ready(self, instance: Instance, started: float) -> WakeRecord:
+        path = "restore" if instance.restored_from else "boot"
+        self.counters["restores" if path == "restore" else "boots"] += 1
         seconds = self._clock() - started
         self._instance = instance
         self._last_activity = self._clock()
         self.last_wake = WakeRecord(path, seconds, time.time())
         self._metrics.wake_seconds.labels(self.name, path).observe(seconds)
-        self._transition(State.READY, f"{path} in {seconds:.3f}s, pid {instance.pid}")
+        self._transition(State.READY, f"{path}, {instance.endpoint}")
         return self.last_wake
 
     def _fail(self, reason: str, *, backoff: bool = False) -> None:
         """FAILED. With ``backoff`` (the command itself cannot start), requests fail fast
         for ``retry_backoff`` seconds instead of each trying again; a crash retries at once."""
-        self.last_error = reason
+        self._transition(State.FAILED, reason)
+        self._error(reason)
         self._failed_at = self._clock() if backoff else float("-inf")
         self._instance = None
-        self._transition(State.FAILED, reason)
 
     # -- giving resources back ------------------------------------------------------------
 
     async def hibernate(self, reason: str = "requested") -> State:
-        """Drain, then checkpoint (criu) or stop (restart). Returns the resulting state.
+        """Drain, then checkpoint (or stop, when the runtime cannot checkpoint). Returns
+        the resulting state.
 
         Raises Conflict when in-flight requests do not finish within ``drain_timeout``
-        (the workload keeps serving), CheckpointFailed when the dump fails.
+        (the workload keeps serving), a WarmpoolError (CheckpointFailed...) when the
+        checkpoint fails — the workload then serves again, or is FAILED when its process
+        is gone, with the reason in ``last_error``.
         """
         async with self._lock:
             if self._state is State.FAILED:
-                self._transition(State.COLD, "cleared after failure")
-            if self._state is not State.READY or self._instance is None:
+                self._transition(self._at_rest(), "cleared after failure")
+            if not self._ready():
                 return self._state
             instance = self._instance
+            assert instance is not None
             self._transition(State.DRAINING, reason)
             try:
                 async with asyncio.timeout(self.settings.drain_timeout):
@@ -428,36 +405,42 @@ class Workload:
             if not instance.alive():
                 self._fail(f"process {instance.exit_reason()}")
                 return self._state
-            if self._runtime.engine is None:
+            if not self._runtime.capabilities.checkpoint:
                 await self._runtime.stop(instance)
                 self._instance = None
-                self._transition(State.COLD, "stopped (restart engine: no snapshot)")
+                self._transition(self._at_rest(), "stopped (restart engine: no snapshot)")
                 return self._state
             self._transition(State.CHECKPOINTING)
             try:
-                snapshot = await self._runtime.checkpoint(instance, self.settings.keep_snapshots)
-            except CheckpointFailed as exc:
-                self.counters["checkpoint_failures"] += 1
-                self.last_error = str(exc)
-                if instance.alive():
-                    self._transition(State.READY, f"checkpoint failed, still serving: {exc}")
-                else:
-                    self._fail(f"checkpoint failed and the process is gone: {exc}")
+                snapshot = await self._runtime.checkpoint(instance)
+            except WarmpoolError as exc:
+                self._checkpoint_failed(exc, instance)
+                raise
+            except asyncio.CancelledError:
+                self._checkpoint_failed(WarmpoolError("cancelled (shutdown)"), instance)
                 raise
             self.counters["checkpoints"] += 1
             self._instance = None
-            manifest = snapshot.manifest
             self.last_checkpoint = {
                 "snapshot": snapshot.id,
-                "seconds": manifest.checkpoint_seconds,
-                "bytes": manifest.total_bytes,
+                "seconds": snapshot.checkpoint_seconds,
+                "bytes": snapshot.bytes,
             }
-            self._metrics.checkpoint_seconds.labels(self.name).observe(manifest.checkpoint_seconds)
-            self._metrics.snapshot_bytes.labels(self.name).set(manifest.total_bytes)
-            self._transition(
-                State.HIBERNATED, f"snapshot {snapshot.id}, {manifest.total_bytes} bytes"
-            )
+            self._metrics.checkpoint_seconds.labels(self.name).observe(snapshot.checkpoint_seconds)
+            self._metrics.snapshot_bytes.labels(self.name).set(snapshot.bytes)
+            self._transition(State.HIBERNATED, f"snapshot {snapshot.id}, {snapshot.bytes} bytes")
             return self._state
+
+    def _checkpoint_failed(self, exc: WarmpoolError, instance: Instance) -> None:
+        """After a failed checkpoint: serve again with whichever instance survived it."""
+        self.counters["checkpoint_failures"] += 1
+        self._error(f"checkpoint failed: {exc}")
+        serving = exc.instance if isinstance(exc, CheckpointFailed) else instance
+        if serving is not None and serving.alive():
+            self._instance = serving
+            self._transition(State.READY, f"checkpoint failed, still serving: {exc}")
+        else:
+            self._fail(f"checkpoint failed and the process is gone: {exc}")
 
     def check_alive(self) -> None:
         """Notice a ready instance that died on its own."""
@@ -472,7 +455,7 @@ class Workload:
     async def shutdown(self, mode: str) -> None:
         """At Dormant's exit: 'hibernate' checkpoints a ready workload (falling back to
         stopping it if that fails); 'stop' stops it. Snapshots stay for the next start."""
-        if mode == "hibernate" and self._runtime.engine is not None and self._state is State.READY:
+        if mode == "hibernate" and self._runtime.capabilities.checkpoint and self._ready():
             try:
                 await self.hibernate("shutdown")
                 return
@@ -484,19 +467,22 @@ class Workload:
         """Stop the instance (shutdown); snapshots stay for the next start."""
         if self._wake_task and not self._wake_task.done():
             self._wake_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._wake_task
         async with self._lock:
             if self._instance is not None:
                 await self._runtime.stop(self._instance)
                 self._instance = None
             if self._state is State.READY:
                 self._transition(State.DRAINING, "shutdown")
-                self._transition(State.COLD, "stopped at shutdown")
+                self._transition(self._at_rest(), "stopped at shutdown")
 
     # -- reporting -----------------------------------------------------------------------
 
     def view(self) -> dict[str, Any]:
-        snapshot = self._store.latest(self.name) if self._runtime.engine else None
+        snapshot = self._runtime.latest(self.name)
         instance = self._instance
+        facts = instance.describe() if instance else {}
         return {
             "name": self.name,
             "kind": self.settings.kind,
@@ -504,9 +490,11 @@ class Workload:
             "state": self._state.value,
             "reason": self.reason,
             "since_s": round(self._clock() - self._since, 3),
-            "engine": self._runtime.engine_name,
-            "pid": instance.pid if instance else None,
-            "port": instance.port if instance else None,
+            "engine": self._runtime.capabilities.engine,
+            "pid": facts.get("pid"),
+            "endpoint": instance.endpoint.url if instance else None,
+            "port": instance.endpoint.port if instance else None,
+            "instance": facts or None,
             "restored_from": instance.restored_from if instance else None,
             "in_flight": self._in_flight,
             "websockets": len(self._connections),
@@ -514,16 +502,13 @@ class Workload:
             "idle_s": round(self.idle_for(), 3),
             "idle_after_s": self.settings.idle_after,
             "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
             "last_wake": None
             if self.last_wake is None
             else {"path": self.last_wake.path, "seconds": round(self.last_wake.seconds, 4)},
             "last_checkpoint": self.last_checkpoint,
             "snapshot": None
             if snapshot is None
-            else {
-                "id": snapshot.id,
-                "bytes": snapshot.manifest.total_bytes,
-                "created": snapshot.manifest.created,
-            },
+            else {"id": snapshot.id, "bytes": snapshot.bytes, "created": snapshot.created},
             "counters": dict(self.counters),
         }

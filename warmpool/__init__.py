@@ -1,5 +1,10 @@
-"""Resource plane: instances on this machine and their lifecycle."""
+"""Resource plane: runtimes (where instances run), their instances and lifecycle.
 
+The seam is ``Runtime`` (warmpool/runtime.py); ``LocalRuntime`` runs instances as
+process trees on this machine, ``FakeRuntime`` stands in for tests.
+"""
+
+from .cgroup import CgroupTree
 from .device import CpuDevice, Device, Footprint, NvidiaDevice, device_findings, open_device
 from .errors import (
     CheckpointFailed,
@@ -11,9 +16,10 @@ from .errors import (
     SuspendFailed,
     WarmpoolError,
 )
+from .fake import FakeInstance, FakeRuntime
 from .health import wait_healthy
-from .instance import Instance, OutputTail, spawn
-from .local import LocalRuntime
+from .instance import OutputTail, ProcessInstance, spawn
+from .local import LocalRuntime, free_port
 from .placement import (
     Demotion,
     Member,
@@ -25,13 +31,23 @@ from .placement import (
     is_thrash,
     should_defer,
 )
-from .runtime import Capabilities, Endpoint, InstanceSpec, Runtime, SnapshotInfo
+from .runtime import (
+    PORT_PLACEHOLDER,
+    Capabilities,
+    Endpoint,
+    Instance,
+    InstanceSpec,
+    Runtime,
+    SnapshotInfo,
+)
 from .suspend import CudaEngine, HooksEngine, SuspendEngine, SuspendTarget, make_engine
 from .system import EngineChoice, choose_engine, pid_namespaces_work
 from .units import format_size, parse_size
 
 __all__ = [
+    "PORT_PLACEHOLDER",
     "Capabilities",
+    "CgroupTree",
     "CheckpointFailed",
     "CpuDevice",
     "CudaEngine",
@@ -40,6 +56,8 @@ __all__ = [
     "DeviceUnavailable",
     "Endpoint",
     "EngineChoice",
+    "FakeInstance",
+    "FakeRuntime",
     "Footprint",
     "HooksEngine",
     "Instance",
@@ -50,6 +68,7 @@ __all__ = [
     "NvidiaDevice",
     "OutputTail",
     "Plan",
+    "ProcessInstance",
     "RestoreFailed",
     "ResumeFailed",
     "Runtime",
@@ -66,6 +85,7 @@ __all__ = [
     "device_findings",
     "fits_ever",
     "format_size",
+    "free_port",
     "is_thrash",
     "make_engine",
     "open_device",

@@ -8,18 +8,17 @@ import time
 import httpx
 
 from .errors import StartFailed
-from .instance import Instance
+from .runtime import Instance, InstanceSpec
 
 __all__ = ["wait_healthy"]
 
 
-async def wait_healthy(instance: Instance, client: httpx.AsyncClient, timeout: float) -> float:
-    """Wait until ``GET health_path`` answers 200; returns the seconds waited.
-
-    Fails fast, with the server's last output, when the process exits first.
-    """
-    spec = instance.spec
-    url = f"http://127.0.0.1:{instance.port}{spec.health_path}"
+async def wait_healthy(
+    instance: Instance, spec: InstanceSpec, client: httpx.AsyncClient, timeout: float
+) -> float:
+    """Wait until ``GET spec.health_path`` on the instance's endpoint answers 200; returns
+    the seconds waited. Fails fast, with the instance's exit reason, when it exits first."""
+    url = instance.endpoint.url + spec.health_path
     started = time.monotonic()
     deadline = started + timeout
     delay = 0.01
@@ -37,10 +36,15 @@ async def wait_healthy(instance: Instance, client: httpx.AsyncClient, timeout: f
         except httpx.HTTPError as exc:
             last = f"{type(exc).__name__}"
         if time.monotonic() >= deadline:
-            tail = " | ".join(instance.output.tail(8))
             raise StartFailed(
-                f"{spec.name}: not healthy after {timeout:.0f}s ({last}); "
-                f"last output: {tail or '(none)'}"
+                f"{spec.name}: not healthy after {timeout:.0f}s ({last}); {_output(instance)}"
             )
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.25)
+
+
+def _output(instance: Instance) -> str:
+    """The instance's last output lines, where the runtime keeps them."""
+    output = getattr(instance, "output", None)
+    tail = " | ".join(output.tail(8)) if output is not None else ""
+    return f"last output: {tail or '(none)'}"

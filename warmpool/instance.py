@@ -9,6 +9,10 @@ instead of being orphaned. Restored instances are children of this process
 
 stdout and stderr go to one pipe read by a thread into a bounded tail: never a
 growing regular file, which CRIU would refuse to restore.
+
+Each instance may also run in a cgroup of its own (``cgroup``): the spawned wrapper
+joins it before exec, so the whole tree is in it, and a tree that outlives Dormant
+(killed mid-restore, say) is ended by the next start (see ``warmpool.cgroup``).
 """
 
 from __future__ import annotations
@@ -24,15 +28,20 @@ import threading
 import time
 from pathlib import Path
 
+from . import cgroup
 from .runtime import Endpoint, InstanceSpec
 from .seccomp import block_io_uring
 
-__all__ = ["Instance", "OutputTail", "spawn"]
+__all__ = ["OutputTail", "ProcessInstance", "adopt_restored", "join_cgroup", "spawn"]
 
 log = logging.getLogger("dormant.warmpool")
 
 _PR_SET_PDEATHSIG = 1
 _UNSHARE_SIGNAL_BUG = "unshare: sigprocmask unblock failed"
+"""util-linux 2.38's ``unshare --fork`` prints this (and exits 1) whenever its child is
+killed by SIGKILL: it tries ``signal(SIGKILL, SIG_DFL)`` to re-raise the child's signal,
+which the kernel refuses with EINVAL (fixed in util-linux 2.39). CRIU ends every dumped
+tree with SIGKILL, so it followed every checkpoint: harmless, logged at debug level."""
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -63,14 +72,26 @@ class OutputTail:
     def _add(self, raw: bytes) -> None:
         line = raw.decode(errors="replace").rstrip("\r")
         self._lines.append(line)
-        log.info("[%s] %s", self.name, line)
+        level = logging.DEBUG if line.startswith(_UNSHARE_SIGNAL_BUG) else logging.INFO
+        log.log(level, "[%s] %s", self.name, line)
 
     def tail(self, n: int = 20) -> list[str]:
         return list(self._lines)[-n:]
 
 
-def _prepare_child() -> None:  # runs in the child between fork and exec
+def join_cgroup(group: Path | None) -> None:
+    """Move the calling process into ``group`` (meant for a child before exec)."""
+    if group is not None:
+        fd = os.open(group / "cgroup.procs", os.O_WRONLY)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+
+
+def _prepare_child(group: Path | None) -> None:  # runs in the child between fork and exec
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    join_cgroup(group)
     block_io_uring()
 
 
@@ -81,8 +102,9 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-class Instance:
-    """A live (or just-dead) process tree; ``pid`` is the server, PID 1 of its namespace."""
+class ProcessInstance:
+    """A live (or just-dead) process tree; ``pid`` is the server, PID 1 of its namespace.
+    Implements ``warmpool.runtime.Instance``."""
 
     def __init__(
         self,
@@ -91,14 +113,20 @@ class Instance:
         output: OutputTail,
         popen: subprocess.Popen[bytes] | None,
         restored_from: str | None = None,
+        cgroup: Path | None = None,
     ) -> None:
         self.spec = spec
         self.pid = pid
         self.output = output
-        self.restored_from = restored_from
+        self._restored_from = restored_from
+        self.cgroup = cgroup
         self._popen = popen  # the `unshare` wrapper of a booted instance
         self._exit_status: int | None = None
         self.started = time.time()
+
+    @property
+    def restored_from(self) -> str | None:
+        return self._restored_from
 
     @property
     def port(self) -> int:
@@ -110,7 +138,11 @@ class Instance:
         return Endpoint("127.0.0.1", self.spec.port)
 
     def describe(self) -> dict[str, object]:
-        return {"pid": self.pid, "port": self.spec.port}
+        return {
+            "pid": self.pid,
+            "port": self.spec.port,
+            "cgroup": str(self.cgroup) if self.cgroup else None,
+        }
 
     def poll(self) -> int | None:
         """None while running, else the exit status (negative: killed by that signal)."""
@@ -171,7 +203,13 @@ class Instance:
 
     def stop(self) -> None:
         """SIGTERM (when handled), then SIGKILL after ``stop_timeout``. Killing PID 1 of
-        a namespace kills every process in it."""
+        a namespace kills every process in it; the cgroup goes last (whatever escaped)."""
+        try:
+            self._terminate()
+        finally:
+            self.release_cgroup()
+
+    def _terminate(self) -> None:
         if not self.alive():
             return
         if self.catches(signal.SIGTERM):
@@ -185,12 +223,20 @@ class Instance:
         self.wait(5.0)
 
     def forget(self) -> None:
-        """After a checkpoint removed the tree: reap the wrapper."""
+        """After a checkpoint removed the tree: reap the wrapper, remove the cgroup."""
         self.wait(5.0)
+        self.release_cgroup()
+
+    def release_cgroup(self) -> None:
+        """End whatever is left in the instance's cgroup and remove it."""
+        if self.cgroup is not None:
+            cgroup.remove(self.cgroup)
+            self.cgroup = None
 
 
-def spawn(spec: InstanceSpec) -> Instance:
-    """Start ``spec.command`` as PID 1 of a new PID namespace, output to a pipe."""
+def spawn(spec: InstanceSpec, group: Path | None = None) -> ProcessInstance:
+    """Start ``spec.command`` as PID 1 of a new PID namespace (in cgroup ``group`` when
+    given), output to a pipe."""
     read_fd, write_fd = os.pipe()
     env = {**os.environ, **spec.env, "PYTHONUNBUFFERED": "1"}
     try:
@@ -202,7 +248,7 @@ def spawn(spec: InstanceSpec) -> Instance:
             cwd=spec.cwd,
             env=env,
             start_new_session=True,  # so that `setsid` inside does not need to fork
-            preexec_fn=_prepare_child,
+            preexec_fn=lambda: _prepare_child(group),
         )
     except OSError:
         os.close(read_fd)
@@ -216,9 +262,13 @@ def spawn(spec: InstanceSpec) -> Instance:
             break
         time.sleep(0.002)
     pid = kids[0] if kids else popen.pid
-    return Instance(spec, pid, output, popen)
+    return ProcessInstance(spec, pid, output, popen, cgroup=group)
 
 
-def adopt_restored(spec: InstanceSpec, pid: int, read_fd: int, snapshot_id: str) -> Instance:
+def adopt_restored(
+    spec: InstanceSpec, pid: int, read_fd: int, snapshot_id: str, group: Path | None = None
+) -> ProcessInstance:
     """Wrap a tree CRIU just restored as our child."""
-    return Instance(spec, pid, OutputTail(spec.name, read_fd), None, restored_from=snapshot_id)
+    return ProcessInstance(
+        spec, pid, OutputTail(spec.name, read_fd), None, restored_from=snapshot_id, cgroup=group
+    )

@@ -1,21 +1,32 @@
-"""The local runtime: boot, checkpoint, restore and stop instances on this machine."""
+"""The local runtime: instances are process trees on this machine, snapshots are CRIU
+images in the state directory. Implements ``warmpool.runtime.Runtime``.
+
+Every instance runs in its own PID namespace and, where cgroup v2 is writable, in its
+own cgroup (``warmpool.cgroup``): the next start ends whatever a killed Dormant left.
+Foreign errors (OSError, CRIU, the snapshot store) are translated here into warmpool's.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import contextlib
 import logging
 import os
+import socket
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 
+from snapshots import CheckpointFailed as DumpFailed
+from snapshots.errors import CommitFailed
 from snapshots import (
     CriuEngine,
-    RestoreFailed,
     Snapshot,
     SnapshotCorrupt,
+    SnapshotError,
     SnapshotStore,
     changed_files,
     kill_leftovers,
@@ -24,18 +35,48 @@ from snapshots import (
     stdio_pipe_inode,
 )
 
-from .errors import StartFailed
+from .cgroup import CgroupTree
+from .cgroup import remove as remove_cgroup
+from .errors import CheckpointFailed, NotSupported, RestoreFailed, StartFailed
 from .health import wait_healthy
-from .instance import Instance, InstanceSpec, adopt_restored, spawn
+from .instance import ProcessInstance, adopt_restored, spawn
+from .runtime import Capabilities, Instance, InstanceSpec, SnapshotInfo
 
-__all__ = ["LocalRuntime"]
+__all__ = ["LocalRuntime", "free_port"]
 
 log = logging.getLogger("dormant.warmpool")
 
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A port nothing listens on right now, on loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _info(snapshot: Snapshot) -> SnapshotInfo:
+    m = snapshot.manifest
+    return SnapshotInfo(m.id, m.total_bytes, m.created, m.checkpoint_seconds)
+
+
+async def _in_thread(work: Callable[[], T], undo: Callable[[T], None]) -> T:
+    """Run blocking ``work`` in a thread. If the caller is cancelled meanwhile (Dormant
+    shutting down), wait for the thread and ``undo`` what it made: a process tree that
+    finished starting after nobody wanted it must not be left running."""
+    task = asyncio.ensure_future(asyncio.to_thread(work))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):  # the work failed by itself: nothing to undo
+            undo(await task)
+        raise
+
 
 class LocalRuntime:
-    """Local processes. ``engine`` is None when no checkpoint engine is usable:
-    then hibernating means stopping, and waking means booting (the ``restart`` engine)."""
+    """Local processes. ``engine`` is None when no checkpoint engine is usable (the
+    ``restart`` engine): then ``checkpoint`` is not supported and ``restore`` finds nothing."""
 
     def __init__(
         self,
@@ -43,118 +84,270 @@ class LocalRuntime:
         work_dir: Path,
         engine: CriuEngine | None,
         client: httpx.AsyncClient,
-        checkpoint_timeout: float = 120.0,
-        restore_timeout: float = 60.0,
+        cgroups: CgroupTree | None = None,
+        engine_why: str = "",
     ) -> None:
         self.store = store
         self.work_dir = Path(work_dir)
         self.engine = engine
         self.client = client
-        self.checkpoint_timeout = checkpoint_timeout
-        self.restore_timeout = restore_timeout
-
-    def clean_leftovers(self) -> list[int]:
-        """At start: end criu processes a killed predecessor left (see kill_leftovers)."""
-        killed = kill_leftovers(self.work_dir) if self.work_dir.exists() else []
-        if killed:
-            log.warning("ended %d leftover criu process(es): %s", len(killed), killed)
-        return killed
+        self.cgroups = cgroups
+        why = engine_why or "no usable checkpoint engine (see `dormant check`)"
+        self._capabilities = Capabilities(
+            engine=engine.name if engine else "restart",
+            checkpoint=engine is not None,
+            checkpoint_why="" if engine else why,
+            suspend=False,
+            suspend_why="the local runtime does not suspend yet (no suspend engine)",
+        )
 
     @property
-    def engine_name(self) -> str:
-        return self.engine.name if self.engine else "restart"
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
 
-    async def boot(self, spec: InstanceSpec) -> Instance:
-        """Start the command and wait until it is healthy (or fail with its output)."""
-        instance = spawn(spec)
+    def clean_leftovers(self) -> list[str]:
+        """At start: end what a killed predecessor left — criu processes (by their
+        markers) and instance trees (by their cgroups). Returns what was ended."""
+        ended = (
+            [f"criu pid {p}" for p in kill_leftovers(self.work_dir)]
+            if self.work_dir.exists()
+            else []
+        )
+        if self.cgroups is not None:
+            ended += [f"cgroup {g}" for g in self.cgroups.clean()]
+        if ended:
+            log.warning("ended what an earlier Dormant left running: %s", ", ".join(ended))
+        return ended
+
+    # -- snapshots -------------------------------------------------------------------------
+
+    def latest(self, name: str) -> SnapshotInfo | None:
+        if self.engine is None:
+            return None
         try:
-            await wait_healthy(instance, self.client, spec.start_timeout)
+            snapshot = self.store.latest(name)
+        except SnapshotError as exc:
+            log.warning("%s: cannot read the snapshot store: %s", name, exc)
+            return None
+        return _info(snapshot) if snapshot else None
+
+    def _retire(self, snapshot: Snapshot, reason: str) -> None:
+        try:
+            self.store.mark_bad(snapshot, reason)
+        except (SnapshotError, OSError) as exc:
+            log.error("%s: could not mark snapshot %s bad: %s", snapshot.workload, snapshot.id, exc)
+
+    # -- boot --------------------------------------------------------------------------------
+
+    def _group(self, name: str) -> Path | None:
+        return self.cgroups.create(name) if self.cgroups is not None else None
+
+    async def boot(self, spec: InstanceSpec) -> ProcessInstance:
+        """Start the command (on a free port when ``spec.port`` is 0) and wait until it
+        is healthy, or fail with its output."""
+        spec = spec.with_port(spec.port or free_port())
+        group = self._group(spec.name)
+        try:
+            instance = spawn(spec, group)
+        except OSError as exc:
+            if group is not None:
+                remove_cgroup(group)
+            raise StartFailed(f"{spec.name}: cannot run {spec.command[0]!r}: {exc}") from exc
+        try:
+            await wait_healthy(instance, spec, self.client, spec.start_timeout)
         except BaseException:
             await asyncio.to_thread(instance.stop)
             raise
         return instance
 
     async def stop(self, instance: Instance) -> None:
-        await asyncio.to_thread(instance.stop)
+        await asyncio.to_thread(self._own(instance).stop)
 
-    async def checkpoint(self, instance: Instance, keep: int = 1) -> Snapshot:
-        """Dump the (drained) instance into a committed snapshot; the instance is gone
-        afterwards. On failure CRIU resumes the tree, so it keeps serving."""
+    @staticmethod
+    def _own(instance: Instance) -> ProcessInstance:
+        if not isinstance(instance, ProcessInstance):
+            raise TypeError(f"not a local instance: {instance!r}")
+        return instance
+
+    # -- checkpoint --------------------------------------------------------------------------
+
+    async def checkpoint(self, instance: Instance) -> SnapshotInfo:
+        """Dump the (drained) instance into a committed snapshot; it is gone afterwards.
+
+        When the dump fails CRIU resumes the tree, which keeps serving. When the dump
+        succeeded but the commit failed (disk full, I/O error), the tree is already gone:
+        it is restored at once from the uncommitted images, which are then discarded;
+        ``CheckpointFailed.instance`` is that replacement (or None, and the message says
+        the state was lost, when even that fails)."""
         if self.engine is None:
-            raise RuntimeError("checkpoint() needs a checkpoint engine")
-        snapshot = await asyncio.to_thread(self._checkpoint, instance, self.engine)
-        pruned = await asyncio.to_thread(self.store.prune, instance.spec.name, keep)
-        if pruned:
-            log.info("%s: pruned snapshots %s", instance.spec.name, ", ".join(pruned))
-        return snapshot
-
-    def _checkpoint(self, instance: Instance, engine: CriuEngine) -> Snapshot:
-        spec = instance.spec
-        files = mapped_files(process_tree(instance.pid))
-        pipe = stdio_pipe_inode(instance.pid)
-        with self.store.begin(spec.name) as pending:
-            seconds = engine.dump(
-                instance.pid,
-                pending.path / "images",
-                self.work_dir / spec.name / "dump",
-                self.checkpoint_timeout,
+            raise NotSupported(f"cannot checkpoint: {self._capabilities.checkpoint_why}")
+        local = self._own(instance)
+        spec = local.spec
+        outcome = await asyncio.to_thread(self._checkpoint, local, self.engine)
+        if isinstance(outcome, Snapshot):
+            await asyncio.to_thread(self._prune, spec)
+            return _info(outcome)
+        replacement, why = outcome
+        if replacement is not None:
+            try:
+                await wait_healthy(replacement, replacement.spec, self.client, spec.restore_timeout)
+            except StartFailed as exc:
+                await asyncio.to_thread(replacement.stop)
+                replacement = None
+                why += f"; the restored copy did not answer ({exc})"
+        if replacement is None:
+            raise CheckpointFailed(
+                f"{why}; the process state is lost (the last committed snapshot, if any, "
+                "stays usable)"
             )
-            instance.forget()
-            return self.store.commit(
-                pending,
-                engine=engine.name,
-                engine_version=engine.version,
-                checkpoint_seconds=seconds,
-                meta={
+        raise CheckpointFailed(
+            f"{why}; restored from the uncommitted images, still serving", replacement
+        )
+
+    def _checkpoint(
+        self, instance: ProcessInstance, engine: CriuEngine
+    ) -> Snapshot | tuple[ProcessInstance | None, str]:
+        spec = instance.spec
+        try:
+            files = mapped_files(process_tree(instance.pid))
+            pipe = stdio_pipe_inode(instance.pid)
+            with self.store.begin(spec.name) as pending:
+                try:
+                    seconds = engine.dump(
+                        instance.pid,
+                        pending.path / "images",
+                        self.work_dir / spec.name / "dump",
+                        spec.checkpoint_timeout,
+                    )
+                except DumpFailed as exc:
+                    raise CheckpointFailed(
+                        str(exc), instance if instance.alive() else None
+                    ) from exc
+                instance.forget()
+                meta = {
                     "port": spec.port,
                     "stdio_pipe": pipe,
                     "files": files,
                     "health_path": spec.health_path,
-                },
-            )
+                }
+                try:
+                    return self.store.commit(
+                        pending,
+                        engine=engine.name,
+                        engine_version=engine.version,
+                        checkpoint_seconds=seconds,
+                        meta=meta,
+                    )
+                except CommitFailed as exc:
+                    log.error("%s: %s; restoring from the uncommitted images", spec.name, exc)
+                    try:
+                        replacement: ProcessInstance | None = self._criu_restore(
+                            pending.path / "images", meta, spec, f"uncommitted {pending.id}"
+                        )
+                    except (SnapshotError, OSError) as restore_exc:
+                        log.error(
+                            "%s: restore from uncommitted images failed: %s", spec.name, restore_exc
+                        )
+                        replacement = None
+                    finally:
+                        self.store.discard(pending)
+                    return replacement, f"the snapshot could not be committed: {exc}"
+        except (SnapshotError, OSError) as exc:
+            raise CheckpointFailed(
+                f"checkpoint of {spec.name} failed: {exc}", instance if instance.alive() else None
+            ) from exc
 
-    async def restore(self, snapshot: Snapshot, spec: InstanceSpec) -> Instance:
-        """Verify the snapshot (digests, then the files the process had mapped), restore
-        it, and wait until it answers. Raises SnapshotCorrupt before CRIU runs when
-        verification fails, RestoreFailed when CRIU or the health check does."""
-        if self.engine is None:
-            raise RuntimeError("restore() needs a checkpoint engine")
-        spec = dataclasses.replace(spec, port=int(snapshot.manifest.meta.get("port", spec.port)))
-        instance = await asyncio.to_thread(self._restore, snapshot, spec, self.engine)
+    def _prune(self, spec: InstanceSpec) -> None:
         try:
-            await wait_healthy(instance, self.client, self.restore_timeout)
-        except StartFailed as exc:
-            await asyncio.to_thread(instance.stop)
-            raise RestoreFailed(f"restored {spec.name} did not answer: {exc}") from exc
+            pruned = self.store.prune(spec.name, spec.keep_snapshots)
+        except (SnapshotError, OSError) as exc:
+            log.warning("%s: pruning old snapshots failed: %s", spec.name, exc)
+            return
+        if pruned:
+            log.info("%s: pruned snapshots %s", spec.name, ", ".join(pruned))
+
+    # -- restore ------------------------------------------------------------------------------
+
+    async def restore(self, spec: InstanceSpec) -> ProcessInstance | None:
+        """Restore the newest usable snapshot and wait until it answers; None when there
+        is none. On any failure the snapshot is marked bad and RestoreFailed raised."""
+        if self.engine is None:
+            return None
+        try:
+            snapshot = await asyncio.to_thread(self.store.latest, spec.name)
+        except SnapshotError as exc:
+            log.warning("%s: cannot read the snapshot store: %s", spec.name, exc)
+            return None
+        if snapshot is None:
+            return None
+        started = time.monotonic()
+        try:
+            instance = await _in_thread(
+                lambda: self._verified_restore(snapshot, spec), lambda inst: inst.stop()
+            )
+            remaining = spec.restore_timeout - (time.monotonic() - started)
+            try:
+                await wait_healthy(instance, instance.spec, self.client, max(remaining, 0.0))
+            except BaseException:
+                await asyncio.to_thread(instance.stop)
+                raise
+        except (SnapshotError, StartFailed, OSError) as exc:
+            await asyncio.to_thread(self._retire, snapshot, str(exc))
+            raise RestoreFailed(
+                f"restore of snapshot {snapshot.id} failed: {exc}", snapshot.id
+            ) from exc
         return instance
 
-    def _restore(self, snapshot: Snapshot, spec: InstanceSpec, engine: CriuEngine) -> Instance:
+    def _verified_restore(self, snapshot: Snapshot, spec: InstanceSpec) -> ProcessInstance:
         started = time.monotonic()
         self.store.verify(snapshot)
-        problems = changed_files(dict(snapshot.manifest.meta.get("files", {})))
+        meta = snapshot.manifest.meta
+        problems = changed_files(dict(meta.get("files", {})))
         if problems:
             raise SnapshotCorrupt(snapshot.id, [f"changed since checkpoint: {p}" for p in problems])
         verified = time.monotonic()
-        read_fd, write_fd = os.pipe()
-        try:
-            pid = engine.restore(
-                snapshot.path / "images",
-                self.work_dir / spec.name / "restore",
-                write_fd,
-                snapshot.manifest.meta.get("stdio_pipe"),
-                self.restore_timeout,
-            )
-        except BaseException:
-            os.close(read_fd)
-            raise
-        finally:
-            os.close(write_fd)
+        instance = self._criu_restore(snapshot.path / "images", meta, spec, snapshot.id)
         log.info(
             "%s: restored snapshot %s as pid %d (verify %.3fs, criu %.3fs)",
             spec.name,
             snapshot.id,
-            pid,
+            instance.pid,
             verified - started,
             time.monotonic() - verified,
         )
-        return adopt_restored(spec, pid, read_fd, snapshot.id)
+        return instance
+
+    def _criu_restore(
+        self, images: Path, meta: Mapping[str, Any], spec: InstanceSpec, label: str
+    ) -> ProcessInstance:
+        """CRIU-restore ``images`` (a snapshot's or uncommitted ones) into a new cgroup."""
+        assert self.engine is not None
+        spec = spec.with_port(int(str(meta.get("port", spec.port))))
+        group = self._group(spec.name)
+        read_fd, write_fd = os.pipe()
+        try:
+            pipe = meta.get("stdio_pipe")
+            pid = self.engine.restore(
+                images,
+                self.work_dir / spec.name / "restore",
+                write_fd,
+                pipe if isinstance(pipe, str) else None,
+                spec.restore_timeout,
+                group,
+            )
+        except BaseException:
+            os.close(read_fd)
+            if group is not None:
+                remove_cgroup(group)
+            raise
+        finally:
+            os.close(write_fd)
+        return adopt_restored(spec, pid, read_fd, label, group)
+
+    # -- suspend (not locally yet) -----------------------------------------------------------
+
+    async def suspend(self, instance: Instance) -> None:
+        raise NotSupported(self._capabilities.suspend_why)
+
+    async def resume(self, instance: Instance) -> None:
+        raise NotSupported(self._capabilities.suspend_why)

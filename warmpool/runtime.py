@@ -23,11 +23,12 @@ An ``Instance`` carries its ``Endpoint``: nothing outside a runtime assumes loop
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
+    "PORT_PLACEHOLDER",
     "Capabilities",
     "Endpoint",
     "Instance",
@@ -60,10 +61,15 @@ class Endpoint:
         return self.url
 
 
+PORT_PLACEHOLDER = "{port}"
+"""Left in ``InstanceSpec.command`` where the port goes: the runtime that chooses the
+port fills it in (``InstanceSpec.with_port``)."""
+
+
 @dataclass(frozen=True)
 class InstanceSpec:
-    """How to run one workload's server, whatever the runtime. ``command`` is formatted;
-    ``port`` 0 lets the runtime choose one."""
+    """How to run one workload's server, whatever the runtime. ``command`` is formatted
+    except for ``{port}`` (PORT_PLACEHOLDER); ``port`` 0 lets the runtime choose one."""
 
     name: str
     command: Sequence[str]
@@ -81,6 +87,11 @@ class InstanceSpec:
     """Seconds a restore plus the first healthy answer may take."""
     keep_snapshots: int = 1
     """Usable snapshots kept after a checkpoint (older ones are deleted)."""
+
+    def with_port(self, port: int) -> InstanceSpec:
+        """This spec on ``port``, with the port filled into the command."""
+        command = tuple(arg.replace(PORT_PLACEHOLDER, str(port)) for arg in self.command)
+        return replace(self, port=port, command=command)
 
 
 @dataclass(frozen=True)

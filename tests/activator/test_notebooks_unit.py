@@ -35,6 +35,7 @@ from activator.settings import (
     parse_settings,
 )
 from tests.conftest import ROOT, free_port
+from warmpool import Endpoint
 
 NOW = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -233,7 +234,9 @@ def test_probe_failures_are_probe_failed(tmp_path: Path) -> None:
 
     async def ask(state_dir: Path) -> JupyterActivity:
         async with httpx.AsyncClient() as client:
-            return await ActivityProbe(client, state_dir, timeout=2)(w, free_port())
+            return await ActivityProbe(client, state_dir, timeout=2)(
+                w, Endpoint("127.0.0.1", free_port())
+            )
 
     with pytest.raises(ProbeFailed, match="cannot read the token"):
         asyncio.run(ask(tmp_path))

@@ -115,9 +115,9 @@ def test_corrupted_snapshot_is_caught_marked_bad_and_cold_booted(dormant: Dorman
     assert response.headers["x-dormant-wake"].startswith("boot; ")
     view = d.workload("a")
     assert view["counters"]["restore_failures"] == 1 and view["counters"]["restores"] == 0
-    assert "sha256 mismatch" in view["last_error"]
+    assert "mismatch" in view["last_error"]
     assert (snapshot.path.parent / f"{snapshot.id}.bad" / "BAD_REASON").exists()
-    assert "sha256 mismatch" in d.log()
+    assert "mismatch" in d.log()
     assert not (d.state / "work" / "a" / "restore").exists(), "CRIU must not run on a bad snapshot"
 
 

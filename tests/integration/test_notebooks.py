@@ -277,7 +277,7 @@ def test_busy_kernel_is_not_reaped_until_it_finishes(nb: Dormant) -> None:
         assert view["state"] in ("draining", "checkpointing") and time.monotonic() < deadline, view
         time.sleep(0.1)
         view = _admin(nb, "GET", "/workloads/carol")
-    assert re.search(r"carol: ready -> draining after [\d.]+s \(idle for \d+s\)", nb.log())
+    assert re.search(r"carol: ready -> draining \(idle for \d+s\)", nb.log())
     assert IDLE_AFTER - 0.5 <= reaped <= IDLE_AFTER + 30
     with kernel.connect() as ws:
         assert kernel.run(ws, "print(y)") == ("7\n", "ok")

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import errno
+import socket
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from snapshots import CriuEngine, SnapshotCorrupt, SnapshotStore
+from snapshots import CriuEngine, PendingSnapshot, Snapshot, SnapshotStore
 from tests.conftest import free_port
-from warmpool import InstanceSpec, LocalRuntime, StartFailed
+from warmpool import (
+    CgroupTree,
+    CheckpointFailed,
+    InstanceSpec,
+    LocalRuntime,
+    RestoreFailed,
+    StartFailed,
+)
+from warmpool.cgroup import procs as cgroup_procs
 
 pytestmark = pytest.mark.anyio
 
@@ -74,14 +87,19 @@ async def test_same_snapshot_restores_three_times(
         for _ in range(3):
             await client.post(f"http://127.0.0.1:{port}/incr")
         before = (await client.get(f"http://127.0.0.1:{port}/count")).text
-        snapshot = await runtime.checkpoint(inst)
+        info = await runtime.checkpoint(inst)
         assert not Path(f"/proc/{inst.pid}").exists()
+        assert runtime.latest("t") == info
+        snapshot = store.get(info.id)
         assert snapshot.manifest.meta["port"] == port
         store.verify(snapshot)
         for _ in range(3):
-            restored = await runtime.restore(snapshot, _spec([*counter_cmd, str(port)], port))
+            # port 0 in the spec: a restore comes back on the port it was dumped with
+            restored = await runtime.restore(_spec([*counter_cmd, "{port}"], 0))
+            assert restored is not None
             try:
                 assert restored.restored_from == snapshot.id
+                assert restored.endpoint.port == port
                 assert (await client.get(f"http://127.0.0.1:{port}/count")).text == before
                 assert (await client.post(f"http://127.0.0.1:{port}/incr")).text == "4"
                 deadline = time.monotonic() + 5
@@ -108,9 +126,125 @@ async def test_mapped_file_changed_after_checkpoint_is_caught_before_criu(
         runtime = LocalRuntime(store, tmp_path / "w", criu, client)
         spec = _spec([*counter_cmd, str(port), "--map", str(data)], port)
         inst = await runtime.boot(spec)
-        snapshot = await runtime.checkpoint(inst)
-        assert snapshot.manifest.meta["files"][str(data)] == 8192
+        info = await runtime.checkpoint(inst)
+        assert store.get(info.id).manifest.meta["files"][str(data)] == 8192
         data.write_bytes(b"w" * 9000)
-        with pytest.raises(SnapshotCorrupt, match="changed since checkpoint"):
-            await runtime.restore(snapshot, spec)
+        with pytest.raises(RestoreFailed, match="changed since checkpoint") as failed:
+            await runtime.restore(spec)
+        assert failed.value.snapshot_id == info.id
         assert not (tmp_path / "w" / "t" / "restore").exists(), "CRIU must not have run"
+        assert runtime.latest("t") is None, "the snapshot is retired (marked bad)"
+        assert await runtime.restore(spec) is None
+
+
+class FullDiskStore(SnapshotStore):
+    """A store whose filesystem fills up between the dump and the commit (a real ENOSPC
+    on a real tmpfs: a filler file takes every free byte, then the real commit runs)."""
+
+    def commit(self, pending: PendingSnapshot, **kw: Any) -> Snapshot:
+        filler = self.root / "filler"
+        with open(filler, "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * (1 << 20))
+                    f.flush()
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+        try:
+            return super().commit(pending, **kw)
+        finally:
+            filler.unlink()
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+async def test_commit_failure_after_a_dump_restores_from_the_uncommitted_images(
+    tmp_path: Path, small_tmpfs: Path, counter_cmd: list[str], criu: CriuEngine
+) -> None:
+    """Issue 8 item 3: disk full while the manifest is written, after the dump removed the
+    process. The images are the only copy of its memory: it comes back from them."""
+    port = free_port()
+    store = FullDiskStore(small_tmpfs / "s")
+    async with httpx.AsyncClient() as client:
+        runtime = LocalRuntime(store, tmp_path / "w", criu, client)
+        inst = await runtime.boot(_spec([*counter_cmd, str(port)], port))
+        for _ in range(2):
+            await client.post(f"http://127.0.0.1:{port}/incr")
+        before = (await client.get(f"http://127.0.0.1:{port}/count")).text
+        with pytest.raises(CheckpointFailed, match="could not be committed") as failed:
+            await runtime.checkpoint(inst)
+        replacement = failed.value.instance
+        assert replacement is not None and replacement.alive()
+        try:
+            assert not inst.alive()
+            assert (await client.get(f"http://127.0.0.1:{port}/count")).text == before
+            assert runtime.latest("t") is None
+            assert not list((small_tmpfs / "s" / "t").iterdir()), "uncommitted images discarded"
+        finally:
+            await runtime.stop(replacement)
+
+
+async def test_every_instance_runs_in_its_own_cgroup_and_a_new_start_ends_leftovers(
+    tmp_path: Path, counter_cmd: list[str], criu: CriuEngine
+) -> None:
+    """Issue 8 item 5: a tree that outlives a killed Dormant is ended by the next start."""
+    tree = CgroupTree(tmp_path)
+    if not tree.available():
+        pytest.fail(f"cgroup v2 is expected on these machines: {tree.why_not}")
+    port = free_port()
+    async with httpx.AsyncClient() as client:
+        runtime = LocalRuntime(SnapshotStore(tmp_path / "s"), tmp_path / "w", criu, client, tree)
+        inst = await runtime.boot(_spec([*counter_cmd, str(port)], port))
+        assert inst.cgroup is not None and inst.pid in cgroup_procs(inst.cgroup)
+        await runtime.checkpoint(inst)
+        assert inst.cgroup is None, "the dumped instance's cgroup is removed"
+        restored = await runtime.restore(_spec(counter_cmd, 0))
+        assert restored is not None and restored.cgroup is not None
+        assert restored.pid in cgroup_procs(restored.cgroup)
+        # Dormant is killed now: its successor (same state dir) ends the tree.
+        successor = LocalRuntime(
+            SnapshotStore(tmp_path / "s"), tmp_path / "w", criu, client, CgroupTree(tmp_path)
+        )
+        assert successor.clean_leftovers() == [f"cgroup {restored.cgroup.name}"]
+        assert restored.wait(5), "the leftover tree was ended"
+        assert not restored.cgroup.exists()
+
+
+async def test_restore_timeout_retires_the_snapshot(
+    tmp_path: Path, counter_cmd: list[str], criu: CriuEngine
+) -> None:
+    port = free_port()
+    async with httpx.AsyncClient() as client:
+        runtime = LocalRuntime(SnapshotStore(tmp_path / "s"), tmp_path / "w", criu, client)
+        await runtime.checkpoint(await runtime.boot(_spec([*counter_cmd, str(port)], port)))
+        with pytest.raises(RestoreFailed, match="timed out"):
+            await runtime.restore(_spec(counter_cmd, 0, restore_timeout=0.001))
+        assert runtime.latest("t") is None
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0, "nothing half-restored listens"
+
+
+async def test_checkpoint_timeout_keeps_the_instance_serving(
+    tmp_path: Path, counter_cmd: list[str], criu: CriuEngine
+) -> None:
+    port = free_port()
+    async with httpx.AsyncClient() as client:
+        runtime = LocalRuntime(SnapshotStore(tmp_path / "s"), tmp_path / "w", criu, client)
+        inst = await runtime.boot(_spec([*counter_cmd, str(port)], port, checkpoint_timeout=0.001))
+        try:
+            with pytest.raises(CheckpointFailed, match="timed out") as failed:
+                await runtime.checkpoint(inst)
+            assert failed.value.instance is inst and inst.alive()
+            assert (await client.post(f"http://127.0.0.1:{port}/incr")).text == "1"
+            assert runtime.latest("t") is None
+        finally:
+            await runtime.stop(inst)
