@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 STATE ?= .state
 
-.PHONY: setup criu run test test-fast test-gpu lint format bench bench-proxy clean help
+.PHONY: setup criu kube run test test-fast test-gpu lint format bench bench-proxy clean help
 
 help:
 	@echo "make run    - set up, then start Dormant on the embedded default config (127.0.0.1:8080)"
@@ -15,24 +15,30 @@ help:
 	@echo "make bench  - TTFT warm / after wake / after cold boot, side by side"
 	@echo "make bench-proxy - activator overhead vs calling the upstream directly (wrk)"
 
-setup: $(STAMP) criu
+setup: $(STAMP) criu kube
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Dormant needs Python >= 3.11"'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[refserver,loadtests,notebooks,dev]'
+	$(PY) -m pip install -q -e '.[refserver,loadtests,notebooks,kube,dev]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
 criu: $(STAMP)
 	@VENV=$(abspath $(VENV)) bash scripts/setup-criu.sh
 
+# kube-apiserver + kube-controller-manager (built once into .deps/kube) and etcd, for the
+# `kube` tests; never fails setup (the tests then skip and say why).
+kube: $(STAMP)
+	@bash scripts/setup-kube.sh
+
 run: setup
 	$(VENV)/bin/dormant up --state-dir $(STATE)
 
 test: setup
-	DORMANT_REQUIRE_CRIU=$$([ -e $(VENV)/bin/criu ] && echo 1) $(VENV)/bin/pytest
+	DORMANT_REQUIRE_CRIU=$$([ -e $(VENV)/bin/criu ] && echo 1) \
+	DORMANT_REQUIRE_KUBE=$$([ -x .deps/kube/bin/kube-apiserver ] && echo 1) $(VENV)/bin/pytest
 
 test-fast: setup
 	$(VENV)/bin/pytest -m "not slow"

@@ -1,0 +1,80 @@
+"""Fixtures for the `kube` tests: a real control plane per session, a fake node per test.
+
+`make test` sets DORMANT_REQUIRE_KUBE=1 when setup built the control plane: then a missing or
+broken one fails the run instead of silently skipping every `kube` test.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+try:
+    from .cluster import Cluster, find_binaries, start_cluster
+    from .kubelet import FakeKubelet
+    from .rest import ApiException, Rest
+except ImportError as exc:  # the `kube` extra is not installed
+    _MISSING: str | None = f"{exc}; install the `kube` extra (`make setup` does)"
+else:
+    _MISSING = None
+
+
+def _unavailable(why: str) -> None:
+    if os.environ.get("DORMANT_REQUIRE_KUBE") == "1":
+        pytest.fail(
+            f"Kubernetes control plane required (DORMANT_REQUIRE_KUBE=1) but unavailable: {why}"
+        )
+    pytest.skip(f"no Kubernetes control plane here: {why}")
+
+
+@pytest.fixture(scope="session")
+def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """etcd + kube-apiserver + kube-controller-manager, shared by the session."""
+    if _MISSING is not None:
+        _unavailable(_MISSING)
+    found = find_binaries()
+    if isinstance(found, str):
+        _unavailable(found)
+        raise AssertionError("unreachable")
+    with start_cluster(found, tmp_path_factory.mktemp("kube")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def kube(kube_cluster: Cluster) -> Rest:
+    """Plain-JSON admin access to the test cluster."""
+    return Rest(kube_cluster.api)
+
+
+@pytest.fixture
+def namespace(kube_cluster: Cluster, kube: Rest, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for one test, deleted afterwards (without waiting)."""
+    stem = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{stem}-{secrets.token_hex(3)}"
+    kube.post(
+        "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    )
+    yield name
+    try:
+        kube.delete(f"/api/v1/namespaces/{name}")
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+@pytest.fixture
+def kubelet(kube_cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[FakeKubelet]:
+    """A fake node (see tests/kube/kubelet.py) serving this test's namespace."""
+    node = FakeKubelet(
+        kube_cluster.client(), tmp_path / "node", node=f"node-{namespace}", namespaces=[namespace]
+    ).start()
+    try:
+        yield node
+    finally:
+        node.stop()
+    assert not node.errors, f"the fake kubelet hit errors: {node.errors}"
