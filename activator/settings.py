@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .notebooks import base_path, jupyter_command
+from .jupyter import base_path, jupyter_command
 
 __all__ = ["DEFAULT_CONFIG", "ConfigError", "Settings", "WorkloadSettings", "load_settings"]
 

@@ -43,3 +43,103 @@ def test_imports_point_one_way(package: str) -> None:
 
 def test_the_check_sees_imports() -> None:
     assert ("activator/workload.py", "warmpool") in _imports("activator")
+
+
+def _runtime_imports(package: str) -> dict[str, set[str]]:
+    """For each module of ``package``: the modules of ``package`` it imports when it is
+    imported (module-level statements, also inside top-level if/try/with; not inside
+    functions, not under ``if TYPE_CHECKING:``). A submodule's implicit import of its
+    package's ``__init__`` is not an edge."""
+
+    def statements(body: list[ast.stmt]) -> list[ast.stmt]:
+        out: list[ast.stmt] = []
+        for node in body:
+            if isinstance(node, ast.If):
+                test = node.test
+                name = test.id if isinstance(test, ast.Name) else getattr(test, "attr", "")
+                if name != "TYPE_CHECKING":
+                    out += statements(node.body)
+                out += statements(node.orelse)
+            elif isinstance(node, ast.Try):
+                for block in (node.body, node.orelse, node.finalbody):
+                    out += statements(block)
+                for handler in node.handlers:
+                    out += statements(handler.body)
+            elif isinstance(node, ast.With):
+                out += statements(node.body)
+            else:
+                out.append(node)
+        return out
+
+    root = ROOT / package
+    modules = {
+        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in root.rglob("*.py")
+    }
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        base = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets: set[str] = set()
+        for node in statements(ast.parse(path.read_text(), str(path)).body):
+            if isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                parent = base
+                for _ in range(node.level - 1):
+                    parent = parent.rpartition(".")[0]
+                module = node.module or ""
+                if node.level:
+                    module = f"{parent}.{module}".rstrip(".")
+                targets.add(module)
+                targets |= {f"{module}.{a.name}" for a in node.names}  # `from . import x`
+        graph[name] = {t for t in targets if t in modules and t not in (name, package)}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    cycles, done, stack = [], set(), []
+
+    def visit(node: str) -> None:
+        if node in stack:
+            cycles.append([*stack[stack.index(node) :], node])
+            return
+        if node in done:
+            return
+        stack.append(node)
+        for target in sorted(graph[node]):
+            visit(target)
+        stack.pop()
+        done.add(node)
+
+    for node in sorted(graph):
+        visit(node)
+    return cycles
+
+
+@pytest.mark.parametrize("package", ["activator", "warmpool", "snapshots"])
+def test_no_import_cycles_inside_a_package(package: str) -> None:
+    cycles = _cycles(_runtime_imports(package))
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_cycle_check_can_fail() -> None:
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
+    assert "activator.settings" in _runtime_imports("activator")["activator.workload"]
+
+
+def test_settings_stand_alone() -> None:
+    """Settings (and the pure Jupyter command they build) import nothing else from
+    Dormant, even for type checking: every module may use them, none circles back."""
+    for module, allowed in (("jupyter", set()), ("settings", {"jupyter"})):
+        path = ROOT / "activator" / f"{module}.py"
+        inside, outside = set(), set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                names = [node.module] if node.module else [a.name for a in node.names]
+                inside |= {n.split(".")[0] for n in names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                outside |= {node.module.split(".")[0]} & PROJECT
+            elif isinstance(node, ast.Import):
+                outside |= {a.name.split(".")[0] for a in node.names} & PROJECT
+        assert not outside, f"activator/{module}.py imports {outside}"
+        assert inside <= allowed, f"activator/{module}.py imports {inside - allowed}"
