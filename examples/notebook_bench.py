@@ -9,7 +9,7 @@ then rebuilt the way it must be without a checkpoint: restart the kernel and all
 again, and a second Dormant with ``engine: restart`` (hibernate = stop, wake = cold boot
 of the server, then a new kernel and the allocation). Prints a table.
 
-    .venv/bin/python -m examples.notebook_bench [--mb 500] [--repeat 3]
+    .venv/bin/python -m examples.notebook_bench [--mb 500] [--repeat 3] [--port N]
 
 A measurement, not a test: numbers depend on the machine (CPU, memory bandwidth, the
 disk under the state directory).
@@ -22,98 +22,71 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 from websockets.sync.client import ClientConnection, connect
 
-ROOT = Path(__file__).resolve().parent.parent
+from loadtests.launcher import DormantProcess, StartError, check_port, free_port, port_arg
+from loadtests.notebook import execute_request
+
 NAME = "bench"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Dormant:
-    """A `dormant up` subprocess with one notebook server, on a free loopback port."""
+    """A `dormant up` subprocess with one notebook server (on loopback), started and stopped
+    by :class:`loadtests.launcher.DormantProcess`.
 
-    def __init__(self, work: Path, engine: str) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+    ``port`` is Dormant's listen port and ``server_port`` the notebook server's (default:
+    free ones).
+    """
+
+    def __init__(
+        self, work: Path, engine: str, port: int | None = None, server_port: int | None = None
+    ) -> None:
         self.admin_token = secrets.token_hex(16)
         self.token = secrets.token_hex(24)
         work.mkdir(parents=True, exist_ok=True)
         (work / "admin-token").write_text(self.admin_token)
         (work / "token").write_text(self.token)
         (work / "token").chmod(0o600)
-        self.config = work / "dormant.yaml"
-        self.config.write_text(
-            yaml.safe_dump(
-                {
-                    "listen": f"127.0.0.1:{self.port}",
-                    "state_dir": str(work / "s"),
-                    "engine": engine,
-                    "admin_token_file": str(work / "admin-token"),
-                    "workloads": [
-                        {
-                            "name": NAME,
-                            "kind": "jupyter",
-                            "idle_after": 0,
-                            "token_file": str(work / "token"),
-                            "checkpoint_timeout": "10m",
-                            "restore_timeout": "10m",
-                        }
-                    ],
-                }
-            )
+        workload: dict[str, Any] = {
+            "name": NAME,
+            "kind": "jupyter",
+            "idle_after": 0,
+            "token_file": str(work / "token"),
+            "checkpoint_timeout": "10m",
+            "restore_timeout": "10m",
+        }
+        if server_port:
+            check_port(server_port, "the notebook server's port")
+            workload["port"] = server_port
+        self.process = DormantProcess(
+            work,
+            {
+                "listen": f"127.0.0.1:{port or free_port()}",
+                "state_dir": str(work / "s"),
+                "engine": engine,
+                "admin_token_file": str(work / "admin-token"),
+                "workloads": [workload],
+            },
         )
-        self.log = work / "dormant.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = self.process.url
 
     def __enter__(self) -> Dormant:
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "activator", "up", "-c", str(self.config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"dormant exited; see {self.log}")
-            try:
-                if httpx.get(f"{self.url}/-/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise SystemExit(f"dormant did not come up; see {self.log}")
+        self.process.start(timeout=60)
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        self.process.stop(timeout=60)
 
     def admin(self, method: str, path: str) -> dict[str, Any]:
         response = httpx.request(
@@ -160,28 +133,7 @@ class Kernel:
         (to the reply when there is none)."""
         msg_id = uuid.uuid4().hex
         started = time.perf_counter()
-        header = {
-            "msg_id": msg_id,
-            "username": "bench",
-            "session": self.session,
-            "msg_type": "execute_request",
-            "version": "5.3",
-            "date": datetime.now(UTC).isoformat(),
-        }
-        content = {"code": code, "silent": False, "store_history": False}
-        content |= {"user_expressions": {}, "allow_stdin": False, "stop_on_error": True}
-        ws.send(
-            json.dumps(
-                {
-                    "header": header,
-                    "parent_header": {},
-                    "metadata": {},
-                    "content": content,
-                    "channel": "shell",
-                    "buffers": [],
-                }
-            )
-        )
+        ws.send(json.dumps(execute_request(self.session, code, msg_id=msg_id, username="bench")))
         text, first, replied, idle = "", None, False, False
         while not (replied and idle):
             message = json.loads(ws.recv(timeout=timeout))
@@ -215,13 +167,15 @@ def _allocate(kernel: Kernel, n: int) -> None:
     assert int(text) == n * 8, text
 
 
-def _criu_cycles(work: Path, n: int, repeat: int) -> dict[str, list[float]]:
+def _criu_cycles(
+    work: Path, n: int, repeat: int, ports: tuple[int | None, int | None] = (None, None)
+) -> dict[str, list[float]]:
     rows: dict[str, list[float]] = {}
 
     def add(key: str, value: float) -> None:
         rows.setdefault(key, []).append(value)
 
-    with Dormant(work / "c", "criu") as dormant:
+    with Dormant(work / "c", "criu", *ports) as dormant:
         kernel = Kernel(dormant)
         _, seconds = _timed(lambda: _allocate(kernel, n))
         add("allocate the array in a fresh kernel (incl. connect)", seconds)
@@ -255,7 +209,7 @@ def _criu_cycles(work: Path, n: int, repeat: int) -> dict[str, list[float]]:
         _allocate(kernel, n)
         add("kernel restart + allocate again (state lost)", time.perf_counter() - started)
 
-    with Dormant(work / "r", "restart") as dormant:
+    with Dormant(work / "r", "restart", *ports) as dormant:
         Kernel(dormant)  # boots the server once
         assert dormant.admin("POST", f"/workloads/{NAME}/hibernate")["state"] == "cold"
         started = time.perf_counter()
@@ -300,13 +254,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="hibernate/wake cycles")
     parser.add_argument("--work-dir", help="state and logs here (default: a short temporary dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir afterwards")
+    parser.add_argument(
+        "--port", type=port_arg, help="Dormant's listen port on 127.0.0.1 (default: a free one)"
+    )
+    parser.add_argument(
+        "--server-port", type=port_arg, help="the notebook server's port (default: a free one)"
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("notebook_bench: CRIU needs root", file=sys.stderr)
         return 2
     n = int(args.mb * 1e6 / 8)
     with _work_dir(args.work_dir, args.keep) as work:
-        rows = _criu_cycles(work, n, args.repeat)
+        try:
+            rows = _criu_cycles(work, n, args.repeat, (args.port, args.server_port))
+        except StartError as exc:
+            print(f"notebook_bench: {exc}", file=sys.stderr)
+            return 1
     print(
         f"notebook holding a {args.mb:.0f} MB NumPy array (numpy.random.rand({n:_})), "
         f"{os.cpu_count()} CPUs"

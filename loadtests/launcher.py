@@ -1,12 +1,21 @@
-"""A local Dormant for the benches: ``python -m activator up`` as a subprocess on a free port.
+"""Start ``dormant up`` with a config, wait for ``/-/healthz``, stop it by PID.
 
-Only a process is started, never imported: the load tests stay a pure client. The config
-serves one workload (for the TTFT bench, the reference model ``examples.refserver`` as
-workload ``ref``: :meth:`LocalDormant.reference`); it is written as JSON, which is YAML too.
+The one launcher of a local Dormant for the benches, the notebook example and the test
+harness. Only a process is started, never imported: the load tests stay a pure client.
+
+* :class:`DormantProcess`: one ``python -m activator up -c CONFIG`` with its log file, a
+  bounded wait for health (:class:`StartError` with the log's tail when it exits or stays
+  silent) and a bounded stop (SIGTERM, then SIGKILL) of exactly the process it started.
+* :class:`LocalDormant`: a :class:`DormantProcess` serving one workload from its own state
+  directory, as the benches use it (:meth:`LocalDormant.reference` serves the reference
+  model ``examples.refserver`` as workload ``ref``).
+
+Configs are written as JSON, which is YAML too.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -15,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +32,18 @@ import httpx
 
 from loadtests.admin import AdminClient, AdminError
 
-__all__ = ["REPO", "LocalDormant", "StartError", "free_port"]
+__all__ = [
+    "REPO",
+    "DormantProcess",
+    "LocalDormant",
+    "StartError",
+    "check_port",
+    "free_port",
+    "port_arg",
+]
 
 REPO = Path(__file__).resolve().parents[1]
+LOOPBACK = "127.0.0.1"
 
 
 class StartError(Exception):
@@ -34,82 +53,86 @@ class StartError(Exception):
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((LOOPBACK, 0))
         return int(s.getsockname()[1])
 
 
-class LocalDormant:
-    """One ``dormant up`` with its own state dir, serving one workload.
+def check_port(port: int, what: str = "port") -> None:
+    """Raise :class:`StartError` when something already listens on 127.0.0.1:``port``.
 
-    ``engine`` is ``auto`` (CRIU when usable) or ``restart``; ``workload`` is the workload's
-    config entry (its ``name`` and first model become :attr:`workload` and :attr:`model`)
-    and ``settings`` further top-level config keys (an ``admin_token`` there is used for the
-    admin API too). ``isolated`` starts Dormant in its own session (a Ctrl-C reaches only the
-    caller, which stops it), with no stdin, unbuffered output and none of this environment's
-    ``DORMANT_*`` variables, so the config alone decides.
+    ``SO_REUSEADDR`` as servers bind: a port whose last connections linger in TIME_WAIT
+    (a Dormant just stopped on it) counts as free, since the server's own bind succeeds.
+    """
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((LOOPBACK, port))
+        except OSError as exc:
+            raise StartError(
+                f"{what} {port} is not free on {LOOPBACK} ({exc.strerror}); "
+                "pick another or leave it out for a free one"
+            ) from None
+
+
+def port_arg(text: str) -> int:
+    """An ``argparse`` type for port options: 1..65535."""
+    port = int(text) if text.isdigit() else -1
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"expected a TCP port 1-65535, got {text!r}")
+    return port
+
+
+def _listen_port(config: Mapping[str, Any]) -> int:
+    listen = str(config.get("listen", ""))
+    host, _, port = listen.rpartition(":")
+    if host.strip("[]") not in (LOOPBACK, "localhost") or not port.isdigit():
+        raise ValueError(f"the launcher needs listen: {LOOPBACK}:PORT, got {listen!r}")
+    return int(port)
+
+
+class DormantProcess:
+    """``python -m activator up -c CONFIG`` as a subprocess of this one.
+
+    ``config`` (top-level keys, ``listen`` on 127.0.0.1) is written to ``workdir/dormant.yaml``
+    at once; Dormant's output is appended to ``workdir/dormant.log``. ``env`` is Dormant's
+    whole environment (default: this one's), which its instances inherit. ``isolated``
+    starts it in its own session (a Ctrl-C reaches only the caller, which stops it), with
+    no stdin and unbuffered output.
+
+    :meth:`start` may be called again after :meth:`stop` or a crash: it is the same config,
+    port and log.
     """
 
     def __init__(
         self,
         workdir: Path,
-        engine: str,
-        workload: dict[str, Any],
-        settings: dict[str, Any] | None = None,
+        config: Mapping[str, Any],
         *,
+        env: Mapping[str, str] | None = None,
         isolated: bool = False,
     ) -> None:
         self.workdir = workdir
-        self.engine = engine
-        self.workload = str(workload["name"])
-        self.model = str(workload["models"][0])
-        self.settings = settings or {}
-        self.isolated = isolated
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port = _listen_port(config)
+        self.url = f"http://{LOOPBACK}:{self.port}"
         self.config_path = workdir / "dormant.yaml"
         self.log_path = workdir / "dormant.log"
+        self.env = dict(env) if env is not None else None
+        self.isolated = isolated
         self.proc: subprocess.Popen[bytes] | None = None
-        self._workload_entry = workload
-        self._upstream: tuple[int, bytes] | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(json.dumps(dict(config), indent=2))
 
-    @classmethod
-    def reference(cls, workdir: Path, engine: str, size: str, weights_dir: Path) -> LocalDormant:
-        """Serving ``ref-SIZE`` as workload ``ref``.
+    def start(self, timeout: float = 60.0) -> None:
+        """Start Dormant and wait until ``/-/healthz`` answers 200.
 
-        The reference server's weights live in ``weights_dir`` so both engines (and later
-        runs) share one generated file.
+        Raises :class:`StartError` (with the log's tail) when the port is taken, when Dormant
+        exits first, or after ``timeout`` seconds without health; it is stopped then.
         """
-        model = f"ref-{size}"
-        command = ["{python}", "-m", "examples.refserver", "--model", model]
-        command += ["--size", size, "--port", "{port}"]
-        command += ["--state-dir", str(weights_dir)]
-        workload = {
-            "name": "ref",
-            "models": [model],
-            "command": command,
-            "health_path": "/health",
-            "idle_after": 0,
-            "start_timeout": "600s",
-            "wake_timeout": "300s",
-        }
-        return cls(workdir, engine, workload, {"reap_interval": 0.2})
-
-    def config(self) -> dict[str, Any]:
-        return {
-            "listen": f"127.0.0.1:{self.port}",
-            "state_dir": str(self.workdir / "state"),
-            "engine": self.engine,
-            **self.settings,
-            "workloads": [self._workload_entry],
-        }
-
-    def start(self, timeout: float = 60.0) -> LocalDormant:
-        """Start Dormant and wait until ``/-/healthz`` answers 200."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(json.dumps(self.config(), indent=2))
-        env = None
+        if self.running:
+            raise StartError(f"dormant is already running (pid {self.pid}) on {self.url}")
+        check_port(self.port, "listen port")
+        env = dict(self.env if self.env is not None else os.environ)
         if self.isolated:
-            env = {k: v for k, v in os.environ.items() if not k.startswith("DORMANT_")}
             env["PYTHONUNBUFFERED"] = "1"
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -121,18 +144,156 @@ class LocalDormant:
                 env=env,
                 start_new_session=self.isolated,
             )
+        self._wait_healthy(self.proc, timeout)
+
+    def _wait_healthy(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise StartError(f"dormant exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/-/healthz", timeout=1, trust_env=False).is_success:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        with httpx.Client(timeout=1.0, trust_env=False) as client:
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise StartError(
+                        f"dormant exited with {proc.returncode} before it was healthy "
+                        f"(config {self.config_path}); its log:\n{self.log_tail()}"
+                    )
+                try:
+                    if client.get(f"{self.url}/-/healthz").status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.1)
         self.stop()
-        raise StartError(f"dormant did not answer /-/healthz in {timeout:g}s:\n{self.log_tail()}")
+        raise StartError(
+            f"dormant did not answer {self.url}/-/healthz within {timeout:g}s; stopped it. "
+            f"Its log:\n{self.log_tail()}"
+        )
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        """Everything Dormant wrote so far ('' before the first start)."""
+        if not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, lines: int = 30) -> str:
+        text = self.log()
+        return "\n".join(text.splitlines()[-lines:]) if text else "(the log is empty)"
+
+    def stop(self, timeout: float = 60.0) -> list[str]:
+        """SIGTERM the process this started (Dormant stops its workloads) and wait up to
+        ``timeout`` s; SIGKILL only if it hangs. Returns notes on anything that needed force.
+        Nothing to do when it is not running (never started, stopped, or crashed)."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return []
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+            return []
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+            return [f"note: Dormant (pid {proc.pid}) did not stop within {timeout:g}s; killed it"]
+
+
+class LocalDormant:
+    """One ``dormant up`` with its own state dir, serving one workload.
+
+    ``engine`` is ``auto`` (CRIU when usable) or ``restart``; ``workload`` is the workload's
+    config entry (its ``name`` and first model become :attr:`workload` and :attr:`model`)
+    and ``settings`` further top-level config keys (an ``admin_token`` there is used for the
+    admin API too). ``port`` is Dormant's listen port (default: a free one). ``isolated``
+    starts Dormant in its own session with none of this environment's ``DORMANT_*``
+    variables, so the config alone decides.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        engine: str,
+        workload: dict[str, Any],
+        settings: dict[str, Any] | None = None,
+        *,
+        isolated: bool = False,
+        port: int | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.engine = engine
+        self.workload = str(workload["name"])
+        self.model = str(workload["models"][0])
+        self.settings = settings or {}
+        self.isolated = isolated
+        self.port = port or free_port()
+        self.url = f"http://{LOOPBACK}:{self.port}"
+        self.config_path = workdir / "dormant.yaml"
+        self.log_path = workdir / "dormant.log"
+        self.process: DormantProcess | None = None
+        self._workload_entry = workload
+        self._upstream: tuple[int, bytes] | None = None
+
+    @classmethod
+    def reference(
+        cls,
+        workdir: Path,
+        engine: str,
+        size: str,
+        weights_dir: Path,
+        *,
+        port: int | None = None,
+        upstream_port: int | None = None,
+    ) -> LocalDormant:
+        """Serving ``ref-SIZE`` as workload ``ref`` (on ``upstream_port``, default: a free
+        one Dormant picks).
+
+        The reference server's weights live in ``weights_dir`` so both engines (and later
+        runs) share one generated file.
+        """
+        model = f"ref-{size}"
+        command = ["{python}", "-m", "examples.refserver", "--model", model]
+        command += ["--size", size, "--port", "{port}"]
+        command += ["--state-dir", str(weights_dir)]
+        workload: dict[str, Any] = {
+            "name": "ref",
+            "models": [model],
+            "command": command,
+            "health_path": "/health",
+            "idle_after": 0,
+            "start_timeout": "600s",
+            "wake_timeout": "300s",
+        }
+        if upstream_port:
+            workload["port"] = upstream_port
+        return cls(workdir, engine, workload, {"reap_interval": 0.2}, port=port)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "listen": f"{LOOPBACK}:{self.port}",
+            "state_dir": str(self.workdir / "state"),
+            "engine": self.engine,
+            **self.settings,
+            "workloads": [self._workload_entry],
+        }
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.process.proc if self.process is not None else None
+
+    def start(self, timeout: float = 60.0) -> LocalDormant:
+        """Write the config, start Dormant and wait until ``/-/healthz`` answers 200."""
+        env = None
+        if self.isolated:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("DORMANT_")}
+        if (upstream := self._workload_entry.get("port")) and isinstance(upstream, int):
+            check_port(upstream, f"workload {self.workload}'s port")
+        self.process = DormantProcess(self.workdir, self.config(), env=env, isolated=self.isolated)
+        self.process.start(timeout)
+        return self
 
     def upstream_port(self, timeout: float = 10.0) -> int:
         """The running workload's port, from the admin API.
@@ -150,9 +311,9 @@ class LocalDormant:
         return int(view["port"])
 
     def log_tail(self, lines: int = 30) -> str:
-        if not self.log_path.exists():
-            return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        if self.process is None:
+            return "(not started)"
+        return self.process.log_tail(lines)
 
     def stop(self, timeout: float = 60.0) -> list[str]:
         """SIGTERM (Dormant stops its workloads), wait; SIGKILL only if it hangs.
@@ -160,17 +321,9 @@ class LocalDormant:
         Returns notes on anything that needed force, including a workload that
         :meth:`upstream_port` saw and Dormant left running (it gets a SIGTERM).
         """
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
+        if self.process is None or not self.process.running:
             return []
-        notes = []
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            notes.append(f"note: Dormant did not stop within {timeout:.0f}s; killing it")
-            proc.kill()
-            proc.wait(10)
+        notes = self.process.stop(timeout)
         if self._upstream is not None:
             notes += _stop_leftover(*self._upstream)
         return notes

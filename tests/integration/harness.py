@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
+from loadtests.launcher import DormantProcess
 from tests.conftest import ROOT, free_port
 
 
@@ -42,7 +40,11 @@ def ref_workload(name: str, model: str) -> dict[str, Any]:
 
 
 class Dormant:
-    """`python -m activator up -c CONFIG` with a private state dir, on a free loopback port."""
+    """`python -m activator up -c CONFIG` with a private state dir, on a free loopback port.
+
+    Starting, waiting for health and stopping are :class:`loadtests.launcher.DormantProcess`'s
+    (the one launcher the benches and examples use too); this adds what tests ask of it.
+    """
 
     def __init__(
         self,
@@ -57,47 +59,35 @@ class Dormant:
         self.tmp = tmp
         self.environ = {**os.environ, **(environ or {})}
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.state = tmp / "state"
-        self.config = tmp / "dormant.yaml"
-        self.config.write_text(
-            yaml.safe_dump(
-                {
-                    "listen": f"127.0.0.1:{self.port}",
-                    "state_dir": str(self.state),
-                    "reap_interval": 0.2,
-                    "workloads": workloads,
-                    **settings,
-                }
-            )
-        )
-        self.log_path = tmp / "dormant.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 60.0) -> Dormant:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "activator", "up", "-c", str(self.config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
+        self.process = DormantProcess(
+            tmp,
+            {
+                "listen": f"127.0.0.1:{self.port}",
+                "state_dir": str(self.state),
+                "reap_interval": 0.2,
+                "workloads": workloads,
+                **settings,
+            },
             env=self.environ,
         )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"dormant exited {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/-/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"dormant not up after {timeout}s:\n{self.log()}")
+        self.url = self.process.url
+        self.config = self.process.config_path
+        self.log_path = self.process.log_path
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        """The last `dormant up` started (still there after it stopped or was killed)."""
+        return self.process.proc
+
+    def start(self, timeout: float = 60.0) -> Dormant:
+        """Start (again, after a stop or a crash) and wait for ``/-/healthz``; a failure
+        raises :class:`loadtests.launcher.StartError` with the log's tail."""
+        self.process.start(timeout)
+        return self
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.process.log()
 
     def admin(self, method: str, path: str, timeout: float = 120.0, **kw: Any) -> httpx.Response:
         return httpx.request(method, f"{self.url}/-{path}", timeout=timeout, **kw)
@@ -117,15 +107,9 @@ class Dormant:
             cwd=ROOT,
         )
 
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+    def stop(self, timeout: float = 60.0) -> None:
+        """SIGTERM by PID, wait ``timeout`` s, then SIGKILL."""
+        self.process.stop(timeout)
 
 
 def pid_alive(pid: int | None) -> bool:

@@ -27,8 +27,15 @@ MODEL = "ref-tiny"
 def dormant(tmp_path_factory: pytest.TempPathFactory, criu: CriuEngine) -> Iterator[Dormant]:
     d = Dormant(tmp_path_factory.mktemp("locust"), [ref_workload("ref", MODEL)])
     d.start()
-    yield d
-    d.stop()
+    try:
+        # boot the model first, so that the warm scenario's short run measures warm requests
+        with httpx.Client(base_url=d.url, timeout=120, trust_env=False) as client:
+            path, body = completion_request("completions", MODEL, "hi", 1)
+            booted = stream_completion(client, path, body)
+        assert booted.ok, booted.error
+        yield d
+    finally:
+        d.stop()
 
 
 def locust(
