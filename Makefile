@@ -9,11 +9,20 @@ STATE ?= .state
 .PHONY: setup criu kube run test test-fast test-gpu lint format bench bench-proxy clean help
 
 help:
+	@echo "make setup  - create .venv with Dormant and every extra, then the tools the tests need:"
+	@echo "make criu   - build CRIU into .venv/bin (part of setup)"
+	@echo "make kube   - build a Kubernetes API server for the kube tests into .deps/kube (part of setup)"
 	@echo "make run    - set up, then start Dormant on the embedded default config (127.0.0.1:8080)"
 	@echo "make test   - set up, then run the whole test suite (real CRIU, servers, processes)"
+	@echo "make test-fast - the tests not marked slow"
+	@echo "make test-gpu  - the GPU tests only (skipped without an NVIDIA GPU), output shown"
 	@echo "make lint   - ruff + mypy"
+	@echo "make format - ruff format, then ruff check --fix"
 	@echo "make bench  - TTFT warm / after wake / after cold boot, side by side"
+	@echo "               BENCH_ARGS='--quick --port N' passes options (python -m loadtests.bench --help)"
 	@echo "make bench-proxy - activator overhead vs calling the upstream directly (wrk)"
+	@echo "               BENCH_ARGS='--duration 2 --port N' passes options (python -m loadtests.bench_proxy --help)"
+	@echo "make clean  - remove $(STATE) (snapshots, model weights), results and tool caches"
 
 setup: $(STAMP) criu kube
 
@@ -56,12 +65,12 @@ format: setup
 	$(VENV)/bin/ruff check --fix .
 
 bench: setup
-	$(PY) -m loadtests.bench --out results
+	$(PY) -m loadtests.bench --out results $(BENCH_ARGS)
 
 bench-proxy: setup
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		apt-get install -y -qq wrk >/dev/null; } || echo "wrk unavailable: using the Python client"
-	$(PY) -m loadtests.bench_proxy --out results
+	$(PY) -m loadtests.bench_proxy --out results $(BENCH_ARGS)
 
 clean:
 	rm -rf $(STATE) results .pytest_cache .ruff_cache .mypy_cache

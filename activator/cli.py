@@ -299,7 +299,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     (a separate program: it imports nothing from Dormant)."""
     import subprocess
 
-    return subprocess.call([sys.executable, "-m", "loadtests.bench", *args.bench_args])
+    env = {**os.environ, "LOADTESTS_PROG": "dormant bench"}  # its usage line names this command
+    return subprocess.call([sys.executable, "-m", "loadtests.bench", *args.bench_args], env=env)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -319,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.set_defaults(func=cmd_up)
 
-    def admin_args(p: argparse.ArgumentParser) -> None:
+    def admin_args(p: argparse.ArgumentParser, timeout: float, waits_for: str) -> None:
         p.add_argument(
             "--url",
             default=os.environ.get("DORMANT_URL", "http://127.0.0.1:8080"),
@@ -328,11 +329,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--token-file", help="file with the admin token (default $DORMANT_ADMIN_TOKEN)"
         )
-        p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (default 600)")
+        p.add_argument(
+            "--timeout",
+            type=float,
+            default=timeout,
+            help=f"seconds to wait for {waits_for} (default {timeout:g})",
+        )
 
     status = sub.add_parser("status", help="a table of workloads and their states")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
-    admin_args(status)
+    admin_args(status, 10.0, "the answer")
     status.set_defaults(func=cmd_status)
     for name, text in (
         ("hibernate", "checkpoint a workload now and free its resources"),
@@ -340,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("name", help="workload name")
-        admin_args(p)
+        # the call returns when the operation is done: a checkpoint or restore can take minutes
+        admin_args(p, 600.0, f"the {name} to finish: the answer comes when it is done")
         p.set_defaults(func=cmd_lifecycle)
 
     check = sub.add_parser("check", help="what this machine supports and which engine will be used")

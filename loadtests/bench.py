@@ -13,6 +13,8 @@ size ``small``, the GPT-2 124M shape): one with ``engine: auto`` (CRIU) and one 
 Prints one side-by-side table with ratios and the machine; writes ``bench.csv``,
 ``bench_samples.csv``, ``bench.txt``, ``bench.png`` and Locust's CSVs under ``--out``.
 Progress goes to stderr, one line per step. Every process it starts is stopped by PID.
+Dormant listens on a free loopback port and picks one for the model server, unless
+``--port`` and ``--upstream-port`` say which.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 import httpx
 
 from loadtests.admin import AdminClient, AdminError
-from loadtests.launcher import LocalDormant, StartError
+from loadtests.launcher import LocalDormant, StartError, port_arg
 from loadtests.openai_stream import completion_request, make_prompt, stream_completion
 from loadtests.report import (
     Machine,
@@ -43,6 +45,8 @@ from loadtests.report import (
 from loadtests.samples import read_samples
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+PROG_ENV = "LOADTESTS_PROG"
+"""How the bench names itself in its usage line: ``dormant bench`` sets it."""
 
 
 class BenchError(Exception):
@@ -98,11 +102,29 @@ def default_weights_dir() -> Path:
 class Bench:
     """Runs the plan against local Dormants and collects the rows."""
 
-    def __init__(self, plan: Plan, out: Path, weights_dir: Path, say: Progress) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        out: Path,
+        weights_dir: Path,
+        say: Progress,
+        ports: tuple[int | None, int | None] = (None, None),
+    ) -> None:
         self.plan = plan
         self.out = out
         self.weights_dir = weights_dir
         self.say = say
+        self.port, self.upstream_port = ports
+
+    def _dormant(self, workdir: Path, engine: str) -> LocalDormant:
+        return LocalDormant.reference(
+            workdir,
+            engine,
+            self.plan.size,
+            self.weights_dir,
+            port=self.port,
+            upstream_port=self.upstream_port,
+        )
 
     # -- one request -----------------------------------------------------------------------
 
@@ -244,7 +266,7 @@ class Bench:
     # -- the two Dormants ------------------------------------------------------------------
 
     def run_criu(self, workdir: Path) -> list[Row]:
-        with LocalDormant.reference(workdir, "auto", self.plan.size, self.weights_dir) as dormant:
+        with self._dormant(workdir, "auto") as dormant:
             self.say(f"auto: Dormant up at {dormant.url} (log {dormant.log_path})")
             with AdminClient(dormant.url) as admin:
                 engine = admin.engine()
@@ -262,9 +284,7 @@ class Bench:
         return rows
 
     def run_restart(self, workdir: Path) -> list[Row]:
-        with LocalDormant.reference(
-            workdir, "restart", self.plan.size, self.weights_dir
-        ) as dormant:
+        with self._dormant(workdir, "restart") as dormant:
             self.say(f"restart: Dormant up at {dormant.url} (log {dormant.log_path})")
             with httpx.Client(base_url=dormant.url, timeout=600, trust_env=False) as client:
                 self._warm_up(dormant, client)
@@ -275,7 +295,7 @@ class Bench:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m loadtests.bench",
+        prog=os.environ.get(PROG_ENV) or "python -m loadtests.bench",
         description="TTFT warm / after wake from a snapshot / after a cold boot, side by side.",
     )
     parser.add_argument("--out", type=Path, default=Path("results"), help="results directory")
@@ -291,8 +311,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         help="reference model weights (default $DORMANT_STATE_DIR/refserver or .state/refserver)",
     )
+    parser.add_argument(
+        "--port",
+        type=port_arg,
+        help="Dormant's listen port on 127.0.0.1, for both Dormants in turn (default: a free one)",
+    )
+    parser.add_argument(
+        "--upstream-port",
+        type=port_arg,
+        help="the reference model server's port (default: a free one Dormant picks)",
+    )
     parser.add_argument("--quick", action="store_true", help="size tiny, fewer samples: for tests")
     args = parser.parse_args(argv)
+    if args.port is not None and args.port == args.upstream_port:
+        parser.error(f"--port and --upstream-port must differ (both {args.port})")
     for name in ("samples", "cold_samples", "warm_seconds", "burst_users", "max_tokens"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -310,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     weights = (args.weights_dir or default_weights_dir()).resolve()
     machine = Machine.here(plan.size)
     say(f"plan: {plan}; weights in {weights}; results in {out}")
-    bench = Bench(plan, out, weights, say)
+    bench = Bench(plan, out, weights, say, (args.port, args.upstream_port))
     rows: list[Row] = []
     try:
         with tempfile.TemporaryDirectory(prefix="dormant-bench-") as tmp:

@@ -2,10 +2,11 @@
 
 ``python -m loadtests.bench_proxy [--duration 10] [--concurrency 1,16,64] [--out results]``
 
-Starts one Dormant (``python -m activator up``, a free port, a temporary state directory,
-engine ``restart``) fronting :mod:`loadtests.upstream`, boots the upstream with a first
-request, reads its port from the admin API, then for each response kind (``small``: a
-~200-byte JSON body; ``stream``: 16 SSE events + ``[DONE]``) and each concurrency loads
+Starts one Dormant (``python -m activator up`` on a free loopback port, or ``--port``; a
+temporary state directory; engine ``restart``) fronting :mod:`loadtests.upstream` (on a port
+Dormant picks, or ``--upstream-port``), boots the upstream with a first request, reads its
+port from the admin API, then for each response kind (``small``: a ~200-byte JSON body;
+``stream``: 16 SSE events + ``[DONE]``) and each concurrency loads
 
 - ``direct``: client -> upstream port, and
 - ``dormant``: client -> activator -> upstream,
@@ -41,10 +42,12 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from loadtests.launcher import LocalDormant
+from loadtests.admin import AdminError
+from loadtests.launcher import LocalDormant, StartError, port_arg
 from loadtests.loadgen import LoadClient, choose_client
 from loadtests.profiler import Profiler, find_py_spy
 from loadtests.proxy_report import (
@@ -68,9 +71,12 @@ MODEL = "echo"
 PROFILE_CONCURRENCY = 16
 
 
-def _dormant(workdir: Path) -> LocalDormant:
-    """Engine ``restart`` fronting loadtests.upstream as workload and model ``echo``."""
-    workload = {
+def _dormant(
+    workdir: Path, port: int | None = None, upstream_port: int | None = None
+) -> LocalDormant:
+    """Engine ``restart`` fronting loadtests.upstream as workload and model ``echo``, Dormant
+    on ``port`` and the upstream on ``upstream_port`` (default: free ones)."""
+    workload: dict[str, Any] = {
         "name": MODEL,
         "models": [MODEL],
         "command": ["{python}", "-m", "loadtests.upstream", "--port", "{port}"],
@@ -78,8 +84,10 @@ def _dormant(workdir: Path) -> LocalDormant:
         "idle_after": 0,
         "start_timeout": "60s",
     }
+    if upstream_port:
+        workload["port"] = upstream_port
     settings = {"admin_token": secrets.token_hex(16), "log_level": "warning"}
-    return LocalDormant(workdir, "restart", workload, settings, isolated=True)
+    return LocalDormant(workdir, "restart", workload, settings, isolated=True, port=port)
 
 
 def _boot_upstream(dormant: LocalDormant, timeout: float = 90.0) -> int:
@@ -113,7 +121,8 @@ def split_duration(duration: float, rounds: int, integer: bool) -> list[float]:
 
 
 def _order(round_index: int) -> tuple[str, str]:
-    return TARGETS if round_index % 2 == 0 else TARGETS[::-1]
+    direct, dormant = TARGETS
+    return (direct, dormant) if round_index % 2 == 0 else (dormant, direct)
 
 
 def run_case(
@@ -203,7 +212,17 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help=f"py-spy the activator during the c={PROFILE_CONCURRENCY} small case",
     )
+    parser.add_argument(
+        "--port", type=port_arg, help="Dormant's listen port on 127.0.0.1 (default: a free one)"
+    )
+    parser.add_argument(
+        "--upstream-port",
+        type=port_arg,
+        help="the upstream's port on 127.0.0.1 (default: a free one Dormant picks)",
+    )
     args = parser.parse_args(argv)
+    if args.port is not None and args.port == args.upstream_port:
+        parser.error(f"--port and --upstream-port must differ (both {args.port})")
     try:
         args.levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
     except ValueError:
@@ -216,7 +235,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark; returns 0 when every case ran (whether or not the goal is met)."""
+    """Run the benchmark; returns 0 when every case ran (whether or not the goal is met), 1
+    when Dormant or its upstream did not start (the message carries Dormant's log tail)."""
     args = _parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -241,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report("note: --profile: py-spy not installed (pip install py-spy); not profiling")
         if args.profile and PROFILE_CONCURRENCY not in args.levels:
             report(f"note: --profile: c={PROFILE_CONCURRENCY} not in --concurrency; not profiling")
-        dormant = _dormant(workdir)
+        dormant = _dormant(workdir, args.port, args.upstream_port)
         try:
             t0 = time.monotonic()
             dormant.start()
@@ -280,6 +300,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             report("interrupted; stopping Dormant")
             raise
+        except (StartError, AdminError, RuntimeError) as exc:
+            report(f"FAILED: {exc}")
+            return 1
         finally:
             for note in dormant.stop(timeout=45.0):
                 print(note, flush=True)
