@@ -1,17 +1,35 @@
-"""What this machine supports, and which engine Dormant will use (``dormant check``)."""
+"""What this machine supports, which engine Dormant will use, and whether a config's
+workloads can start here (``dormant check [-c FILE]``); the state directory check that
+``dormant up`` makes before anything starts."""
 
 from __future__ import annotations
 
 import os
 import platform
+import shutil
+import subprocess
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from snapshots import CriuEngine, CriuInfo, EngineUnavailable, find_criu, probe_criu
 from warmpool import EngineChoice, choose_engine, device_findings, pid_namespaces_work
 
-from .settings import ConfigError, Settings
+from . import notebooks
+from .settings import ConfigError, Settings, WorkloadSettings, format_command
 
-__all__ = ["EngineSetup", "Finding", "detect_engine", "machine_report"]
+__all__ = [
+    "EngineSetup",
+    "Finding",
+    "check_state_dir",
+    "detect_engine",
+    "machine_report",
+    "state_dir_finding",
+    "workload_findings",
+]
+
+_PYTHON_PROBE_TIMEOUT = 30.0
+"""Seconds a workload's `python` may take to say whether it can import jupyter_server."""
 
 
 @dataclass(frozen=True)
@@ -106,3 +124,116 @@ def machine_report(settings: Settings) -> tuple[list[Finding], EngineSetup]:
         )
     )
     return findings, setup
+
+
+# -- the state directory ---------------------------------------------------------------------
+
+
+def check_state_dir(path: Path) -> None:
+    """Before ``dormant up`` starts anything: create ``path`` if needed and write (and
+    remove) a file in it. ConfigError (exit 2, one line) when that fails."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".dormant-write-test-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"state_dir: cannot use {str(path)!r} ({exc.strerror or exc}); choose a writable "
+            "directory with state_dir in the config or --state-dir"
+        ) from exc
+
+
+def state_dir_finding(path: Path) -> Finding:
+    """Whether ``dormant up`` could use ``path``, without creating it."""
+    item = "state_dir"
+    if path.exists():
+        if not path.is_dir():
+            return Finding(item, False, f"{path} is not a directory; choose another state_dir")
+        try:
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".dormant-write-test-"):
+                pass
+        except OSError as exc:
+            return Finding(item, False, f"{path}: cannot write ({exc.strerror or exc})")
+        return Finding(item, True, f"{path}")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if parent.is_dir() and os.access(parent, os.W_OK | os.X_OK):
+        return Finding(item, True, f"{path} (created at start)")
+    return Finding(item, False, f"{path} cannot be created ({parent} is not a writable directory)")
+
+
+# -- workloads -------------------------------------------------------------------------------
+
+
+def workload_findings(settings: Settings) -> list[Finding]:
+    """For each workload: its program exists (argv[0] after placeholders: a path, or a name
+    on PATH), and for notebooks its ``python`` and ``root_dir``; its ``cwd`` if set."""
+    findings: list[Finding] = []
+    for w in settings.workloads:
+        cwd = Path(w.cwd).expanduser() if w.cwd else Path.cwd()
+        if w.cwd:
+            ok = cwd.is_dir()
+            findings.append(
+                Finding(
+                    f"{w.name}: cwd",
+                    ok,
+                    str(cwd) if ok else f"{cwd} is not a directory: create it or fix cwd",
+                )
+            )
+        if w.kind == "jupyter":  # its program is `python` (Dormant builds the command)
+            program = _program(w, settings, cwd, f"{w.name}: python", "python")
+            findings.append(_can_run_jupyter(program) if program.ok else program)
+            findings.append(_root_dir(w, settings))
+        else:
+            findings.append(_program(w, settings, cwd, f"{w.name}: command", "command"))
+    return findings
+
+
+def _program(w: WorkloadSettings, settings: Settings, cwd: Path, item: str, key: str) -> Finding:
+    program = format_command(w, 1, settings.state_path)[0]
+    if "/" in program:
+        path = cwd / Path(program).expanduser()
+        if not path.is_file():
+            return Finding(item, False, f"{path} does not exist: install it or fix {key}")
+        if not os.access(path, os.X_OK):
+            return Finding(item, False, f"{path} is not executable: chmod +x it")
+        return Finding(item, True, str(path))
+    search = dict(w.env).get("PATH", os.environ.get("PATH", os.defpath))
+    found = shutil.which(program, path=search)
+    if found is None:
+        return Finding(
+            item, False, f"{program!r} is not on PATH: install it, or give its full path in {key}"
+        )
+    return Finding(item, True, found)
+
+
+def _can_run_jupyter(program: Finding) -> Finding:
+    python = program.detail
+    try:
+        done = subprocess.run(
+            [python, "-c", "import jupyter_server, ipykernel"],
+            capture_output=True,
+            timeout=_PYTHON_PROBE_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Finding(program.item, False, f"{python} could not be run: {exc}")
+    if done.returncode != 0:
+        return Finding(
+            program.item,
+            False,
+            f"{python} cannot import jupyter_server and ipykernel: "
+            f"run `{python} -m pip install jupyter_server ipykernel`",
+        )
+    return Finding(program.item, True, f"{python} (has jupyter_server and ipykernel)")
+
+
+def _root_dir(w: WorkloadSettings, settings: Settings) -> Finding:
+    item = f"{w.name}: root_dir"
+    path = notebooks.root_dir(w, settings.state_path)
+    if not w.root_dir:
+        return Finding(item, True, f"{path} (the default; created at start)")
+    if not path.is_dir():
+        return Finding(item, False, f"{path} is not a directory: create it or fix root_dir")
+    return Finding(item, True, str(path))

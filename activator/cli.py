@@ -138,6 +138,12 @@ def _describe(w: dict[str, Any]) -> list[str]:
     wake = w.get("last_wake") or {}
     snap = w.get("snapshot") or {}
     why = w.get("last_error") if w["state"] == "failed" else w.get("reason", "")
+    if w["state"] != "failed" and w.get("last_error"):
+        # it recovered (a restore that failed and fell back to a cold boot, a checkpoint
+        # that failed and kept serving): still say what went wrong, and when
+        at = w.get("last_error_at")
+        when = time.strftime(" at %H:%M:%S", time.localtime(at)) if at else ""
+        why = f"{why}; last error{when}: {w['last_error']}" if why else w["last_error"]
     return [
         w["name"],
         w["state"],
@@ -147,7 +153,7 @@ def _describe(w: dict[str, Any]) -> list[str]:
         str(w["waiting"]),
         f"{wake['path']} {wake['seconds']:.2f}s" if wake else "-",
         f"{snap['bytes'] / 1e6:.0f} MB" if snap else "-",
-        (why or "")[:120],
+        (why or "")[:200],
     ]
 
 

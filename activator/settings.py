@@ -1,135 +1,366 @@
-"""Settings: YAML validated once into frozen dataclasses.
+"""Settings: the YAML file, validated once into frozen, typed values.
 
-Every field has a default and a one-line doc. A bad file fails at load with the
-key path and the reason (``workloads[1].idle_after: expected a duration like
-'30s' or '5m', got 'soon'``), never a traceback.
+One definition (pydantic dataclasses) gives the loader, the JSON Schema
+(``dormant config schema``), the Kubernetes CRD schema of a workload and
+docs/config.md (``dormant config docs``); see ``activator.settings_schema``.
+
+Every field has a default (but a workload's ``name`` and the list of ``workloads``),
+a one-line doc with its unit, and a concern (``group``) that orders the docs. Existing
+keys stay flat; a new family of settings (a ``device:`` or ``kubernetes:`` section)
+is a nested frozen dataclass with its own fields, validated and documented the same way.
+
+A bad file fails at load with the key path and the reason, never a traceback:
+``workloads[1].idle_after: expected a duration like '30s' or '5m', got 'soon'``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import ipaddress
 import os
-import re
 import sys
-from dataclasses import dataclass, fields, replace
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
+from pydantic_core import ArgsKwargs
 
-from .jupyter import base_path, jupyter_command
+from . import jupyter
+from .settings_types import (
+    KINDS,
+    REJECTED,
+    Args,
+    BodyBytes,
+    Bool,
+    Command,
+    Count,
+    CountOrZero,
+    Duration,
+    Engine,
+    Env,
+    ExistingFile,
+    HealthPath,
+    Hosts,
+    Kind,
+    Listen,
+    ListenOrEmpty,
+    LogLevel,
+    Models,
+    Name,
+    OnShutdown,
+    PathPrefix,
+    Port,
+    ReapInterval,
+    Str,
+    TemplatePath,
+    Timeout,
+    is_host_port,
+    reject,
+)
 
-__all__ = ["DEFAULT_CONFIG", "ConfigError", "Settings", "WorkloadSettings", "load_settings"]
+__all__ = [
+    "DEFAULT_CONFIG",
+    "GROUPS",
+    "JUPYTER_ONLY",
+    "NOT_FOR_JUPYTER",
+    "ConfigError",
+    "Settings",
+    "WorkloadSettings",
+    "default_state_dir",
+    "format_command",
+    "load_settings",
+    "parse_listen",
+    "parse_settings",
+]
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
-_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$")
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+GROUPS: dict[str, str] = {
+    "server": "Where Dormant listens, keeps its state and what it logs.",
+    "security": "Who may use the admin API and read the metrics.",
+    "engine": "How state is captured (see `dormant check`).",
+    "routing": "Which requests go to a workload.",
+    "process": "The server Dormant starts for a workload.",
+    "lifecycle": "When servers are hibernated, retried, kept and stopped.",
+    "timeouts": "How long each step may take (durations: '250ms', '30s', '5m', '1h' or seconds).",
+    "limits": "How much may wait or be in flight at once.",
+    "notebooks": "Workloads of kind 'jupyter' only.",
+}
+"""Concerns, in the order docs/config.md lists them; every field names one."""
+
+_WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the key path and the problem."""
 
 
-@dataclass(frozen=True)
+def _group(group: str, default: Any = dataclasses.MISSING, **extra: Any) -> Any:
+    assert group in GROUPS, group
+    schema_extra = {"x-dormant-group": group, **extra}
+    if default is dataclasses.MISSING:
+        return Field(json_schema_extra=schema_extra)
+    return Field(default, json_schema_extra=schema_extra)
+
+
+# -- the definition -----------------------------------------------------------------------
+
+_CONFIG = ConfigDict(extra="forbid", use_attribute_docstrings=True, revalidate_instances="never")
+JUPYTER_ONLY = ("root_dir", "python", "args", "token_file")
+"""Workload keys only a 'jupyter' workload may use."""
+NOT_FOR_JUPYTER = {
+    "command": "Dormant builds it; use 'args' for extra arguments and 'python' for the interpreter",
+    "models": "notebook servers are routed by path, not by model",
+    "path_prefix": "it is always /notebooks/NAME",
+    "strip_prefix": "Jupyter's base_url includes the prefix",
+    "hosts": "notebook servers are routed by path (/notebooks/NAME/)",
+    "health_path": "it is always /notebooks/NAME/api",
+}
+"""Workload keys a 'jupyter' workload may not use, and why."""
+_NOT_EMPTY = ("python", "root_dir", "token_file")
+
+
+def _check_keys(data: dict[Any, Any], allowed: Iterable[str]) -> None:
+    allowed = list(allowed)
+    for key in data:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = (
+                f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(allowed)}"
+            )
+            reject(f"unknown key{hint}", str(key))
+
+
+@dataclass(frozen=True, config=_CONFIG)
 class WorkloadSettings:
     """One workload: a server Dormant starts, hibernates and wakes."""
 
-    name: str
-    """Unique name; used in admin URLs and snapshot directories."""
-    command: tuple[str, ...]
-    """argv; may use {port}, {python}, {state_dir}, {name} (kind jupyter: built by Dormant)."""
-    models: tuple[str, ...] = ()
+    name: Name = _group("routing")
+    """Unique name (required): admin URLs, snapshot directories, /notebooks/NAME."""
+    command: Command = _group("process", ())
+    """argv (required but for kind jupyter, whose command Dormant builds); may use {port},
+    {python}, {state_dir}, {name}."""
+    models: Models = _group("routing", ())
     """OpenAI model names this workload serves (routes /v1/* by the `model` field)."""
-    kind: str = "openai"
+    kind: Kind = _group("routing", "openai")
     """'openai' (routed by the JSON `model` field), 'http' (routed by path_prefix / hosts) or
     'jupyter' (a notebook server Dormant runs, served under /notebooks/NAME/)."""
-    path_prefix: str = ""
+    path_prefix: PathPrefix = _group("routing", "")
     """kind http: requests whose path starts with this prefix go here (e.g. '/apps/grafana')."""
-    strip_prefix: bool = False
+    strip_prefix: Bool = _group("routing", False)
     """kind http: remove path_prefix before forwarding."""
-    hosts: tuple[str, ...] = ()
+    hosts: Hosts = _group("routing", ())
     """kind http: requests whose Host header (without port) is one of these go here."""
-    port: int = 0
-    """Upstream port on 127.0.0.1; 0 = pick a free one at start."""
-    health_path: str = "/health"
+    port: Port = _group("process", 0)
+    """Port the server listens on; 0 = pick a free one at start."""
+    health_path: HealthPath = _group("process", "/health")
     """GET path that answers 200 once the server is ready."""
-    env: tuple[tuple[str, str], ...] = ()
-    """Extra environment variables for the command."""
-    cwd: str | None = None
+    env: Env = _group("process", ())
+    """Extra environment variables for the command (a mapping NAME: value)."""
+    cwd: Str | None = _group("process", None)
     """Working directory for the command (default: Dormant's)."""
-    idle_after: float = 300.0
-    """Seconds with nothing in flight before it is hibernated; 0 = never."""
-    start_timeout: float = 300.0
+    idle_after: Duration = _group("lifecycle", 300.0)
+    """Seconds with nothing in flight before it is hibernated; 0 = never. A failed
+    attempt is retried after another idle_after."""
+    start_timeout: Timeout = _group("timeouts", 300.0)
     """Seconds a cold boot may take until healthy."""
-    wake_timeout: float = 120.0
+    wake_timeout: Timeout = _group("timeouts", 120.0)
     """Seconds a request may wait in the queue for a wake before 504."""
-    queue_depth: int = 256
+    queue_depth: Count = _group("limits", 256)
     """Requests that may wait (for a wake or a free slot); more get 503 + Retry-After."""
-    max_in_flight: int = 0
+    max_in_flight: CountOrZero = _group("limits", 0)
     """Requests forwarded at once; more wait in the queue (0 = no limit)."""
-    connect_timeout: float = 10.0
+    connect_timeout: Timeout = _group("timeouts", 10.0)
     """Seconds to connect to the upstream."""
-    first_byte_timeout: float = 300.0
+    first_byte_timeout: Timeout = _group("timeouts", 300.0)
     """Seconds from forwarding a request to the upstream's response headers."""
-    stream_idle_timeout: float = 300.0
+    stream_idle_timeout: Timeout = _group("timeouts", 300.0)
     """Seconds a response body may go without a byte; there is no total-duration limit."""
-    wake_keepalive: float = 0.0
+    wake_keepalive: Duration = _group("timeouts", 0.0)
     """For `stream: true` requests that wait for a wake: send an SSE comment this often
     (seconds) until the first real chunk, so clients and proxies do not time out (0 = off)."""
-    drain_timeout: float = 30.0
+    drain_timeout: Timeout = _group("timeouts", 30.0)
     """Seconds to wait for in-flight requests before giving up a hibernation."""
-    checkpoint_timeout: float = 120.0
-    """Seconds a CRIU dump may take."""
-    restore_timeout: float = 60.0
-    """Seconds a CRIU restore plus first health answer may take."""
-    stop_timeout: float = 10.0
+    checkpoint_timeout: Timeout = _group("timeouts", 120.0)
+    """Seconds a checkpoint (CRIU dump and snapshot commit) may take."""
+    restore_timeout: Timeout = _group("timeouts", 60.0)
+    """Seconds a restore plus the first healthy answer may take."""
+    stop_timeout: Timeout = _group("timeouts", 10.0)
     """Seconds between SIGTERM and SIGKILL when stopping."""
-    retry_backoff: float = 5.0
+    retry_backoff: Duration = _group("lifecycle", 5.0)
     """After a failed start, seconds during which requests fail fast with the reason."""
-    keep_snapshots: int = 1
+    keep_snapshots: Count = _group("lifecycle", 1)
     """Verified snapshots kept per workload (older ones are deleted)."""
-    root_dir: str = ""
+    root_dir: TemplatePath = _group("notebooks", "")
     """kind jupyter: the notebook directory served; may use {state_dir}, {name}
     (default {state_dir}/notebooks/{name}/files, created at start)."""
-    python: str = ""
+    python: TemplatePath = _group("notebooks", "")
     """kind jupyter: the Python that runs jupyter_server and the kernels (default: Dormant's)."""
-    args: tuple[str, ...] = ()
+    args: Args = _group("notebooks", ())
     """kind jupyter: extra `jupyter server` arguments, after Dormant's own (so they win)."""
-    token_file: str = ""
+    token_file: ExistingFile = _group("notebooks", "")
     """kind jupyter: file holding the Jupyter token (default: generated at first start into
     {state_dir}/notebooks/{name}/token, mode 0600)."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _keys_for_the_kind(cls, data: Any) -> Any:
+        """The keys first: unknown ones, then what the kind needs and what it cannot use."""
+        if isinstance(data, ArgsKwargs):  # built by code (a copy), not read from YAML
+            return data
+        if not isinstance(data, dict):
+            reject(f"expected a mapping, got {type(data).__name__}")
+        _check_keys(data, (f.name for f in dataclasses.fields(cls)))
+        kind = data.get("kind", "openai")
+        if kind not in KINDS:
+            reject(f"must be 'openai', 'http' or 'jupyter' (got {kind!r})", "kind")
+        if kind == "jupyter":
+            for key, why in NOT_FOR_JUPYTER.items():
+                if key in data:
+                    reject(f"not used by a 'jupyter' workload ({why})", key)
+        else:
+            for key in JUPYTER_ONLY:
+                if key in data:
+                    reject("only for workloads of kind 'jupyter'", key)
+        for required in ("name",) if kind == "jupyter" else ("name", "command"):
+            if required not in data:
+                reject("required", required)
+        for key in _NOT_EMPTY:
+            if data.get(key) == "":
+                reject("must not be empty", key)
+        return data
 
-@dataclass(frozen=True)
+    @model_validator(mode="after")
+    def _complete(self) -> WorkloadSettings:
+        if self.kind == "jupyter" and not self.command:
+            # Dormant runs the notebook server: its command and routes are not the user's.
+            built = jupyter.jupyter_command(self.name, self.python, self.root_dir, self.args)
+            object.__setattr__(self, "command", built)
+            object.__setattr__(self, "path_prefix", jupyter.base_path(self.name))
+            object.__setattr__(self, "health_path", jupyter.health_path(self.name))  # no token
+        if self.kind == "openai" and not self.models:
+            reject("an 'openai' workload needs at least one model name", "models")
+        if self.kind == "http" and not (self.path_prefix or self.hosts):
+            reject("an 'http' workload needs a path_prefix or hosts to route by")
+        return self
+
+
+def _workloads(value: Any) -> Any:
+    if not isinstance(value, list | tuple) or not value:
+        reject("expected a non-empty list")
+    return value
+
+
+@dataclass(frozen=True, config=_CONFIG)
 class Settings:
     """The whole activator."""
 
-    workloads: tuple[WorkloadSettings, ...]
-    """What Dormant fronts."""
-    listen: str = "127.0.0.1:8080"
-    """HOST:PORT the activator listens on."""
-    state_dir: str = ""
-    """Snapshots, logs, generated models (default $DORMANT_STATE_DIR or ~/.local/state/dormant)."""
-    engine: str = "auto"
+    workloads: Annotated[tuple[WorkloadSettings, ...], BeforeValidator(_workloads)] = _group(
+        "server", minItems=1
+    )
+    """What Dormant fronts (required, at least one)."""
+    listen: Listen = _group("server", "127.0.0.1:8080")
+    """HOST:PORT the activator listens on (`dormant up --listen` wins)."""
+    state_dir: Str = _group("server", "")
+    """Snapshots, logs, generated models (default $DORMANT_STATE_DIR or ~/.local/state/dormant;
+    `--state-dir` wins)."""
+    engine: Engine = _group("engine", "auto")
     """'auto' (CRIU when it works here, else restart), 'criu' (required) or 'restart'."""
-    criu_path: str = ""
+    criu_path: Str = _group("engine", "")
     """A criu binary to use instead of searching (see `dormant check`)."""
-    admin_token: str = ""
-    """Bearer token required on /-/* admin routes (empty = none)."""
-    admin_token_file: str = ""
-    """File holding the admin token (wins over admin_token)."""
-    reap_interval: float = 1.0
-    """Seconds between idle checks."""
-    max_body_bytes: int = 8 << 20
+    admin_token: Str = _group("security", "")
+    """Bearer token required on /-/* admin routes (empty = $DORMANT_ADMIN_TOKEN, else none)."""
+    admin_token_file: ExistingFile = _group("security", "")
+    """File holding the admin token (wins over admin_token); an empty file is an error."""
+    reap_interval: ReapInterval = _group("lifecycle", 1.0)
+    """Seconds between idle checks (at least 50ms)."""
+    max_body_bytes: BodyBytes = _group("limits", 8 << 20)
     """Largest request body accepted on /v1/* (bytes)."""
-    log_level: str = "info"
+    log_level: LogLevel = _group("server", "info")
     """debug, info, warning or error."""
-    on_shutdown: str = "stop"
+    on_shutdown: OnShutdown = _group("lifecycle", "stop")
     """What happens to running workloads when Dormant stops: 'stop' or 'hibernate'.
     (Instances never outlive Dormant: that is what keeps a crash from leaving orphans.)"""
-    admin_listen: str = ""
+    admin_listen: ListenOrEmpty = _group("server", "")
     """HOST:PORT for the admin API (/-/*) alone; empty = on `listen` with everything else."""
+    metrics_token: Str = _group("security", "")
+    """Bearer token for GET /metrics (empty = $DORMANT_METRICS_TOKEN; when there is none,
+    /metrics asks for the admin token if one is set)."""
+    metrics_token_file: ExistingFile = _group("security", "")
+    """File holding the metrics token (wins over metrics_token); an empty file is an error."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, ArgsKwargs):
+            return data
+        if not isinstance(data, dict):
+            reject(f"expected a mapping at the top level, got {type(data).__name__}")
+        _check_keys(data, (f.name for f in dataclasses.fields(cls)))
+        if "workloads" not in data:
+            reject("expected a non-empty list", "workloads")
+        return data
+
+    @model_validator(mode="after")
+    def _no_clashes(self) -> Settings:
+        names: set[str] = set()
+        models: dict[str, str] = {}
+        routes: dict[str, str] = {}
+        ports: dict[int, str] = {}
+        own = {"listen": self.listen, "admin_listen": self.admin_listen}
+        if self.admin_listen and _collide(self.listen, self.admin_listen):
+            reject(
+                f"{self.admin_listen} collides with listen ({self.listen}); use another port, "
+                "or leave admin_listen empty to serve /-/* on listen",
+                "admin_listen",
+            )
+        for i, w in enumerate(self.workloads):
+            at = f"workloads[{i}]"
+            if w.name in names:
+                reject(f"duplicate name {w.name!r}", f"{at}.name")
+            names.add(w.name)
+            for model in w.models:
+                if model in models:
+                    reject(f"{model!r} is already served by {models[model]!r}", f"{at}.models")
+                models[model] = w.name
+            paths = [f"path {w.path_prefix}"] if w.path_prefix else []
+            for route in paths + [f"host {h}" for h in w.hosts]:
+                if route in routes:
+                    reject(f"{route} is already routed to {routes[route]!r}", at)
+                routes[route] = w.name
+            if not w.port:
+                continue
+            if w.port in ports:
+                reject(
+                    f"{w.port} is already the port of workload {ports[w.port]!r}; give each "
+                    "workload its own port (or 0 for a free one)",
+                    f"{at}.port",
+                )
+            ports[w.port] = w.name
+            for key, address in own.items():
+                # The workload's command chooses its own bind address (vLLM and
+                # llama-server bind every address by default): the same port collides.
+                if address and _port_of(address) == w.port:
+                    reject(
+                        f"{w.port} is Dormant's own {key} port ({address}); a workload there "
+                        "would collide with Dormant or loop requests through it: pick another "
+                        "port (or 0 for a free one)",
+                        f"{at}.port",
+                    )
+        return self
+
+    # -- derived values -----------------------------------------------------------------
 
     @property
     def host(self) -> str:
@@ -137,7 +368,7 @@ class Settings:
 
     @property
     def port(self) -> int:
-        return int(self.listen.rsplit(":", 1)[1])
+        return _port_of(self.listen)
 
     @property
     def state_path(self) -> Path:
@@ -147,279 +378,100 @@ class Settings:
         return next((w for w in self.workloads if w.name == name), None)
 
     def resolved_admin_token(self) -> str:
+        """The admin API's bearer token: admin_token_file's content, else admin_token, else
+        $DORMANT_ADMIN_TOKEN; empty = none. ConfigError when the file is unreadable or empty."""
         if self.admin_token_file:
-            return Path(self.admin_token_file).expanduser().read_text().strip()
+            return _read_token(self.admin_token_file, "admin_token_file")
         return self.admin_token or os.environ.get("DORMANT_ADMIN_TOKEN", "")
 
+    def check_token_files(self) -> None:
+        """At start: ConfigError when admin_token_file or metrics_token_file is set but
+        unreadable or empty (a token file left empty must not leave a route open)."""
+        self.resolved_admin_token()
+        self.resolved_metrics_token()
 
-# -- parsing ---------------------------------------------------------------------------
-
-
-def _duration(value: Any, path: str) -> float:
-    if isinstance(value, bool):
-        raise ConfigError(f"{path}: expected a duration like '30s' or '5m', got {value!r}")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        match = _DURATION_RE.match(str(value))
-        if not match:
-            raise ConfigError(f"{path}: expected a duration like '30s' or '5m', got {value!r}")
-        seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if seconds < 0:
-        raise ConfigError(f"{path}: must not be negative, got {value!r}")
-    return seconds
+    def resolved_metrics_token(self) -> str:
+        """The bearer token for GET /metrics: metrics_token_file's content, else
+        metrics_token, else $DORMANT_METRICS_TOKEN; empty = none (then /metrics asks for the
+        admin token, if one is set). ConfigError when the file is unreadable or empty."""
+        if self.metrics_token_file:
+            return _read_token(self.metrics_token_file, "metrics_token_file")
+        return self.metrics_token or os.environ.get("DORMANT_METRICS_TOKEN", "")
 
 
-def _integer(value: Any, path: str, minimum: int, maximum: int = 2**31) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{path}: expected an integer, got {value!r}")
-    if not minimum <= value <= maximum:
-        raise ConfigError(f"{path}: must be between {minimum} and {maximum}, got {value}")
-    return value
-
-
-def _string(value: Any, path: str) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(f"{path}: expected a string, got {value!r}")
-    return value
-
-
-def _check_keys(data: dict[str, Any], allowed: list[str], path: str) -> None:
-    for key in data:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = (
-                f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(allowed)}"
-            )
-            raise ConfigError(f"{path}{'.' if path else ''}{key}: unknown key{hint}")
-
-
-_DURATIONS = {
-    "connect_timeout",
-    "first_byte_timeout",
-    "stream_idle_timeout",
-    "wake_keepalive",
-    "idle_after",
-    "start_timeout",
-    "wake_timeout",
-    "drain_timeout",
-    "checkpoint_timeout",
-    "restore_timeout",
-    "stop_timeout",
-    "retry_backoff",
-    "reap_interval",
-}
-
-
-_KINDS = ("openai", "http", "jupyter")
-_JUPYTER_ONLY = ("root_dir", "python", "args", "token_file")
-_NOT_FOR_JUPYTER = {
-    "command": "Dormant builds it; use 'args' for extra arguments and 'python' for the interpreter",
-    "models": "notebook servers are routed by path, not by model",
-    "path_prefix": "it is always /notebooks/NAME",
-    "strip_prefix": "Jupyter's base_url includes the prefix",
-    "hosts": "notebook servers are routed by path (/notebooks/NAME/)",
-    "health_path": "it is always /notebooks/NAME/api",
-}
-
-
-def _argv(value: Any, where: str) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = value.split()
-    if not isinstance(value, list) or not all(isinstance(v, str | int | float) for v in value):
-        raise ConfigError(f"{where}: expected a list of strings")
-    return tuple(str(v) for v in value)
-
-
-def _placeholders(value: str, where: str, allowed: tuple[str, ...]) -> None:
+def _read_token(path: str, key: str) -> str:
     try:
-        value.format(**dict.fromkeys(allowed, ""))
-    except (KeyError, IndexError, ValueError) as exc:
-        names = ", ".join(f"{{{a}}}" for a in allowed)
+        token = Path(path).expanduser().read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path!r} ({exc.strerror or exc})") from exc
+    if not token:
         raise ConfigError(
-            f"{where}: bad placeholder {exc}; use {names} (and {{{{ }}}} for literal braces)"
-        ) from None
-
-
-def _check_kind_keys(data: dict[str, Any], path: str) -> None:
-    """The kind first (it decides what else is needed), then keys only one kind uses."""
-    if data.get("kind", "openai") not in _KINDS:
-        raise ConfigError(
-            f"{path}.kind: must be 'openai', 'http' or 'jupyter' (got {data['kind']!r})"
+            f"{key}: {path!r} is empty; put the token in it (or remove {key} to run without one)"
         )
-    if data.get("kind") == "jupyter":
-        for key, why in _NOT_FOR_JUPYTER.items():
-            if key in data:
-                raise ConfigError(f"{path}.{key}: not used by a 'jupyter' workload ({why})")
-        return
-    for key in _JUPYTER_ONLY:
-        if key in data:
-            raise ConfigError(f"{path}.{key}: only for workloads of kind 'jupyter'")
+    return token
 
 
-def _workload(data: Any, path: str) -> WorkloadSettings:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping, got {type(data).__name__}")
-    _check_keys(data, [f.name for f in fields(WorkloadSettings)], path)
-    _check_kind_keys(data, path)
-    for required in ("name",) if data.get("kind") == "jupyter" else ("name", "command"):
-        if required not in data:
-            raise ConfigError(f"{path}.{required}: required")
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        where = f"{path}.{key}"
-        if key in _DURATIONS:
-            out[key] = _duration(value, where)
-        elif key == "name":
-            if not isinstance(value, str) or not _NAME_RE.match(value):
-                raise ConfigError(
-                    f"{where}: use lowercase letters, digits, '-', '_', '.' (got {value!r})"
-                )
-            out[key] = value
-        elif key == "command":
-            if isinstance(value, str):
-                value = value.split()
-            if (
-                not isinstance(value, list)
-                or not value
-                or not all(isinstance(v, str | int | float) for v in value)
-            ):
-                raise ConfigError(f"{where}: expected a non-empty list of strings")
-            out[key] = tuple(str(v) for v in value)
-        elif key == "models":
-            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-                raise ConfigError(f"{where}: expected a list of model names")
-            out[key] = tuple(value)
-        elif key == "kind":
-            out[key] = value  # checked first, in _check_kind_keys
-        elif key == "args":
-            out[key] = _argv(value, where)
-            for i, arg in enumerate(out[key]):
-                _placeholders(arg, f"{where}[{i}]", ("port", "python", "state_dir", "name"))
-        elif key in ("python", "root_dir"):
-            if not _string(value, where):
-                raise ConfigError(f"{where}: must not be empty")
-            _placeholders(value, where, ("state_dir", "name"))
-            out[key] = os.path.expanduser(value)
-        elif key == "token_file":
-            if not Path(_string(value, where)).expanduser().is_file():
-                raise ConfigError(f"{where}: {value!r} does not exist")
-            out[key] = str(Path(value).expanduser())
-        elif key == "path_prefix":
-            if value and (not _string(value, where).startswith("/") or value.endswith("/")):
-                raise ConfigError(f"{where}: must start with '/' and not end with '/' ({value!r})")
-            out[key] = value
-        elif key == "strip_prefix":
-            if not isinstance(value, bool):
-                raise ConfigError(f"{where}: expected true or false, got {value!r}")
-            out[key] = value
-        elif key == "hosts":
-            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-                raise ConfigError(f"{where}: expected a list of host names")
-            out[key] = tuple(v.lower() for v in value)
-        elif key == "port":
-            out[key] = _integer(value, where, 0, 65535)
-        elif key in ("queue_depth", "keep_snapshots"):
-            out[key] = _integer(value, where, 1, 1_000_000)
-        elif key == "max_in_flight":
-            out[key] = _integer(value, where, 0, 1_000_000)
-        elif key == "env":
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}: expected a mapping of NAME: value")
-            out[key] = tuple((str(k), str(v)) for k, v in value.items())
-        elif key == "health_path":
-            if not _string(value, where).startswith("/"):
-                raise ConfigError(f"{where}: must start with '/'")
-            out[key] = value
-        else:
-            out[key] = _string(value, where)
-    if out.get("kind") == "jupyter":
-        name = out["name"]
-        out["command"] = jupyter_command(
-            name, out.get("python", ""), out.get("root_dir", ""), out.get("args", ())
-        )
-        out["path_prefix"] = base_path(name)
-        out["health_path"] = base_path(name) + "/api"  # answers without the token
-    workload = WorkloadSettings(**out)
-    format_command(workload, 1, Path("."))  # placeholders are checked at load, not at boot
-    if workload.kind == "openai" and not workload.models:
-        raise ConfigError(f"{path}.models: an 'openai' workload needs at least one model name")
-    if workload.kind == "http" and not (workload.path_prefix or workload.hosts):
-        raise ConfigError(f"{path}: an 'http' workload needs a path_prefix or hosts to route by")
-    return workload
+def _port_of(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
+def _collide(a: str, b: str) -> bool:
+    """Whether servers on HOST:PORT ``a`` and ``b`` would want the same socket: same port,
+    and the same host, or either is a wildcard or a name (it may resolve to the other)."""
+    if _port_of(a) != _port_of(b):
+        return False
+    hosts = []
+    for address in (a, b):
+        host = address.rsplit(":", 1)[0].strip("[]")
+        if host in _WILDCARD_HOSTS:
+            return True
+        try:
+            hosts.append(ipaddress.ip_address(host))
+        except ValueError:
+            return True
+    return hosts[0] == hosts[1]
+
+
+# -- loading ------------------------------------------------------------------------------
+
+_ADAPTER: TypeAdapter[Settings] = TypeAdapter(Settings)
+
+
+def _key_path(loc: tuple[int | str, ...], at: str = "") -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f"{'.' if out else ''}{part}"
+    if at:
+        out += at if at.startswith("[") or not out else f".{at}"
+    return out
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    """Pydantic's first error as Dormant's one line: ``key.path: what is wrong``."""
+    error = exc.errors(include_url=False)[0]
+    ctx = error.get("ctx") or {}
+    path = _key_path(error["loc"], str(ctx.get("at", "")))
+    if error["type"] == REJECTED:
+        message = str(ctx["message"])
+    elif error["type"] == "missing":
+        message = "required"
+    else:  # pydantic's own check (none is expected: every field parses with its own messages)
+        message = f"{error['msg'][:1].lower()}{error['msg'][1:]} (got {error.get('input')!r})"
+    return ConfigError(f"{path}: {message}" if path else message)
 
 
 def parse_settings(data: Any, source: str = "config") -> Settings:
     """Validate a parsed YAML document."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
-    _check_keys(data, [f.name for f in fields(Settings)], "")
-    raw = data.get("workloads")
-    if not isinstance(raw, list) or not raw:
-        raise ConfigError("workloads: expected a non-empty list")
-    workloads = tuple(_workload(w, f"workloads[{i}]") for i, w in enumerate(raw))
-    seen_names: set[str] = set()
-    seen_models: dict[str, str] = {}
-    for i, w in enumerate(workloads):
-        if w.name in seen_names:
-            raise ConfigError(f"workloads[{i}].name: duplicate name {w.name!r}")
-        seen_names.add(w.name)
-        for model in w.models:
-            if model in seen_models:
-                raise ConfigError(
-                    f"workloads[{i}].models: {model!r} is already served by {seen_models[model]!r}"
-                )
-            seen_models[model] = w.name
-    routes: dict[str, str] = {}
-    for i, w in enumerate(workloads):
-        paths = [f"path {w.path_prefix}"] if w.path_prefix else []
-        for route in paths + [f"host {h}" for h in w.hosts]:
-            if route in routes:
-                raise ConfigError(f"workloads[{i}]: {route} is already routed to {routes[route]!r}")
-            routes[route] = w.name
-    out: dict[str, Any] = {"workloads": workloads}
-    for key, value in data.items():
-        if key == "workloads":
-            continue
-        if key in _DURATIONS:
-            out[key] = _duration(value, key)
-        elif key == "max_body_bytes":
-            out[key] = _integer(value, key, 1024, 1 << 30)
-        elif key == "engine":
-            if value not in ("auto", "criu", "restart"):
-                raise ConfigError(f"engine: must be 'auto', 'criu' or 'restart' (got {value!r})")
-            out[key] = value
-        elif key == "log_level":
-            if value not in ("debug", "info", "warning", "error"):
-                raise ConfigError(
-                    f"log_level: must be debug, info, warning or error (got {value!r})"
-                )
-            out[key] = value
-        elif key in ("listen", "admin_listen"):
-            # admin_listen may be empty (admin API on `listen`); listen may not
-            empty_ok = key == "admin_listen" and value == ""
-            out[key] = "" if empty_ok else parse_listen(_string(value, key), key)
-        elif key == "on_shutdown":
-            if value == "leave":
-                raise ConfigError(
-                    "on_shutdown: 'leave' is not supported: instances never outlive Dormant "
-                    "(that is what keeps a killed Dormant from leaving servers behind); "
-                    "use 'hibernate' to keep their state across a restart"
-                )
-            if value not in ("stop", "hibernate"):
-                raise ConfigError(f"on_shutdown: must be 'stop' or 'hibernate' (got {value!r})")
-            out[key] = value
-        else:
-            out[key] = _string(value, key)
-    settings = Settings(**out)
-    if settings.admin_token_file and not Path(settings.admin_token_file).expanduser().is_file():
-        raise ConfigError(f"admin_token_file: {settings.admin_token_file!r} does not exist")
-    return settings
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        raise _config_error(exc) from None
 
 
 def parse_listen(value: str, path: str = "listen") -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not is_host_port(value):
         raise ConfigError(f"{path}: expected HOST:PORT like 127.0.0.1:8080, got {value!r}")
     return value
 
@@ -450,13 +502,13 @@ def load_settings(
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    if listen and isinstance(data, dict):
+        # before validation, so that ports are checked against the address really used
+        data = {**data, "listen": parse_listen(listen, "--listen")}
     settings = parse_settings(data, str(source))
-    overrides: dict[str, Any] = {}
-    if listen:
-        overrides["listen"] = parse_listen(listen, "--listen")
     chosen_state = state_dir or settings.state_dir or default_state_dir()
-    overrides["state_dir"] = str(Path(chosen_state).expanduser().resolve())
-    return replace(settings, **overrides)
+    resolved = str(Path(chosen_state).expanduser().resolve())
+    return dataclasses.replace(settings, state_dir=resolved)
 
 
 def format_command(workload: WorkloadSettings, port: int, state_dir: Path) -> tuple[str, ...]:
