@@ -43,9 +43,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_admin_app, create_app
-    from .check import detect_engine
+    from .check import check_state_dir, detect_engine
 
     settings = _load(args)
+    # Config errors that need the filesystem, before anything starts (exit 2, one line):
+    check_state_dir(settings.state_path)
+    settings.check_token_files()
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     )
@@ -185,11 +188,28 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .check import machine_report
+    """The machine (informational: e.g. no GPU is fine), then whether the config's
+    workloads can start here; exit 1 when one cannot."""
+    from .check import machine_report, state_dir_finding, workload_findings
 
-    findings, _setup = machine_report(_load(args))
-    for f in findings:
-        print(f"{'ok ' if f.ok else 'NO '} {f.item:<15} {f.detail}")
+    settings = _load(args)
+    findings, _setup = machine_report(settings)
+    findings.append(state_dir_finding(settings.state_path))
+    workloads = workload_findings(settings)
+    width = max(15, *(len(f.item) for f in [*findings, *workloads]))
+    for f in [*findings, *workloads]:
+        print(f"{'ok ' if f.ok else 'NO '} {f.item:<{width}} {f.detail}")
+    return 0 if all(f.ok for f in workloads) else EXIT_FAILED
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the settings definition: a JSON Schema, a workload's CRD schema, or docs."""
+    from .settings_schema import config_reference, config_schema, workload_crd_schema
+
+    if args.what == "schema":
+        print(json.dumps(workload_crd_schema() if args.crd else config_schema(), indent=2))
+    else:
+        print(config_reference(), end="")
     return 0
 
 
@@ -356,9 +376,29 @@ def build_parser() -> argparse.ArgumentParser:
         admin_args(p, 600.0, f"the {name} to finish: the answer comes when it is done")
         p.set_defaults(func=cmd_lifecycle)
 
-    check = sub.add_parser("check", help="what this machine supports and which engine will be used")
+    check = sub.add_parser(
+        "check",
+        help="what this machine supports, which engine will be used, and whether the config's "
+        "workloads can start here (exit 1 when one cannot)",
+    )
     check.add_argument("-c", "--config", help="YAML config (default: the embedded default)")
+    check.add_argument("--state-dir", help="state directory (default from config)")
     check.set_defaults(func=cmd_check)
+
+    config = sub.add_parser(
+        "config", help="print the config file's JSON Schema or its reference (docs/config.md)"
+    )
+    config.add_argument(
+        "what",
+        choices=["schema", "docs"],
+        help="schema: JSON Schema for editors (YAML language servers); docs: Markdown reference",
+    )
+    config.add_argument(
+        "--crd",
+        action="store_true",
+        help="schema: one workload as a Kubernetes structural OpenAPI v3 schema instead",
+    )
+    config.set_defaults(func=cmd_config)
 
     snaps = sub.add_parser(
         "snapshots",
