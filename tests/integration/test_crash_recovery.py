@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
 from snapshots import CriuEngine, SnapshotStore, process_tree
 from tests.conftest import TESTS
@@ -37,15 +38,18 @@ def _dormant(tmp: Path) -> Dormant:
     )
 
 
-def _kill_when(d: Dormant, state: str, action: Callable[[], object]) -> list[int]:
-    """Run ``action`` in a thread; SIGKILL the activator once the workload is in ``state``.
-    Returns every pid of the activator's process tree at that moment."""
+def _kill_when(
+    d: Dormant, state: str, action: Callable[[], object], delay: float = 0.0
+) -> list[int]:
+    """Run ``action`` in a thread; SIGKILL the activator ``delay`` seconds after the
+    workload is in ``state``. Returns every pid of the activator's process tree then."""
     thread = threading.Thread(target=lambda: _quietly(action), daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
     while d.workload("big")["state"] != state:
         assert time.monotonic() < deadline, d.workload("big")
         time.sleep(0.01)
+    time.sleep(delay)
     assert d.proc is not None
     tree = process_tree(d.proc.pid)
     os.kill(d.proc.pid, signal.SIGKILL)
@@ -104,7 +108,18 @@ def test_sigkill_during_checkpoint(tmp_path: Path, criu: CriuEngine) -> None:
         d.stop()
 
 
-def test_sigkill_during_restore(tmp_path: Path, criu: CriuEngine) -> None:
+def _listeners(port: int) -> int:
+    """LISTEN sockets on ``port`` (from /proc/net/tcp)."""
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(
+        1 for ln in lines if int(ln.split()[1].split(":")[1], 16) == port and ln.split()[3] == "0A"
+    )
+
+
+# Killed as the restore starts, and part-way through it (criu has forked the tree and is
+# filling its memory): the tree must not outlive Dormant, nor be restored a second time.
+@pytest.mark.parametrize("delay", [0.0, 0.25])
+def test_sigkill_during_restore(tmp_path: Path, criu: CriuEngine, delay: float) -> None:
     d = _dormant(tmp_path).start()
     try:
         first = httpx.post(f"{d.url}/v1/x", json={"model": "big-model"}, timeout=120).json()
@@ -116,6 +131,7 @@ def test_sigkill_during_restore(tmp_path: Path, criu: CriuEngine) -> None:
             d,
             "restoring",
             lambda: httpx.post(f"{d.url}/v1/x", json={"model": "big-model"}, timeout=120),
+            delay,
         )
         d.start()
         _assert_no_orphans(tree)
@@ -125,5 +141,6 @@ def test_sigkill_during_restore(tmp_path: Path, criu: CriuEngine) -> None:
         assert again.status_code == 200
         assert again.json()["boot_id"] == first["boot_id"], "restored, not cold booted"
         assert again.headers["x-dormant-wake"].startswith("restore; ")
+        assert _listeners(port) == 1, "exactly one server listens: no second copy"
     finally:
         d.stop()
