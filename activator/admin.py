@@ -16,7 +16,20 @@ from .check import EngineSetup
 from .errors import NotFound, OperationFailed, Unauthorized
 from .resolve import Registry
 
-__all__ = ["admin_router", "health_router"]
+__all__ = ["admin_router", "authorize", "health_router"]
+
+
+def authorize(request: Request, token: str, area: str = "admin API") -> None:
+    """Nothing when ``token`` is empty or the request carries it as a bearer token
+    (compared in constant time); else 401."""
+    if not token:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+        raise Unauthorized(
+            f"{area}: missing or wrong bearer token (send 'Authorization: Bearer TOKEN')",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
 
 def health_router(registry: Callable[[], Registry]) -> APIRouter:
@@ -38,18 +51,9 @@ def admin_router(registry: Callable[[], Registry], token: str, engine: EngineSet
     """Workloads, hibernate, wake: behind the bearer token when one is set."""
     router = APIRouter(prefix="/-")
 
-    def authorize(request: Request) -> None:
-        if not token:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-            raise Unauthorized(
-                "admin API: missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
-            )
-
     @router.get("/workloads")
     async def workloads(request: Request) -> dict[str, object]:
-        authorize(request)
+        authorize(request, token)
         return {
             "engine": {"name": engine.choice.name, "reason": engine.choice.reason},
             "workloads": [w.view() for w in registry()],
@@ -57,12 +61,12 @@ def admin_router(registry: Callable[[], Registry], token: str, engine: EngineSet
 
     @router.get("/workloads/{name}")
     async def workload_detail(request: Request, name: str) -> dict[str, object]:
-        authorize(request)
+        authorize(request, token)
         return registry().by_name(name).view()
 
     @router.post("/workloads/{name}/hibernate")
     async def hibernate(request: Request, name: str) -> dict[str, object]:
-        authorize(request)
+        authorize(request, token)
         workload = registry().by_name(name)
         try:
             await workload.hibernate("admin request")
@@ -76,7 +80,7 @@ def admin_router(registry: Callable[[], Registry], token: str, engine: EngineSet
     async def snapshots(request: Request, workload: str | None = None) -> dict[str, object]:
         """The snapshot store this activator uses (an absolute path) and every entry in
         it with its status and reason: `dormant snapshots` asks here, to read that store."""
-        authorize(request)
+        authorize(request, token)
         settings = getattr(request.app.state, "settings", None)
         if settings is None:
             raise NotFound("this listener does not know the activator's snapshot store")
@@ -89,7 +93,7 @@ def admin_router(registry: Callable[[], Registry], token: str, engine: EngineSet
 
     @router.post("/workloads/{name}/wake")
     async def wake(request: Request, name: str) -> dict[str, object]:
-        authorize(request)
+        authorize(request, token)
         workload = registry().by_name(name)
         await workload.wake()
         return workload.view()

@@ -18,35 +18,39 @@ import httpx
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from snapshots import SnapshotStore
 from warmpool import CgroupTree, LocalRuntime
 
-from .admin import admin_router, health_router
+from .access import TracedFastAPI, record
+from .admin import admin_router, authorize, health_router
 from .check import EngineSetup, detect_engine
 from .errors import (
     ActivatorError,
     BadRequest,
     ClientGone,
+    MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     error_response,
 )
 from .idle import Reaper
+from .limits import BodyClock
 from .metrics import Metrics
 from .notebooks import ActivityProbe
 from .proxy import (
     Call,
     Timeouts,
     forward,
-    request_id,
     upstream_session,
     waking_stream,
 )
-from .resolve import Registry
+from .resolve import Registry, confined
 from .settings import Settings, WorkloadSettings
 from .specs import spec_factory
-from .websocket import proxy_websocket
+from .websocket import proxy_websocket, refuse
 from .workload import Lease, Workload
 
 __all__ = ["create_admin_app", "create_app"]
@@ -57,14 +61,33 @@ MAX_WEBSOCKET_MESSAGE = 64 << 20
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
+    """The whole body: at most ``limit`` bytes (413), not too slowly (408, see
+    ``limits.BodyClock``); a client that leaves mid-body is ClientGone (one INFO line)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the {limit}-byte limit")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
+    chunks, clock = [], BodyClock()
+    stream = request.stream()
+    while True:
+        try:
+            async with asyncio.timeout(max(clock.next_wait(), 0.0)):
+                chunk = await anext(stream)
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise clock.error() from None
+        except ClientDisconnect:
+            log.info(
+                "client left mid-body after %d bytes (request_id=%s)",
+                clock.size,
+                record(request).request_id,
+            )
+            raise ClientGone("client left while sending its request body") from None
+        clock.received(len(chunk))
+        if clock.size > limit:
+            raise PayloadTooLarge(
+                f"request body exceeds the {limit}-byte limit", headers={"Connection": "close"}
+            )
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -110,14 +133,37 @@ async def _acquire_or_abandon(request: Request, workload: Workload) -> Lease:
     return acquiring.result()
 
 
+def _from_http_exception(request: Request, exc: HTTPException) -> ActivatorError:
+    """Starlette's own 404/405 (routes no handler matched) in the one error shape."""
+    path = request.scope.get("raw_path", b"").decode("latin-1") or request.url.path
+    error: ActivatorError
+    if exc.status_code == 404:
+        error = NotFound(f"no route for {path} here")
+    elif exc.status_code == 405:
+        error = MethodNotAllowed(
+            f"{request.method} is not allowed on {path}", headers=dict(exc.headers or {})
+        )
+    else:
+        error = ActivatorError(str(exc.detail), headers=dict(exc.headers or {}))
+        error.status, error.code = exc.status_code, f"http_{exc.status_code}"
+    return error
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ActivatorError)
     async def _activator_error(request: Request, exc: ActivatorError) -> Response:
+        rec = record(request)
+        rec.outcome = exc.code
+        rec.workload = rec.workload or (exc.workload or "")
         return error_response(exc)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> Response:
+        return await _activator_error(request, _from_http_exception(request, exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-        return error_response(BadRequest(f"invalid request: {exc.errors()}"))
+        return await _activator_error(request, BadRequest(f"invalid request: {exc.errors()}"))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -136,7 +182,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def create_admin_app(app: FastAPI) -> FastAPI:
     """The admin API alone, for `admin_listen`; it serves ``app``'s workloads."""
-    admin = FastAPI(title="Dormant admin", docs_url=None, redoc_url=None)
+    admin = TracedFastAPI(title="Dormant admin", docs_url=None, redoc_url=None)
     admin.state.settings = app.state.settings  # e.g. /-/snapshots reports its state dir
     _install_error_handlers(admin)
     admin.include_router(health_router(lambda: app.state.registry))
@@ -198,7 +244,8 @@ def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI
                 await reaper.stop()
                 await asyncio.gather(*(w.shutdown(settings.on_shutdown) for w in workloads))
 
-    app = FastAPI(title="Dormant activator", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = TracedFastAPI(title="Dormant activator", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.access_metrics = metrics  # dormant_requests_total, counted with the access line
     app.state.settings = settings
     app.state.engine = setup
     app.state.admin_token = settings.resolved_admin_token()
@@ -218,19 +265,16 @@ def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI
             path,
             _timeouts(workload.settings),
             workload.name,
-            request_id(request),
+            record(request),
             metrics,
         )
+        call.record.workload = workload.name
         lease = workload.try_acquire()
         if lease is None:
             every = workload.settings.wake_keepalive
             if stream and every > 0:
                 return waking_stream(call, workload.acquire, every)
-            try:
-                lease = await _acquire_or_abandon(request, workload)
-            except ActivatorError as exc:
-                metrics.requests.labels(workload.name, exc.code).inc()
-                raise
+            lease = await _acquire_or_abandon(request, workload)
         return await forward(call, lease)
 
     # -- OpenAI surface ----------------------------------------------------------------
@@ -256,10 +300,23 @@ def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI
 
     @app.post("/v1/{path:path}")
     async def openai(request: Request, path: str) -> Response:
+        path = confined(request.scope["raw_path"].decode("latin-1"), "/v1")
         body = await _read_body(request, settings.max_body_bytes)
         model, stream = _parse_openai(body)
         workload = registry().by_model(model)
-        return await proxy(request, workload, body, stream, request.url.path)
+        return await proxy(request, workload, body, stream, path)
+
+    @app.api_route(
+        "/v1/{path:path}",
+        methods=["GET", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+        include_in_schema=False,
+    )
+    async def openai_wrong_method(request: Request, path: str) -> Response:
+        allow = "GET" if path == "models" or path.startswith("models/") else "POST"
+        raise MethodNotAllowed(
+            f"{request.method} is not allowed on /v1/{path}; it takes {allow}",
+            headers={"Allow": allow},
+        )
 
     # -- admin, metrics ----------------------------------------------------------------
 
@@ -267,36 +324,41 @@ def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI
         app.include_router(admin_router(registry, app.state.admin_token, setup))
     app.include_router(health_router(registry))
 
+    # a metrics token if one is set, else the admin token if one is set, else open
+    metrics_token = settings.resolved_metrics_token() or app.state.admin_token
+
     @app.get("/metrics")
-    async def prometheus() -> Response:
+    async def prometheus(request: Request) -> Response:
+        authorize(request, metrics_token, "/metrics")
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     # -- `http` workloads: by Host or path prefix, HTTP and WebSocket --------------------
 
-    def http_route(path: str, host: str) -> tuple[Workload, str]:
-        workload = registry().by_route(path, host)
-        if workload is None:
+    def http_route(raw_path: bytes, host: str) -> tuple[Workload, str]:
+        """The workload and the raw path to forward (see ``Registry.by_route``)."""
+        path = raw_path.decode("latin-1")
+        route = registry().by_route(path, host)
+        if route is None:
             raise NotFound(
-                f"no route for {path}; Dormant serves /v1/* (by model), "
-                "/-/* (admin), /metrics and the configured path prefixes / hosts"
+                f"no route for {path[:200]}; Dormant serves POST /v1/* (by model), "
+                "GET /v1/models, /-/* (admin), /metrics and the configured path "
+                "prefixes / hosts"
             )
-        s = workload.settings
-        if s.strip_prefix and s.path_prefix and path.startswith(s.path_prefix):
-            path = path[len(s.path_prefix) :] or "/"
-        return workload, path
+        return route.workload, route.path
 
     @app.websocket("/{path:path}")
     async def websocket_route(websocket: WebSocket, path: str) -> None:
+        rec = record(websocket)
         try:
             workload, upstream_path = http_route(
-                websocket.url.path, websocket.headers.get("host", "")
+                websocket.scope["raw_path"], websocket.headers.get("host", "")
             )
+            rec.workload = workload.name
             connection = await workload.connect()
         except ActivatorError as exc:
-            await websocket.close(
-                code=1008 if exc.status == 404 else 1013, reason=exc.message[:120]
-            )
+            await refuse(websocket, exc)
             return
+        rec.wake = connection.waited
         try:
             await proxy_websocket(
                 websocket,
@@ -312,7 +374,9 @@ def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI
         "/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
     )
     async def http_workload(request: Request, path: str) -> Response:
-        workload, upstream_path = http_route(request.url.path, request.headers.get("host", ""))
+        workload, upstream_path = http_route(
+            request.scope["raw_path"], request.headers.get("host", "")
+        )
         body = await _read_body(request, settings.max_body_bytes)
         return await proxy(request, workload, body, False, upstream_path)
 

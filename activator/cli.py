@@ -44,6 +44,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     from .app import create_admin_app, create_app
     from .check import check_state_dir, detect_engine
+    from .limits import BoundedHttpToolsProtocol
 
     settings = _load(args)
     # Config errors that need the filesystem, before anything starts (exit 2, one line):
@@ -61,16 +62,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(
         f"dormant: engine {setup.choice.name} — {setup.choice.reason}", file=sys.stderr, flush=True
     )
-    if not token:
-        print(
-            "dormant: no admin token set: /-/* admin routes are open to anyone who can reach "
-            f"{settings.admin_listen or settings.listen}",
-            file=sys.stderr,
-            flush=True,
-        )
     app = create_app(settings, setup)
+    _print_addresses(settings, token)
     # The upstream's own Server and Date headers pass through unchanged.
     options: dict[str, Any] = {
+        # bounded request heads (431 over 64 KiB, 408 after 30 s): activator/limits.py
+        "http": BoundedHttpToolsProtocol,
         "log_level": "warning",
         "access_log": False,
         "server_header": False,
@@ -104,6 +101,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_addresses(settings: Settings, token: str) -> None:
+    """Where Dormant serves, and where its admin API is (one line each, on stderr)."""
+    access = "token required" if token else "no admin token: open to anyone who can reach it"
+    serving = f"dormant: serving on http://{settings.listen}"
+    if settings.admin_listen:
+        lines = [serving, f"dormant: admin API on http://{settings.admin_listen} ({access})"]
+    else:
+        lines = [f"{serving} (admin API on the same address, {access})"]
+    for line in lines:
+        print(line, file=sys.stderr, flush=True)
+
+
 def _admin(args: argparse.Namespace, method: str, path: str) -> dict[str, Any]:
     token = os.environ.get("DORMANT_ADMIN_TOKEN", "")
     if args.token_file:
@@ -125,6 +134,13 @@ def _admin(args: argparse.Namespace, method: str, path: str) -> dict[str, Any]:
         data = {"error": {"message": response.text[:300]}}
     if response.status_code >= 400:
         message = data.get("error", {}).get("message", response.reason_phrase)
+        if response.status_code == 401:
+            message += (
+                "; pass the admin token with --token-file FILE or $DORMANT_ADMIN_TOKEN"
+                if not token
+                else "; the token given (--token-file or $DORMANT_ADMIN_TOKEN) is not this "
+                "activator's admin token"
+            )
         raise RuntimeError(f"{method} {path}: {response.status_code}: {message}")
     result: dict[str, Any] = data
     return result
@@ -353,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="activator URL (default $DORMANT_URL or http://127.0.0.1:8080)",
         )
         p.add_argument(
-            "--token-file", help="file with the admin token (default $DORMANT_ADMIN_TOKEN)"
+            "--token-file", help="file holding the admin token (default: $DORMANT_ADMIN_TOKEN)"
         )
         p.add_argument(
             "--timeout",

@@ -14,13 +14,17 @@ from fastapi.responses import JSONResponse
 
 __all__ = [
     "ActivatorError",
+    "BadPath",
     "BadRequest",
     "ClientGone",
     "Conflict",
+    "HeadersTooLarge",
+    "MethodNotAllowed",
     "NotFound",
     "OperationFailed",
     "PayloadTooLarge",
     "QueueFull",
+    "RequestTimeout",
     "Unauthorized",
     "UpstreamError",
     "UpstreamTimeout",
@@ -63,12 +67,35 @@ class BadRequest(ActivatorError):
     status, code, type = 400, "bad_request", "invalid_request_error"
 
 
+class BadPath(BadRequest):
+    """The path is routed differently once decoded and normalised (``%2e%2e``, ``..%2f``,
+    ``..;``), or climbs out of its workload's prefix: refused rather than guessed."""
+
+    code = "bad_path"
+
+
 class Unauthorized(ActivatorError):
     status, code, type = 401, "unauthorized", "authentication_error"
 
 
 class NotFound(ActivatorError):
     status, code, type = 404, "not_found", "invalid_request_error"
+
+
+class MethodNotAllowed(ActivatorError):
+    """The route exists, not for this method; ``Allow`` names the ones it takes."""
+
+    status, code, type = 405, "method_not_allowed", "invalid_request_error"
+
+
+class RequestTimeout(ActivatorError):
+    """The client sent its request head or body too slowly."""
+
+    status, code, type = 408, "request_timeout", "invalid_request_error"
+
+
+class HeadersTooLarge(ActivatorError):
+    status, code, type = 431, "headers_too_large", "invalid_request_error"
 
 
 class PayloadTooLarge(ActivatorError):

@@ -17,10 +17,12 @@ from starlette.websockets import WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
+from .access import record
+from .errors import ActivatorError, UpstreamError, UpstreamTimeout, error_response
 from .proxy import clean_headers
 from .workload import Connection
 
-__all__ = ["proxy_websocket"]
+__all__ = ["proxy_websocket", "refuse"]
 
 log = logging.getLogger("dormant.websocket")
 
@@ -32,6 +34,19 @@ _SKIP = (
     "sec-websocket-extensions",
     "sec-websocket-protocol",
 )
+
+
+async def refuse(websocket: WebSocket, error: ActivatorError) -> None:
+    """Refuse an upgrade: an HTTP answer in the JSON error shape where the server can
+    send one (uvicorn's websocket.http.response extension), else close 1008 (policy)
+    before accepting, with the message as the reason."""
+    rec = record(websocket)
+    rec.outcome = error.code
+    rec.workload = rec.workload or (error.workload or "")
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(error_response(error))
+    else:
+        await websocket.close(code=1008, reason=error.message[:120])
 
 
 async def _client_to_upstream(
@@ -92,14 +107,19 @@ async def proxy_websocket(
     except InvalidStatus as exc:
         status = exc.response.status_code
         log.info("upstream refused websocket %s: %d", path, status)
-        await websocket.close(
-            code=1008 if status in (401, 403) else 1011, reason=f"upstream answered {status}"
-        )
+        record(websocket).upstream = status
+        refused = UpstreamError(f"the upstream refused the WebSocket with {status}")
+        refused.status = status if 400 <= status < 600 else 502
+        await refuse(websocket, refused)
         return
-    except (OSError, TimeoutError, WebSocketException) as exc:
+    except TimeoutError:
+        await refuse(websocket, UpstreamTimeout("the upstream did not accept the WebSocket"))
+        return
+    except (OSError, WebSocketException) as exc:
         log.warning("cannot open upstream websocket %s: %r", path, exc)
-        await websocket.close(code=1011, reason="upstream unavailable")
+        await refuse(websocket, UpstreamError(f"cannot open the upstream WebSocket: {exc!r}"))
         return
+    record(websocket).upstream = 101
     try:
         await websocket.accept(subprotocol=upstream.subprotocol)
         tasks = [

@@ -1,13 +1,26 @@
 """Issue 3: the activator as a data plane, against real upstream servers on loopback:
 routing by path and Host, header hygiene, WebSockets across a wake, admin auth,
-keep-alive while waking, timeouts, client disconnects, and a 1,000-request burst."""
+keep-alive while waking, timeouts, client disconnects, and a 1,000-request burst.
+
+Issue 8 (items 6, 8, 11, 12) and issue 12 (items 1, 2, 5): upstreams that break
+mid-stream, Expect: 100-continue, bounded request heads and bodies, 405s, /metrics
+auth, every answer traceable, and failures while a stream waits for a wake."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -15,10 +28,12 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from snapshots import CriuEngine
-from tests.conftest import TESTS
+from tests.conftest import TESTS, free_port
 from tests.integration.harness import Dormant
+from tests.integration.wire import access_lines, read_body, read_head
 
 APP = ["{python}", str(TESTS / "servers" / "http_app.py"), "--port", "{port}"]
+ECHO = ["{python}", str(TESTS / "servers" / "raw_echo.py"), "--port", "{port}"]
 TOKEN = "s3cret-admin-token-value"
 
 
@@ -67,6 +82,45 @@ def plane(tmp_path_factory: pytest.TempPathFactory, criu: CriuEngine) -> Iterato
                 "models": ["lazy-model"],
                 "idle_after": 0,
                 "command": [*APP, "--boot-delay", "3"],
+            },
+            {
+                "name": "raw",
+                "kind": "http",
+                "path_prefix": "/raw",
+                "strip_prefix": True,
+                "command": ECHO,
+                "idle_after": 0,
+            },
+            {  # its instance is killed by the test
+                "name": "doomed",
+                "kind": "http",
+                "path_prefix": "/doomed",
+                "strip_prefix": True,
+                "command": ECHO,
+                "idle_after": 0,
+            },
+            {
+                "name": "narrow",
+                "models": ["narrow-model"],
+                "idle_after": 0,
+                "queue_depth": 1,
+                "wake_timeout": "1s",
+                "command": [*APP, "--boot-delay", "4"],
+            },
+            {
+                "name": "broken",
+                "models": ["broken-model"],
+                "idle_after": 0,
+                "wake_keepalive": "0.3s",
+                "command": ["{python}", "-c", "import sys; print('no model here'); sys.exit(3)"],
+            },
+            {
+                "name": "sluggish",
+                "models": ["sluggish-model"],
+                "idle_after": 0,
+                "wake_timeout": "1s",
+                "wake_keepalive": "0.3s",
+                "command": [*APP, "--boot-delay", "4"],
             },
             {
                 "name": "burst",
@@ -169,23 +223,40 @@ def test_stream_gets_keepalive_comments_while_waking(plane: Dormant) -> None:
         f"{plane.url}/v1/completions",
         timeout=60,
         json={"model": "slow-model", "stream": True},
+        headers={"X-Request-Id": "keepalive-ok"},
     ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["x-request-id"] == "keepalive-ok"
         lines = [line for line in response.iter_lines() if line]
     waking = [line for line in lines if line.startswith(": waking slowboot")]
     assert len(waking) >= 3, lines  # 2.5 s boot, a comment every 0.5 s
     assert lines.index(waking[0]) == 0
+    # the headers went out before the wake: it is announced in the header's form
+    wake = [line for line in lines if line.startswith(": dormant-wake ")]
+    assert len(wake) == 1 and wake[0].startswith(": dormant-wake boot; "), lines
     assert any('"boot_id"' in line for line in lines), "the upstream's body follows"
+    (line,) = access_lines(plane, "keepalive-ok")
+    assert "workload=slowboot " in line and "status=200 upstream=200 outcome=ok " in line
+    assert 'wake="boot; ' in line
 
 
 def test_stream_idle_and_first_byte_timeouts(plane: Dormant) -> None:
     started = time.monotonic()
-    with httpx.stream("GET", f"{plane.url}/stalls/stall", timeout=60) as response:
+    body = b""
+    with (
+        httpx.stream(
+            "GET", f"{plane.url}/stalls/stall", timeout=60, headers={"X-Request-Id": "stalled"}
+        ) as response,
+        pytest.raises(httpx.RemoteProtocolError),  # aborted: not a clean end
+    ):
         assert response.status_code == 200
-        body = b"".join(response.iter_raw())
+        for chunk in response.iter_raw():
+            body += chunk
     assert body == b"first chunk\n"
     assert time.monotonic() - started < 30, "a silent stream is closed, not left hanging"
+    (line,) = access_lines(plane, "stalled")
+    assert "status=200 upstream=200 outcome=upstream_timeout " in line
     slow = httpx.get(f"{plane.url}/stalls/slow", timeout=60)
     assert slow.status_code == 504 and slow.json()["error"]["code"] == "upstream_timeout"
 
@@ -254,3 +325,414 @@ def test_burst_of_1000_at_a_hibernated_workload(plane: Dormant) -> None:
     assert view["counters"]["restores"] == restores_before + 1
     assert view["waiting"] == 0 and view["in_flight"] == 0
     assert rss_after - rss_before < 200 * 1024, "activator memory must stay bounded"
+
+
+# -- issue 8.6: an upstream that breaks mid-body is not a success ---------------------------
+
+
+def _metric(d: Dormant, series: str) -> float:
+    text = httpx.get(f"{d.url}/metrics", headers=AUTH, timeout=10).text
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def _sse_until_dropped(
+    url: str, rid: str, on_data: Callable[[dict[str, Any]], None] | None = None
+) -> list[str]:
+    """The lines of an SSE stream the activator aborts (no terminating chunk)."""
+    lines: list[str] = []
+    with httpx.stream("GET", url, timeout=30, headers={"X-Request-Id": rid}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "text/event-stream"
+        with pytest.raises(httpx.RemoteProtocolError):  # the client can tell: incomplete
+            for line in response.iter_lines():
+                lines.append(line)
+                if on_data is not None and line.startswith("data: "):
+                    on_data(json.loads(line[6:]))
+                    on_data = None
+    return lines
+
+
+def _error_event(lines: list[str]) -> dict[str, Any]:
+    """The one `event: error` (the last event), in the form OpenAI clients raise on."""
+    events = [i for i, line in enumerate(lines) if line == "event: error"]
+    assert len(events) == 1, lines
+    data = lines[events[0] + 1]
+    assert data.startswith("data: ") and not any(
+        line.startswith("data: ") for line in lines[events[0] + 2 :]
+    ), lines
+    error: dict[str, Any] = json.loads(data[6:])["error"]
+    assert error["message"] and error["type"] and error["code"], error
+    return error
+
+
+def test_upstream_killed_mid_stream_is_not_a_success(plane: Dormant) -> None:
+    series = 'dormant_requests_total{outcome="upstream_error",workload="doomed"}'
+    before = _metric(plane, series)
+    killed: list[int] = []
+
+    def kill(event: dict[str, Any]) -> None:  # the server's PID on the host, from its stream
+        os.kill(event["pid"], signal.SIGKILL)
+        killed.append(event["pid"])
+
+    lines = _sse_until_dropped(f"{plane.url}/doomed/sse-then-hang", "killed-mid-stream", kill)
+    assert killed and lines[0].startswith("data: ")
+    error = _error_event(lines)
+    assert error["code"] == "upstream_error" and error["workload"] == "doomed"
+    (line,) = access_lines(plane, "killed-mid-stream")
+    assert "workload=doomed " in line and "status=200 upstream=200 outcome=upstream_broke " in line
+    assert _metric(plane, series) == before + 1
+    assert "without completing response" not in plane.log(), "an abort on purpose is no ERROR"
+
+
+def test_upstream_closing_its_socket_mid_body(plane: Dormant) -> None:
+    lines = _sse_until_dropped(f"{plane.url}/raw/sse-then-close", "closed-mid-sse")
+    assert [line for line in lines if line.startswith('data: {"n"')], lines
+    assert _error_event(lines)["code"] == "upstream_error"
+    (line,) = access_lines(plane, "closed-mid-sse")
+    assert "status=200 upstream=200 outcome=upstream_broke " in line
+
+    received = b""
+    with (
+        httpx.stream(
+            "GET", f"{plane.url}/raw/short-body", timeout=30, headers={"X-Request-Id": "short"}
+        ) as response,
+        pytest.raises(httpx.RemoteProtocolError),
+    ):
+        assert response.status_code == 200 and response.headers["content-length"] == "100"
+        for chunk in response.iter_raw():
+            received += chunk
+    assert received == b"0123456789", "no error text is mixed into a non-SSE body"
+    (line,) = access_lines(plane, "short")
+    assert "status=200 upstream=200 outcome=upstream_broke " in line
+
+
+def test_client_leaving_mid_response_is_client_gone(plane: Dormant) -> None:
+    with httpx.stream(
+        "GET", f"{plane.url}/raw/sse-then-hang", timeout=30, headers={"X-Request-Id": "left"}
+    ) as response:
+        assert next(response.iter_lines()).startswith("data: ")
+    (line,) = access_lines(plane, "left")
+    assert "status=200 upstream=200 outcome=client_gone " in line
+    assert _admin(plane, "GET", "/workloads/raw").json()["in_flight"] == 0, "lease released"
+
+
+# -- issue 8.8: Expect: 100-continue ---------------------------------------------------------
+
+
+def test_expect_100_continue_with_an_upstream_that_never_answers_100(plane: Dormant) -> None:
+    """Like curl with a large upload: send the head with Expect, wait for 100, then the
+    body. The upstream is Python's http.server, which never sends 100 Continue."""
+    body = b"x" * 200_000
+    with socket.create_connection(("127.0.0.1", plane.port), timeout=30) as sock:
+        sock.sendall(
+            b"PUT /raw/upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+            b"Expect: 100-continue\r\nX-Request-Id: expect-100\r\n\r\n" % len(body)
+        )
+        status, _, _ = read_head(sock)
+        assert status == 100
+        sock.sendall(body)
+        status, headers, rest = read_head(sock)  # within 30 s: not first_byte_timeout
+        seen = json.loads(read_body(sock, headers, rest))
+    assert status == 200 and seen["body_bytes"] == len(body), seen
+    assert "expect" not in seen["headers"], "the body was read already: Expect is dropped"
+
+
+# -- issue 8.11: bounded request heads and bodies --------------------------------------------
+
+
+def _client_sockets(pid: int, port: int) -> int:
+    """Connections to ``port`` that process ``pid`` holds open (its accepted sockets)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] != "0A":  # not LISTEN
+                inodes.add(fields[9])
+    held = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            held += link.startswith("socket:[") and link[8:-1] in inodes
+    return held
+
+
+def test_oversized_request_heads_get_431(plane: Dormant) -> None:
+    with socket.create_connection(("127.0.0.1", plane.port), timeout=30) as sock:
+        sock.sendall(
+            b"GET /raw/x HTTP/1.1\r\nHost: x\r\nX-Request-Id: big-head\r\n"
+            b"X-Big: " + b"a" * 100_000 + b"\r\n\r\n"
+        )
+        status, headers, rest = read_head(sock)
+        answer = json.loads(read_body(sock, headers, rest))
+    assert status == 431 and headers["x-request-id"] == "big-head", headers
+    assert answer["error"]["code"] == "headers_too_large"
+    (line,) = access_lines(plane, "big-head")
+    assert "status=431 " in line and "outcome=headers_too_large " in line
+
+    # 32 MiB of header: refused after 64 KiB, never buffered whole
+    assert plane.proc is not None
+    rss_before = _rss_kib(plane.proc.pid)
+    with socket.create_connection(("127.0.0.1", plane.port), timeout=30) as sock:
+        sock.sendall(b"GET /raw/x HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        for _ in range(32):
+            if select.select([sock], [], [], 0)[0]:
+                break  # the answer is there: stop sending
+            try:
+                sock.sendall(b"a" * (1 << 20))
+            except OSError:
+                break
+        status, _, _ = read_head(sock)
+    assert status == 431
+    assert _rss_kib(plane.proc.pid) - rss_before < 16 * 1024, "the head was not buffered"
+
+
+def test_trickling_clients_are_cut_off(plane: Dormant) -> None:
+    """50 connections trickle a byte every 2 s: 25 in the request head, 25 in a body the
+    activator reads; each gets 408 after about 30 s and its socket is closed. 5 more
+    trickle a body nobody reads (the answer is out): closed by the keep-alive timeout."""
+    assert plane.proc is not None
+    pid = plane.proc.pid
+    before = _client_sockets(pid, plane.port)
+    heads = [
+        b"GET /raw/x HTTP/1.1\r\nHost: x\r\nX-Request-Id: trickle-%d\r\nX-Slow: " % i
+        for i in range(25)
+    ]
+    bodies = [
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nX-Request-Id: trickle-%d\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n" % i
+        for i in range(25, 50)
+    ]
+    unread = [
+        b"GET /-/healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" for _ in range(5)
+    ]
+
+    async def trickle(first: bytes) -> tuple[int | None, bool]:
+        """(status of the answer, whether the socket was then closed by the server)."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", plane.port)
+        writer.write(first)
+        status: int | None = None
+        try:
+            while True:
+                try:
+                    data = await asyncio.wait_for(reader.read(65536), 2.0)
+                except TimeoutError:
+                    writer.write(b"a")
+                    await writer.drain()
+                    continue
+                if not data:
+                    return status, True
+                if status is None:
+                    status = int(data.split()[1])
+        except ConnectionError:
+            return status, True
+        finally:
+            writer.close()
+
+    async def run() -> tuple[list[tuple[int | None, bool]], int]:
+        tasks = [asyncio.ensure_future(trickle(first)) for first in heads + bodies + unread]
+        await asyncio.sleep(5)
+        during = _client_sockets(pid, plane.port)
+        async with asyncio.timeout(90):
+            return list(await asyncio.gather(*tasks)), during
+
+    results, during = asyncio.run(run())
+    print(f"\nclient sockets held: {before} before, {during} while 55 trickle, ", end="")
+    assert during >= before + 55
+    assert results[:50] == [(408, True)] * 50, results
+    assert results[50:] == [(200, True)] * 5, results
+    deadline = time.monotonic() + 10
+    while _client_sockets(pid, plane.port) > before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    after = _client_sockets(pid, plane.port)
+    print(f"{after} after")
+    assert after <= before
+    (line,) = access_lines(plane, "trickle-3")
+    assert "status=408 " in line and "outcome=request_timeout " in line
+    (line,) = access_lines(plane, "trickle-30")
+    assert "status=408 " in line and "outcome=request_timeout " in line
+
+
+# -- issue 8.12, 12.5: 405, client disconnects -----------------------------------------------
+
+
+def test_wrong_methods_on_the_openai_surface_get_405(plane: Dormant) -> None:
+    for method in ("GET", "PUT", "OPTIONS", "HEAD", "DELETE"):
+        response = httpx.request(method, f"{plane.url}/v1/completions", timeout=10)
+        assert response.status_code == 405, (method, response.text)
+        assert response.headers["allow"] == "POST" and response.headers["x-request-id"]
+        if method != "HEAD":
+            assert response.json()["error"]["code"] == "method_not_allowed"
+    assert httpx.get(f"{plane.url}/v1/models", timeout=10).status_code == 200
+    models = httpx.delete(f"{plane.url}/v1/models", timeout=10)
+    assert models.status_code == 405 and models.headers["allow"] == "GET"
+
+
+def test_client_leaving_mid_body_is_one_info_line(plane: Dormant) -> None:
+    with socket.create_connection(("127.0.0.1", plane.port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nX-Request-Id: left-mid-body\r\n"
+            b'Content-Length: 1000\r\n\r\n{"model"'
+        )
+        time.sleep(0.3)
+    (line,) = access_lines(plane, "left-mid-body")
+    assert "status=499 " in line and "outcome=client_gone " in line
+    log = plane.log()
+    assert "client left mid-body after 8 bytes (request_id=left-mid-body)" in log
+    assert "ClientDisconnect" not in log and "Exception in ASGI application" not in log
+
+
+# -- issue 12.1: every answer is traceable ---------------------------------------------------
+
+
+def test_every_answer_is_traceable(plane: Dormant) -> None:
+    cases: list[tuple[str, str, str, dict[str, Any], int, str]] = [
+        ("t-bad-json", "POST", "/v1/completions", {"content": b"{nope"}, 400, "bad_request"),
+        ("t-no-model", "POST", "/v1/completions", {"json": {"model": "nope"}}, 404, "not_found"),
+        ("t-no-route", "GET", "/nowhere", {}, 404, "not_found"),
+        ("t-405", "GET", "/v1/completions", {}, 405, "method_not_allowed"),
+        ("t-401", "GET", "/-/workloads", {}, 401, "unauthorized"),
+        ("t-admin", "GET", "/-/workloads", {"headers": AUTH}, 200, "ok"),
+        ("t-models", "GET", "/v1/models", {}, 200, "ok"),
+        ("t-healthz", "GET", "/-/healthz", {}, 200, "ok"),
+        ("t-metrics-401", "GET", "/metrics", {}, 401, "unauthorized"),
+        ("t-metrics", "GET", "/metrics", {"headers": AUTH}, 200, "ok"),
+    ]
+    for rid, method, path, kw, status, outcome in cases:
+        headers = {**kw.pop("headers", {}), "X-Request-Id": rid}
+        response = httpx.request(method, plane.url + path, headers=headers, timeout=30, **kw)
+        assert response.status_code == status, (rid, response.text)
+        assert response.headers["x-request-id"] == rid
+        (line,) = access_lines(plane, rid)
+        assert f" status={status} " in line and f" outcome={outcome} " in line, line
+
+    with socket.create_connection(("127.0.0.1", plane.port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nX-Request-Id: t-413\r\n"
+            b"Content-Length: 999999999999\r\n\r\n"
+        )
+        status, headers, _ = read_head(sock)
+    assert status == 413 and headers["x-request-id"] == "t-413"
+    (line,) = access_lines(plane, "t-413")
+    assert "outcome=payload_too_large " in line
+
+    insane = httpx.get(f"{plane.url}/nowhere", headers={"X-Request-Id": "a b;c"}, timeout=10)
+    fresh = insane.headers["x-request-id"]
+    assert fresh != "a b;c" and len(fresh) == 16 and len(access_lines(plane, fresh)) == 1
+
+    async def waits() -> list[httpx.Response]:  # queue_depth 1, wake_timeout 1 s, 4 s boot
+        async with httpx.AsyncClient(timeout=30) as client:
+
+            def post(rid: str) -> Awaitable[httpx.Response]:
+                return client.post(
+                    f"{plane.url}/v1/completions",
+                    json={"model": "narrow-model"},
+                    headers={"X-Request-Id": rid},
+                )
+
+            first = asyncio.ensure_future(post("t-504"))
+            await asyncio.sleep(0.3)
+            return [await post("t-503"), await first]
+
+    full, late = asyncio.run(waits())
+    assert full.status_code == 503 and full.headers["retry-after"]
+    assert late.status_code == 504
+    for response, rid, outcome in ((full, "t-503", "queue_full"), (late, "t-504", "wake_timeout")):
+        assert response.headers["x-request-id"] == rid
+        (line,) = access_lines(plane, rid)
+        assert "workload=narrow " in line and f"outcome={outcome} " in line
+
+
+# -- issue 12.2: failures while a stream waits for a wake ------------------------------------
+
+
+def _waking_stream(d: Dormant, model: str, rid: str) -> list[str]:
+    """A `stream: true` request that waits for a wake; it must end cleanly."""
+    with httpx.stream(
+        "POST",
+        f"{d.url}/v1/completions",
+        json={"model": model, "stream": True},
+        headers={"X-Request-Id": rid},
+        timeout=60,
+    ) as response:
+        assert response.status_code == 200 and response.headers["x-request-id"] == rid
+        return [line for line in response.iter_lines() if line]
+
+
+def test_wake_failures_while_streaming_are_error_events(plane: Dormant) -> None:
+    lines = _waking_stream(plane, "broken-model", "wake-fails")
+    error = _error_event(lines)
+    assert error["code"] == "wake_failed" and error["workload"] == "broken", error
+    assert lines[-2:] == ["event: error", lines[-1]], "the error ends the stream"
+    (line,) = access_lines(plane, "wake-fails")
+    assert "workload=broken " in line and "status=200 upstream=- outcome=wake_failed " in line
+
+    lines = _waking_stream(plane, "sluggish-model", "wake-too-slow")
+    assert [line for line in lines if line.startswith(": waking sluggish")], lines
+    assert _error_event(lines)["code"] == "wake_timeout"
+    (line,) = access_lines(plane, "wake-too-slow")
+    assert "status=200 upstream=- outcome=wake_timeout " in line
+    assert _metric(plane, 'dormant_requests_total{outcome="wake_failed",workload="broken"}') >= 1
+
+
+# -- issue 8.12, 12.5: /metrics token, the admin listener, what `dormant up` says ------------
+
+
+def test_metrics_token_admin_listener_and_startup_lines(tmp_path: Path) -> None:
+    admin_port = free_port()
+    d = Dormant(
+        tmp_path,
+        [{"name": "idle", "kind": "http", "path_prefix": "/idle", "command": ECHO}],
+        admin_token="adm-token-1",
+        metrics_token="met-token-1",
+        admin_listen=f"127.0.0.1:{admin_port}",
+    )
+    d.start()
+    try:
+        metrics = f"{d.url}/metrics"
+        assert httpx.get(metrics, timeout=10).status_code == 401
+        admin_auth = {"Authorization": "Bearer adm-token-1"}
+        assert httpx.get(metrics, headers=admin_auth, timeout=10).status_code == 401
+        ok = httpx.get(metrics, headers={"Authorization": "Bearer met-token-1"}, timeout=10)
+        assert ok.status_code == 200 and "dormant_workload_state" in ok.text
+
+        admin = f"http://127.0.0.1:{admin_port}"
+        for method, path, status in (("GET", "/metrics", 404), ("POST", "/-/workloads", 405)):
+            response = httpx.request(method, admin + path, headers=admin_auth, timeout=10)
+            assert response.status_code == status and response.headers["x-request-id"]
+            assert set(response.json()) == {"error"} and response.json()["error"]["message"]
+
+        log = d.log()
+        assert f"dormant: serving on http://127.0.0.1:{d.port}\n" in log
+        assert f"dormant: admin API on http://127.0.0.1:{admin_port} (token required)\n" in log
+
+        env = {k: v for k, v in os.environ.items() if k != "DORMANT_ADMIN_TOKEN"}
+        cli = subprocess.run(
+            [sys.executable, "-m", "activator", "status", "--url", admin],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert cli.returncode == 1
+        assert "--token-file FILE or $DORMANT_ADMIN_TOKEN" in cli.stderr, cli.stderr
+    finally:
+        d.stop()
+    usage = subprocess.run(
+        [sys.executable, "-m", "activator", "status", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "file holding the admin token (default: $DORMANT_ADMIN_TOKEN)" in " ".join(
+        usage.stdout.split()
+    )
+
+
+def test_up_prints_where_it_serves_with_a_token_on_one_address(plane: Dormant) -> None:
+    assert (
+        f"dormant: serving on http://127.0.0.1:{plane.port} "
+        "(admin API on the same address, token required)\n"
+    ) in plane.log()
