@@ -1,10 +1,11 @@
-"""When do we give resources back? Pure rules, and the loop that applies them.
+"""The loop that gives resources back: it applies the pure idle rules of
+``warmpool.policy``.
 
 ``should_hibernate`` judges from what the proxy sees: requests in flight or queued,
 and the last activity (requests, WebSocket messages). A notebook server can be busy
 with none of that (a kernel computing for an hour, nobody connected), so before a
 ``jupyter`` workload is hibernated the reaper also asks the server itself, and
-``jupyter_keeps_awake`` decides from its answer.
+``server_keeps_awake`` decides from its answer.
 """
 
 from __future__ import annotations
@@ -16,52 +17,20 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 
 from warmpool import Endpoint
+from warmpool.policy import server_keeps_awake, should_hibernate
 
 from .notebooks import JupyterActivity, ProbeFailed
 from .settings import WorkloadSettings
 from .states import State
 from .workload import Workload
 
-__all__ = ["Probe", "Reaper", "jupyter_keeps_awake", "should_hibernate"]
+__all__ = ["Probe", "Reaper"]
 
 log = logging.getLogger("dormant.idle")
 
 Probe = Callable[[WorkloadSettings, Endpoint], Awaitable[JupyterActivity]]
 """Asks a notebook server at its endpoint what it is doing (see notebooks.ActivityProbe);
 raises ProbeFailed."""
-
-
-def should_hibernate(
-    *, state: State, in_flight: int, waiting: int, idle_for: float, idle_after: float
-) -> bool:
-    """A ready workload with nothing in flight or queued, idle for ``idle_after`` seconds
-    (0 disables idle hibernation)."""
-    return (
-        idle_after > 0
-        and state is State.READY
-        and in_flight == 0
-        and waiting == 0
-        and idle_for >= idle_after
-    )
-
-
-def jupyter_keeps_awake(
-    activity: JupyterActivity | None, *, idle_for: float, idle_after: float
-) -> float | None:
-    """Whether a notebook server that the proxy sees idle is in fact active.
-
-    Returns how many seconds ago it was last active when that keeps it awake: 0 while
-    any kernel is busy (however long it has been computing), or Jupyter's own idle time
-    when Jupyter saw activity more recently than the proxy did and less than
-    ``idle_after`` ago. Returns None when it may hibernate, which includes not knowing
-    (``activity`` None: the server did not answer, so the proxy's view stands)."""
-    if activity is None:
-        return None
-    if activity.busy_kernels > 0:
-        return 0.0
-    if activity.idle_for < idle_for and activity.idle_for < idle_after:
-        return activity.idle_for
-    return None
 
 
 class Reaper:
@@ -105,7 +74,7 @@ class Reaper:
     @staticmethod
     def _idle(workload: Workload) -> bool:
         return should_hibernate(
-            state=workload.state,
+            serving=workload.state is State.READY,
             in_flight=workload.in_flight,
             waiting=workload.waiting,
             idle_for=workload.idle_for(),
@@ -126,8 +95,11 @@ class Reaper:
     async def _hibernate(self, workload: Workload) -> State:
         if workload.settings.kind == "jupyter":
             activity = await self._ask(workload)
-            ago = jupyter_keeps_awake(
-                activity, idle_for=workload.idle_for(), idle_after=workload.settings.idle_after
+            ago = server_keeps_awake(
+                busy=activity.busy_kernels if activity else None,
+                server_idle_for=activity.idle_for if activity else 0.0,
+                idle_for=workload.idle_for(),
+                idle_after=workload.settings.idle_after,
             )
             if activity is not None and ago is not None:
                 log.debug(

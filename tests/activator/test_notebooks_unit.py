@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import pytest
 
-from activator.idle import jupyter_keeps_awake
 from activator.notebooks import (
     ActivityProbe,
     JupyterActivity,
@@ -38,26 +37,6 @@ from tests.conftest import ROOT, free_port
 from warmpool import Endpoint
 
 NOW = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
-
-
-@pytest.mark.parametrize(
-    ("activity", "idle_for", "idle_after", "expected"),
-    [
-        (None, 700.0, 600.0, None),  # Jupyter did not answer: the proxy's view stands
-        (JupyterActivity(0, 900.0), 700.0, 600.0, None),  # idle on both counts
-        (JupyterActivity(0, 650.0), 700.0, 600.0, None),  # Jupyter saw more, still too long ago
-        (JupyterActivity(1, 3600.0), 700.0, 600.0, 0.0),  # a kernel computing for an hour
-        (JupyterActivity(2, 0.0), 1e6, 600.0, 0.0),
-        (JupyterActivity(0, 30.0), 700.0, 600.0, 30.0),  # e.g. output from a kernel thread
-        (JupyterActivity(0, 0.0), 600.0, 600.0, 0.0),
-        (JupyterActivity(0, 599.0), 600.0, 600.0, 599.0),
-        (JupyterActivity(0, 600.0), 600.0, 600.0, None),
-    ],
-)
-def test_jupyter_keeps_awake(
-    activity: JupyterActivity | None, idle_for: float, idle_after: float, expected: float | None
-) -> None:
-    assert jupyter_keeps_awake(activity, idle_for=idle_for, idle_after=idle_after) == expected
 
 
 def _stamp(seconds_ago: float) -> str:
