@@ -223,9 +223,14 @@ def cmd_config(args: argparse.Namespace) -> int:
     from .settings_schema import config_reference, config_schema, workload_crd_schema
 
     if args.what == "schema":
-        print(json.dumps(workload_crd_schema() if args.crd else config_schema(), indent=2))
+        text = json.dumps(workload_crd_schema() if args.crd else config_schema(), indent=2) + "\n"
     else:
-        print(config_reference(), end="")
+        text = config_reference()
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # e.g. `| head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
