@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 STATE ?= .state
 
-.PHONY: setup criu kube run test test-fast test-gpu lint format bench bench-proxy clean help
+.PHONY: setup criu kube browser run test test-fast test-gpu lint format bench bench-proxy clean help
 
 help:
 	@echo "make setup  - create .venv with Dormant and every extra, then the tools the tests need:"
@@ -24,7 +24,7 @@ help:
 	@echo "               BENCH_ARGS='--duration 2 --port N' passes options (python -m loadtests.bench_proxy --help)"
 	@echo "make clean  - remove $(STATE) (snapshots, model weights), results and tool caches"
 
-setup: $(STAMP) criu kube
+setup: $(STAMP) criu kube browser
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Dormant needs Python >= 3.11"'
@@ -42,11 +42,17 @@ criu: $(STAMP)
 kube: $(STAMP)
 	@bash scripts/setup-kube.sh
 
+# Debian's chromium for the browser test (tests/integration/test_browser.py); never fails
+# setup (the test then skips and says why).
+browser:
+	@bash scripts/setup-browser.sh
+
 run: setup
 	$(VENV)/bin/dormant up --state-dir $(STATE)
 
 test: setup
 	DORMANT_REQUIRE_CRIU=$$([ -e $(VENV)/bin/criu ] && echo 1) \
+	DORMANT_REQUIRE_BROWSER=$$(command -v chromium >/dev/null && echo 1) \
 	DORMANT_REQUIRE_KUBE=$$([ -x .deps/kube/bin/kube-apiserver ] && echo 1) $(VENV)/bin/pytest
 
 test-fast: setup
