@@ -3,8 +3,9 @@
 `Engine.start` makes a `Generation`, whose `step` feeds pending tokens through the model and
 picks the next token. Only printable ASCII (ids 32..126) can be picked, because random weights
 would otherwise produce invalid UTF-8, and exactly `max_tokens` tokens are produced (no EOS
-stop). `step` is blocking CPU work and not thread-safe: callers run it in a worker thread and
-let one generation use the model at a time.
+stop). `step` is blocking work (on the model's device: CPU or CUDA) and not thread-safe:
+callers run it in a worker thread and let one generation use the model at a time. Sampling draws
+from a CPU generator whatever the device, so a seed gives the same tokens run after run.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import torch
 from transformers import DynamicCache, GPT2LMHeadModel
 
 from examples.refserver.kvcache import CacheHit, PrefixKVCache
+
+__all__ = ["PRINTABLE_FIRST", "PRINTABLE_LAST", "Engine", "Generation"]
 
 PRINTABLE_FIRST = 32
 PRINTABLE_LAST = 126
@@ -27,7 +30,8 @@ class Engine:
         self.model = model
         self.cache = cache
         self.n_positions: int = model.config.n_positions
-        self.logit_mask = torch.full((model.config.vocab_size,), float("-inf"))
+        self.device: torch.device = next(model.parameters()).device
+        self.logit_mask = torch.full((model.config.vocab_size,), float("-inf"), device=self.device)
         self.logit_mask[PRINTABLE_FIRST : PRINTABLE_LAST + 1] = 0.0
 
     def start(
@@ -93,7 +97,7 @@ class Generation:
         if self._past is None:
             self._past = self._hit.to_dynamic_cache()
         out = self.engine.model(
-            input_ids=torch.tensor([self._pending]),
+            input_ids=torch.tensor([self._pending], device=self.engine.device),
             cache=self._past,
             use_cache=True,
             logits_to_keep=1,  # only the last position's logits: a long prompt needs no more
@@ -102,7 +106,7 @@ class Generation:
         logits = out.logits[0, -1] + self.engine.logit_mask
         if self.temperature > 0:
             probs = torch.softmax(logits / self.temperature, dim=-1)
-            token = int(torch.multinomial(probs, 1, generator=self._rng))
+            token = int(torch.multinomial(probs.cpu(), 1, generator=self._rng))
         else:
             token = int(torch.argmax(logits))
         self.tokens.append(token)

@@ -19,6 +19,8 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+__all__ = ["MISS", "CacheHit", "Layers", "PrefixKVCache"]
+
 Layers = tuple[tuple[torch.Tensor, torch.Tensor], ...]
 
 
@@ -77,6 +79,40 @@ class PrefixKVCache:
     def total_tokens(self) -> int:
         """Tokens held over all entries."""
         return self._total_tokens
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the keys/values held over all entries."""
+        with self._lock:
+            return sum(
+                t.numel() * t.element_size()
+                for entry in self._entries.values()
+                for kv in entry.layers
+                for t in kv
+            )
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every key/value tensor held, in a fixed order (entries, then layers, keys first)."""
+        with self._lock:
+            return [t for entry in self._entries.values() for kv in entry.layers for t in kv]
+
+    def replace_tensors(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Put `tensors` in place of those `tensors()` returned, in the same order (moving the
+        cache between devices keeps its entries)."""
+        with self._lock:
+            count = sum(2 * len(entry.layers) for entry in self._entries.values())
+            if len(tensors) != count:
+                raise ValueError(f"expected {count} tensors, got {len(tensors)}")
+            it = iter(tensors)
+            for key, entry in self._entries.items():
+                layers = tuple((next(it), next(it)) for _ in entry.layers)
+                self._entries[key] = _Entry(ids=entry.ids, layers=layers)
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        with self._lock:
+            self._entries.clear()
+            self._total_tokens = 0
 
     def lookup(self, prompt: Sequence[int]) -> CacheHit:
         """Return the longest cached prefix of `prompt`, leaving at least one token to feed."""

@@ -22,6 +22,15 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from examples.refserver.tokenizer import EOS_ID, VOCAB_SIZE
 
+__all__ = [
+    "SIZES",
+    "ensure_weights",
+    "load_model",
+    "mmap_safetensors",
+    "model_config",
+    "weights_path",
+]
+
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"n_embd": 64, "n_layer": 2, "n_head": 2, "n_positions": 512, "vocab_size": VOCAB_SIZE},
     # The GPT-2 124M shape; only the first VOCAB_SIZE rows of the embedding are ever used.
@@ -101,8 +110,17 @@ def mmap_safetensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def load_model(state_dir: str | os.PathLike[str], size: str, seed: int = 0) -> GPT2LMHeadModel:
-    """Load (generating on first use) the model of (size, seed), memory-mapped and warmed up."""
+def load_model(
+    state_dir: str | os.PathLike[str],
+    size: str,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> GPT2LMHeadModel:
+    """Load (generating on first use) the model of (size, seed) onto `device`, warmed up.
+
+    On CPU the parameters are views of the memory-mapped weights file; on another device they are
+    copies of it there.
+    """
     path = ensure_weights(state_dir, size, seed)
     with torch.device("meta"):
         model = GPT2LMHeadModel(model_config(size))
@@ -113,6 +131,9 @@ def load_model(state_dir: str | os.PathLike[str], size: str, seed: int = 0) -> G
     if result.unexpected_keys or unloaded:
         raise ValueError(f"{path}: unexpected {result.unexpected_keys}, missing {unloaded}")
     model.eval()
+    device = torch.device(device)
+    if device.type != "cpu":
+        model.to(device)  # type: ignore[arg-type]  # transformers' stubs wrap `to` oddly
     with torch.inference_mode():
-        model(torch.full((1, 8), ord(" ")))
+        model(torch.full((1, 8), ord(" "), device=device))
     return model

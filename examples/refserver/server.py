@@ -1,10 +1,19 @@
-"""OpenAI-compatible HTTP API of the reference LLM server.
+"""OpenAI-compatible HTTP API of the reference LLM server, with vLLM's sleep API.
 
 `create_app` serves /health, /v1/models, /v1/completions and /v1/chat/completions over an
 `Engine`. Each generation step runs in a worker thread so the event loop stays responsive, and
 an async lock lets one request use the model at a time (others queue in arrival order).
 Streaming responses are server-sent events, one chunk per token as it is produced; a client
 that disconnects mid-stream stops its generation.
+
+vLLM's sleep routes, over a `Residency`: `POST /sleep?level=1|2` (default 1), `POST /wake_up`
+(optionally `?tags=weights` and/or `?tags=kv_cache`), `GET /is_sleeping` -> {"is_sleeping": bool};
+both POSTs answer 200 with an empty body once done. A sleep waits for the requests already
+admitted (running or queued) to finish, like vLLM's `mode=wait`; from the moment it is asked
+for, new inference requests get 503 with an OpenAI-style error (code `model_sleeping`) until
+every tag is awake. /health, /v1/models and /is_sleeping keep answering. `GET /memory` (the
+reference server's own) reports bytes on the device and parked in host RAM and whether a sleep
+is waiting for admitted requests; `GET /memory?verify=true` also checks the held memory's bytes.
 """
 
 from __future__ import annotations
@@ -24,7 +33,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from examples.refserver.engine import Engine, Generation
+from examples.refserver.residency import TAGS, Residency, WakeFailed
 from examples.refserver.tokenizer import StreamDecoder, encode
+
+__all__ = ["CACHED_TOKENS_HEADER", "MAX_TOKENS_LIMIT", "RequestError", "chat_prompt", "create_app"]
 
 MAX_TOKENS_LIMIT = 4096
 CACHED_TOKENS_HEADER = "X-Refserver-Cached-Tokens"
@@ -32,16 +44,39 @@ _REQUIRED: Any = object()  # `_field` default of a field that must be present
 
 
 class RequestError(Exception):
-    """A client error, answered as an OpenAI-style JSON error."""
+    """An error answered as an OpenAI-style JSON error (`kind` is its `type`)."""
 
-    def __init__(self, status: int, message: str, code: str, param: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str,
+        param: str | None = None,
+        kind: str = "invalid_request_error",
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.code, self.param = status, message, code, param
+        self.kind = kind
 
 
-def _error_response(status: int, message: str, code: str, param: str | None = None) -> Response:
-    error = {"message": message, "type": "invalid_request_error", "param": param, "code": code}
+def _error_response(
+    status: int,
+    message: str,
+    code: str,
+    param: str | None = None,
+    kind: str = "invalid_request_error",
+) -> Response:
+    error = {"message": message, "type": kind, "param": param, "code": code}
     return JSONResponse({"error": error}, status_code=status)
+
+
+def _sleeping() -> RequestError:
+    return RequestError(
+        503,
+        "the model is sleeping (POST /sleep was called): POST /wake_up, then retry",
+        "model_sleeping",
+        kind="service_unavailable_error",
+    )
 
 
 def _field(body: dict[str, Any], name: str, types: tuple[type, ...], default: Any) -> Any:
@@ -150,18 +185,31 @@ class _ChatFormat(_CompletionFormat):
 
 
 class _ClosingStreamingResponse(StreamingResponse):
-    """Closes its body generator when the response ends, even when the client went away.
+    """Closes its body generator, and the token generator it reads, when the response ends, even
+    when the client went away or the body never started.
 
     Starlette abandons the generator on disconnect; closing it releases the model lock at once.
     """
 
     body_iterator: AsyncGenerator[str, None]
 
+    def __init__(
+        self,
+        content: AsyncGenerator[str, None],
+        steps: AsyncGenerator[Any, None],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(content, **kwargs)
+        self.steps = steps
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await self.body_iterator.aclose()
+            try:
+                await self.body_iterator.aclose()
+            finally:
+                await self.steps.aclose()
 
 
 def _sse(payload: dict[str, Any] | str) -> str:
@@ -178,15 +226,44 @@ def _usage(generation: Generation) -> dict[str, Any]:
     }
 
 
-def create_app(engine: Engine, model_name: str) -> FastAPI:
-    """Return the FastAPI app serving `engine` under the model name `model_name`."""
+def _sleep_level(request: Request) -> int:
+    level = request.query_params.get("level", "1")
+    if level not in ("1", "2"):
+        raise RequestError(400, f"level must be 1 or 2, not {level!r}", "invalid_value", "level")
+    mode = request.query_params.get("mode", "wait")
+    if mode != "wait":
+        raise RequestError(
+            400,
+            f"mode {mode!r} is not supported: the reference server always finishes the requests"
+            " it admitted, then sleeps (vLLM's mode=wait)",
+            "invalid_value",
+            "mode",
+        )
+    return int(level)
+
+
+def _wake_tags(request: Request) -> list[str] | None:
+    tags = request.query_params.getlist("tags")
+    unknown = [t for t in tags if t not in TAGS]
+    if unknown:
+        message = f"unknown tag(s) {unknown}; tags are {list(TAGS)}"
+        raise RequestError(400, message, "invalid_value", "tags")
+    return tags or None
+
+
+def create_app(engine: Engine, model_name: str, residency: Residency) -> FastAPI:
+    """Return the FastAPI app serving `engine` under the model name `model_name`; `residency`
+    (over the same model and cache) answers the sleep API."""
     app = FastAPI(title="refserver", docs_url=None, redoc_url=None, openapi_url=None)
-    lock = anyio.Lock()
+    # A semaphore, not a Lock: a streamed request takes it in its handler's task and gives it
+    # back in the task Starlette streams the body from. Both queue waiters in arrival order.
+    lock = anyio.Semaphore(1)
     started = int(time.time())
+    sleeps_pending = 0  # sleeps asked for and waiting for admitted requests to finish
 
     @app.exception_handler(RequestError)
     async def _request_error(_: Request, exc: RequestError) -> Response:
-        return _error_response(exc.status, exc.message, exc.code, exc.param)
+        return _error_response(exc.status, exc.message, exc.code, exc.param, exc.kind)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
@@ -209,6 +286,8 @@ def create_app(engine: Engine, model_name: str) -> FastAPI:
         return body
 
     def start(prompt: str, options: _Options) -> Generation:
+        if sleeps_pending or residency.is_sleeping:
+            raise _sleeping()
         ids = encode(prompt)
         if not ids:
             raise RequestError(400, "prompt must not be empty", "invalid_value", "prompt")
@@ -225,6 +304,8 @@ def create_app(engine: Engine, model_name: str) -> FastAPI:
     async def tokens(generation: Generation) -> AsyncGenerator[tuple[int, bool], None]:
         """Yield (token id, is last) as steps complete in a worker thread, under the lock."""
         async with lock:
+            if residency.is_sleeping:  # admitted after a sleep took its place in the queue
+                raise _sleeping()
             while not generation.done:
                 token = await anyio.to_thread.run_sync(generation.step)
                 yield token, generation.done
@@ -239,9 +320,18 @@ def create_app(engine: Engine, model_name: str) -> FastAPI:
 
         headers = {CACHED_TOKENS_HEADER: str(generation.cached_tokens)}
         decoder = StreamDecoder()
+        # The first token is taken here, so the request holds its place in the model's queue
+        # from admission on (a sleep asked for later waits for it) and an error is still a
+        # plain HTTP error rather than a broken stream.
+        steps = tokens(generation)
+        try:
+            first = await anext(steps)
+        except BaseException:
+            await steps.aclose()
+            raise
         if not options.stream:
-            text = []
-            async with aclosing(tokens(generation)) as steps:
+            text = [decoder.feed(first[0], final=first[1])]
+            async with aclosing(steps):
                 async for token, last in steps:
                     text.append(decoder.feed(token, final=last))
             choices = [fmt.choice("".join(text))]
@@ -254,20 +344,62 @@ def create_app(engine: Engine, model_name: str) -> FastAPI:
         async def events() -> AsyncGenerator[str, None]:
             for choice in fmt.opening():
                 yield chunk([choice])
-            async with aclosing(tokens(generation)) as steps:
-                async for token, last in steps:
-                    yield chunk([fmt.piece(decoder.feed(token, final=last), last)])
+            token, last = first
+            yield chunk([fmt.piece(decoder.feed(token, final=last), last)])
+            async for token, last in steps:
+                yield chunk([fmt.piece(decoder.feed(token, final=last), last)])
             for choice in fmt.closing():
                 yield chunk([choice])
             if options.include_usage:
                 yield _sse(envelope(fmt.chunk_object, choices=[], usage=_usage(generation)))
             yield _sse("[DONE]")
 
-        return _ClosingStreamingResponse(events(), media_type="text/event-stream", headers=headers)
+        return _ClosingStreamingResponse(
+            events(), steps, media_type="text/event-stream", headers=headers
+        )
 
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.post("/sleep")
+    async def sleep(request: Request) -> Response:
+        nonlocal sleeps_pending
+        level = _sleep_level(request)
+        sleeps_pending += 1
+        try:
+            async with lock:  # after the admitted requests, and after a wake asked for earlier
+                await anyio.to_thread.run_sync(residency.sleep, level)
+        except (RuntimeError, MemoryError) as exc:  # host RAM for the parked copies
+            message = f"could not sleep, the model stays awake: {exc}"
+            raise RequestError(500, message, "sleep_failed", kind="server_error") from exc
+        finally:
+            sleeps_pending -= 1
+        return Response(status_code=200)
+
+    @app.post("/wake_up")
+    async def wake_up(request: Request) -> Response:
+        tags = _wake_tags(request)
+        async with lock:
+            try:
+                await anyio.to_thread.run_sync(residency.wake, tags)
+            except WakeFailed as exc:
+                raise RequestError(
+                    503, str(exc), "device_memory_exhausted", kind="service_unavailable_error"
+                ) from exc
+        return Response(status_code=200)
+
+    @app.get("/is_sleeping")
+    async def is_sleeping() -> dict[str, bool]:
+        return {"is_sleeping": residency.is_sleeping}
+
+    @app.get("/memory")
+    async def memory(verify: bool = False) -> dict[str, Any]:
+        report = await anyio.to_thread.run_sync(residency.memory)
+        report["sleep_pending"] = sleeps_pending > 0
+        if verify:
+            report["held_intact"] = await anyio.to_thread.run_sync(residency.held_intact)
+        return report
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
