@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -63,7 +64,7 @@ def client(server: Server) -> Iterator[httpx.Client]:
         yield c
 
 
-def _events(response: httpx.Response) -> Iterator[tuple[float, object]]:
+def _events(response: httpx.Response) -> Iterator[tuple[float, Any]]:
     """(arrival time, parsed payload or "[DONE]") for each SSE event of a streamed response."""
     for line in response.iter_lines():
         if line.startswith("data: "):

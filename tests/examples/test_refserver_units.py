@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from examples.refserver import (
     EOS_ID,
@@ -90,6 +91,12 @@ def _fake_cache(length: int) -> DynamicCache:
     return cache
 
 
+def _kv(cache: DynamicCache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    entry = cache.layers[layer]
+    assert isinstance(entry, DynamicLayer) and entry.keys is not None and entry.values is not None
+    return entry.keys, entry.values
+
+
 def test_prefix_cache_lookup_uses_longest_common_prefix_but_leaves_one_token() -> None:
     cache = PrefixKVCache()
     stored = _fake_cache(6)
@@ -101,9 +108,9 @@ def test_prefix_cache_lookup_uses_longest_common_prefix_but_leaves_one_token() -
     assert hit.tokens == 6
     rebuilt = hit.to_dynamic_cache()
     assert rebuilt.get_seq_length() == 6
-    assert torch.equal(rebuilt.layers[1].keys, stored.layers[1].keys)
+    assert torch.equal(_kv(rebuilt, 1)[0], _kv(stored, 1)[0])
     partial = cache.lookup([1, 2, 9]).to_dynamic_cache()
-    assert torch.equal(partial.layers[0].values, stored.layers[0].values[:, :, :2])
+    assert torch.equal(_kv(partial, 0)[1], _kv(stored, 0)[1][:, :, :2])
 
 
 def test_prefix_cache_is_bounded_lru_and_drops_covered_prefixes() -> None:
