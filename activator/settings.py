@@ -6,8 +6,12 @@ docs/config.md (``dormant config docs``); see ``activator.settings_schema``.
 
 Every field has a default (but a workload's ``name`` and the list of ``workloads``),
 a one-line doc with its unit, and a concern (``group``) that orders the docs. Existing
-keys stay flat; a new family of settings (a ``device:`` or ``kubernetes:`` section)
-is a nested frozen dataclass with its own fields, validated and documented the same way.
+keys stay flat. A new family of settings (a ``device:`` or ``kubernetes:`` section) is
+a nested ``@dataclass(frozen=True, config=_CONFIG)`` whose fields use the value types
+of ``activator.settings_types`` and ``_group(...)`` with a docstring each, and a field
+of ``Settings`` (or ``WorkloadSettings``) with ``default_factory``; give it a
+``mode="before"`` validator calling ``_check_keys`` for "did you mean" on unknown keys.
+Its errors read ``device.memory_budget: ...``; docs/config.md gets a ``device`` section.
 
 A bad file fails at load with the key path and the reason, never a traceback:
 ``workloads[1].idle_after: expected a duration like '30s' or '5m', got 'soon'``.
@@ -453,8 +457,10 @@ def _config_error(exc: ValidationError) -> ConfigError:
     path = _key_path(error["loc"], str(ctx.get("at", "")))
     if error["type"] == REJECTED:
         message = str(ctx["message"])
-    elif error["type"] == "missing":
+    elif error["type"] in ("missing", "missing_argument"):
         message = "required"
+    elif error["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+        message = "unknown key"  # a section without its own key check (see the docstring)
     else:  # pydantic's own check (none is expected: every field parses with its own messages)
         message = f"{error['msg'][:1].lower()}{error['msg'][1:]} (got {error.get('input')!r})"
     return ConfigError(f"{path}: {message}" if path else message)

@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from activator.settings import ConfigError, load_settings, parse_settings
+from activator.settings import ConfigError, _config_error, load_settings, parse_settings
+from activator.settings_types import Count
 
 GOOD = {"workloads": [{"name": "a", "models": ["m-a"], "command": ["srv", "--port", "{port}"]}]}
 
@@ -374,3 +377,25 @@ def test_unknown_key_without_a_close_match_lists_the_known_ones() -> None:
     with pytest.raises(ConfigError) as info:
         parse_settings(_bad({"zzz": 1}))
     assert str(info.value).startswith("zzz: unknown key; known keys: workloads, listen,")
+
+
+@pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class _Device:
+    slots: Count = 1
+
+
+@pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class _Top:
+    device: _Device = dataclasses.field(default_factory=_Device)
+
+
+def test_a_nested_section_reports_its_key_path() -> None:
+    """How a future family of settings (e.g. `device:`) reads its errors."""
+
+    def error(data: object) -> str:
+        with pytest.raises(ValidationError) as info:
+            TypeAdapter(_Top).validate_python(data)
+        return str(_config_error(info.value))
+
+    assert error({"device": {"slots": 0}}) == "device.slots: must be between 1 and 1000000, got 0"
+    assert error({"device": {"slot": 2}}) == "device.slot: unknown key"
