@@ -156,9 +156,10 @@ def kill_leftovers(root: Path) -> list[int]:
 
 _HINTS = {
     "ctty inheritance detected": (
-        "a process in a terminal session holds /dev/tty open (the sh/dash shell does, and "
-        "so do editors, pagers and password prompts running in a terminal); CRIU cannot "
-        "checkpoint that: end it or close the terminal, or use bash as the terminal shell"
+        "a process in a terminal session holds /dev/tty open (an interactive sh/dash does, "
+        "and so do password prompts such as Python's getpass; vim and less do not); CRIU "
+        "cannot checkpoint that: end it or close the terminal, or use bash as the terminal "
+        "shell (`find /proc/[0-9]*/fd -lname /dev/tty` shows which process holds it)"
     ),
 }
 """What to do about CRIU errors a user can cause and fix, by a substring of the error."""
