@@ -50,22 +50,16 @@ stop and cannot miss a window); `stop()` ends the thread and kills what it start
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import datetime as dt
 import os
 import random
-import re
 import shutil
 import signal
-import socket
-import ssl
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,19 +68,15 @@ from urllib.parse import urlparse
 
 from kubernetes.client import ApiClient
 
+from .podspec import ContainerPlan, NotYet, PodRefused, plan_container
+from .podstatus import ContainerFacts, pod_status
+from .probes import Readiness
 from .rest import ApiException, Rest
 
 __all__ = ["FakeKubelet", "PodRefused", "Termination"]
 
-ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-
 _BACKOFF_START, _BACKOFF_MAX = 0.5, 10.0
-_VAR = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
-
-
-class PodRefused(Exception):
-    """The pod uses something this fake cannot do; it becomes Failed with this message."""
 
 
 @dataclass
@@ -138,26 +128,25 @@ class _Run:
     log: Path
     scratch: Path
     started: str = field(default_factory=_now)
-    argv: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
-    cwd: Path = ROOT
+    plan: ContainerPlan | None = None
+    readiness: Readiness | None = None
     popen: subprocess.Popen[bytes] | None = None
     container_started: str = ""
     restarts: int = 0
     backoff: float = _BACKOFF_START
     restart_at: float | None = None
-    last_exit: tuple[int, str, str] | None = None  # code, started, finished
+    last_exit: tuple[int, str, str] | None = None  # Popen code, started, finished
     phase: str = "Pending"
     message: str = ""
-    ready: bool = False
+    was_ready: bool = False
     ready_since: str = field(default_factory=_now)
-    probe: dict[str, Any] | None = None
-    next_probe: float = 0.0
-    successes: int = 0
-    failures: int = 0
     termination: Termination | None = None
     deadline: float | None = None
-    last_status: dict[str, Any] | None = None
+    reported: dict[str, Any] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
 
 
 class FakeKubelet:
@@ -172,7 +161,6 @@ class FakeKubelet:
         namespaces: Iterable[str] | None = None,
         interval: float = 0.2,
         capacity: dict[str, str] | None = None,
-        api_server: str | None = None,
     ) -> None:
         self.rest = Rest(api)
         self.root = root
@@ -180,8 +168,11 @@ class FakeKubelet:
         self.namespaces = set(namespaces) if namespaces is not None else None
         self.interval = interval
         self.capacity = {"cpu": "2", "memory": "24Gi", "pods": "110", **(capacity or {})}
-        server = urlparse(api_server or api.configuration.host)
-        self._service_env = {
+        server = urlparse(api.configuration.host)
+        self._base_env = {
+            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
+            "HOME": os.environ.get("HOME", "/root"),
+            "LANG": "C.UTF-8",
             "KUBERNETES_SERVICE_HOST": server.hostname or "127.0.0.1",
             "KUBERNETES_SERVICE_PORT": str(server.port or 443),
         }
@@ -202,23 +193,22 @@ class FakeKubelet:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop polling, SIGTERM every process still running, SIGKILL after `timeout`."""
+        """Stop polling, SIGTERM every process still running, SIGKILL after `timeout`, then
+        remove the node and its pods (what the pod GC does for a deleted node), so that their
+        namespaces can be deleted."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout + 30)
         with self._lock:
             runs = list(self._runs.values())
         for run in runs:
-            if run.popen is not None and run.popen.poll() is None:
+            if run.running and run.popen is not None:
                 with contextlib.suppress(ProcessLookupError):
                     run.popen.send_signal(signal.SIGTERM)
         end = time.monotonic() + timeout
         for run in runs:
             self._reap(run, max(0.0, end - time.monotonic()))
-            _IP_POOL.give(run.ip)
-        self._runs.clear()
-        # The node goes away with its pods (what the pod GC does for a deleted node), so that
-        # their namespaces can be deleted.
+            self._forget(run)
         with contextlib.suppress(ApiException):
             mine = self.rest.get("/api/v1/pods", fieldSelector=f"spec.nodeName={self.node}")
             for pod in mine.get("items", []):
@@ -269,41 +259,38 @@ class FakeKubelet:
             if exc.status != 409:
                 raise
         now = _now()
-        self.rest.patch(
-            f"/api/v1/nodes/{self.node}/status",
-            {
-                "status": {
-                    "capacity": self.capacity,
-                    "allocatable": self.capacity,
-                    "addresses": [
-                        {"type": "InternalIP", "address": "127.0.0.1"},
-                        {"type": "Hostname", "address": self.node},
-                    ],
-                    "conditions": [
-                        {
-                            "type": "Ready",
-                            "status": "True",
-                            "reason": "KubeletReady",
-                            "message": "fake kubelet (tests/kube/kubelet.py)",
-                            "lastHeartbeatTime": now,
-                            "lastTransitionTime": now,
-                        }
-                    ],
-                    "nodeInfo": {
-                        "architecture": "amd64",
-                        "bootID": "fake",
-                        "containerRuntimeVersion": "fake://0",
-                        "kernelVersion": os.uname().release,
-                        "kubeProxyVersion": "none",
-                        "kubeletVersion": "fake",
-                        "machineID": "fake",
-                        "operatingSystem": "linux",
-                        "osImage": "this checkout",
-                        "systemUUID": "fake",
-                    },
-                }
-            },
-        )
+        ready = {
+            "type": "Ready",
+            "status": "True",
+            "reason": "KubeletReady",
+            "message": "fake kubelet (tests/kube/kubelet.py)",
+            "lastHeartbeatTime": now,
+            "lastTransitionTime": now,
+        }
+        info = {
+            "architecture": "amd64",
+            "bootID": "fake",
+            "containerRuntimeVersion": "fake://0",
+            "kernelVersion": os.uname().release,
+            "kubeProxyVersion": "none",
+            "kubeletVersion": "fake",
+            "machineID": "fake",
+            "operatingSystem": "linux",
+            "osImage": "this checkout",
+            "systemUUID": "fake",
+        }
+        addresses = [
+            {"type": "InternalIP", "address": "127.0.0.1"},
+            {"type": "Hostname", "address": self.node},
+        ]
+        status = {
+            "capacity": self.capacity,
+            "allocatable": self.capacity,
+            "addresses": addresses,
+            "conditions": [ready],
+            "nodeInfo": info,
+        }
+        self.rest.patch(f"/api/v1/nodes/{self.node}/status", {"status": status})
 
     # -- loop ------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -327,12 +314,11 @@ class FakeKubelet:
                     self._bind(pod)
         mine = self.rest.get("/api/v1/pods", fieldSelector=f"spec.nodeName={self.node}")
         pods = {p["metadata"]["uid"]: p for p in mine.get("items", []) if self._serves(p)}
-        with self._lock:
-            gone = [uid for uid in self._runs if uid not in pods]
-        for uid in gone:  # deleted with grace 0 by someone else: the container just dies
-            dead = self._runs[uid]
-            self._kill(dead)
-            self._forget(dead)
+        for uid in [uid for uid in self._runs if uid not in pods]:
+            # Deleted with grace 0 by someone else: the container just dies.
+            gone = self._runs[uid]
+            self._kill(gone)
+            self._forget(gone)
         for uid, pod in pods.items():
             run = self._runs.get(uid)
             if run is None:
@@ -346,7 +332,8 @@ class FakeKubelet:
                 self._terminate(run)
                 continue
             self._supervise(run)
-            self._probe(run)
+            if run.readiness is not None and run.plan is not None and run.running:
+                run.readiness.tick(time.monotonic(), run.ip, run.plan.env, run.plan.cwd)
             self._report(run)
 
     def _bind(self, pod: dict[str, Any]) -> None:
@@ -357,10 +344,9 @@ class FakeKubelet:
             "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
             "target": {"apiVersion": "v1", "kind": "Node", "name": self.node},
         }
+        path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/binding"
         try:
-            self.rest.post(
-                f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/binding", body
-            )
+            self.rest.post(path, body)
         except ApiException as exc:
             if exc.status not in (404, 409):  # gone, or another node bound it first
                 raise
@@ -369,220 +355,63 @@ class FakeKubelet:
     def _admit(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
-        ip = _IP_POOL.take()
         run = _Run(
             uid=uid,
             namespace=ns,
             name=name,
             pod=pod,
-            ip=ip,
+            ip=_IP_POOL.take(),
             log=self.root / "logs" / f"{ns}_{name}_{uid[:8]}.log",
             scratch=self.root / "pods" / uid,
         )
-        with self._lock:
-            self._runs[uid] = run
         try:
-            self._prepare(run)
+            run.plan = plan_container(
+                self.rest,
+                pod,
+                ip=run.ip,
+                node=self.node,
+                scratch=run.scratch,
+                claim_dir=self.claim_dir,
+                base_env={**self._base_env, "HOSTNAME": name},
+            )
+            run.readiness = Readiness(
+                run.plan.container.get("readinessProbe"), run.plan.container, run.plan.rewrite
+            )
+        except NotYet:  # e.g. the claim does not exist yet: try again next tick
+            _IP_POOL.give(run.ip)
+            shutil.rmtree(run.scratch, ignore_errors=True)
+            return
         except PodRefused as exc:
             run.phase, run.message = "Failed", f"fake kubelet: {exc}"
-            self._report(run)
-            return
-        except _NotYet as exc:  # e.g. the PVC does not exist yet: try again next tick
-            with self._lock:
-                del self._runs[uid]
-            _IP_POOL.give(ip)
-            run.message = str(exc)
-            return
-        self._spawn(run)
+        with self._lock:
+            self._runs[uid] = run
+        if run.plan is not None and run.phase != "Failed":
+            self._spawn(run)
         self._report(run)
 
-    def _prepare(self, run: _Run) -> None:
-        spec = run.pod["spec"]
-        if spec.get("initContainers"):
-            raise PodRefused("init containers are not supported")
-        containers = spec.get("containers", [])
-        if len(containers) != 1:
-            raise PodRefused(f"exactly one container is supported, the pod has {len(containers)}")
-        c = containers[0]
-        if not c.get("command"):
-            raise PodRefused(
-                f"container {c['name']!r} has no command: this fake has no image entrypoints"
-            )
-        mounts = self._volumes(run, c)
-        env = self._env(run, c)
-        rewrite = _Rewriter(mounts)
-        env = {k: rewrite(v) for k, v in env.items()}
-        argv = [rewrite(_expand(a, env)) for a in [*c["command"], *c.get("args", [])]]
-        cwd = Path(rewrite(c["workingDir"])) if c.get("workingDir") else ROOT
-        if not cwd.is_dir():
-            raise PodRefused(f"workingDir {c['workingDir']!r} is not a mounted volume here")
-        base = {
-            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
-            "HOME": os.environ.get("HOME", "/root"),
-            "LANG": "C.UTF-8",
-            "HOSTNAME": run.name,
-            **self._service_env,
-        }
-        run.env, run.argv, run.cwd = {**base, **env}, argv, cwd
-        run.probe = c.get("readinessProbe")
-        if run.probe:
-            run.probe = _resolve_probe(run.probe, c, rewrite)
-            run.next_probe = time.monotonic() + float(run.probe.get("initialDelaySeconds", 0))
-
-    def _volumes(self, run: _Run, container: dict[str, Any]) -> dict[str, Path]:
-        """mountPath -> local directory (or file, for subPath) for each volumeMount."""
-        local: dict[str, Path] = {}
-        for vol in run.pod["spec"].get("volumes", []):
-            name = vol["name"]
-            if "persistentVolumeClaim" in vol:
-                claim = vol["persistentVolumeClaim"]["claimName"]
-                try:
-                    self.rest.get(
-                        f"/api/v1/namespaces/{run.namespace}/persistentvolumeclaims/{claim}"
-                    )
-                except ApiException as exc:
-                    if exc.status == 404:
-                        raise _NotYet(f"PersistentVolumeClaim {claim!r} not found") from exc
-                    raise
-                path = self.claim_dir(run.namespace, claim)
-            elif "emptyDir" in vol:
-                path = run.scratch / "volumes" / name
-            elif "configMap" in vol or "secret" in vol:
-                path = run.scratch / "volumes" / name  # files written below, once mounts are known
-            else:
-                kind = next((k for k in vol if k != "name"), "?")
-                raise PodRefused(f"volume {name!r}: {kind} volumes are not supported")
-            path.mkdir(parents=True, exist_ok=True)
-            local[name] = path
-        mounts: dict[str, Path] = {}
-        for m in container.get("volumeMounts", []):
-            if m["name"] not in local:
-                raise PodRefused(f"volumeMount {m['mountPath']!r} names no volume {m['name']!r}")
-            target = local[m["name"]]
-            if m.get("subPath"):
-                target = target / m["subPath"]
-            mounts[m["mountPath"].rstrip("/") or "/"] = target
-        rewrite = _Rewriter(mounts)
-        for vol in run.pod["spec"].get("volumes", []):
-            if "configMap" in vol or "secret" in vol:
-                self._project(run, vol, local[vol["name"]], rewrite)
-        return mounts
-
-    def _project(self, run: _Run, vol: dict[str, Any], path: Path, rewrite: _Rewriter) -> None:
-        if "configMap" in vol:
-            src = vol["configMap"]
-            obj = self._optional(f"configmaps/{src['name']}", run, src.get("optional", False))
-            data = {k: v.encode() for k, v in (obj.get("data") or {}).items()}
-            data |= {k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()}
-        else:
-            src = vol["secret"]
-            obj = self._optional(f"secrets/{src['secretName']}", run, src.get("optional", False))
-            data = {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
-        items = src.get("items") or [{"key": k, "path": k} for k in data]
-        for item in items:
-            if item["key"] not in data:
-                raise PodRefused(f"volume {vol['name']!r}: no key {item['key']!r}")
-            dest = path / item["path"]
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            raw = data[item["key"]]
-            with contextlib.suppress(UnicodeDecodeError):
-                raw = rewrite(raw.decode()).encode()
-            dest.write_bytes(raw)
-
-    def _optional(self, what: str, run: _Run, optional: bool) -> dict[str, Any]:
-        try:
-            return self.rest.get(f"/api/v1/namespaces/{run.namespace}/{what}")
-        except ApiException as exc:
-            if exc.status == 404:
-                if optional:
-                    return {}
-                raise _NotYet(f"{what} not found") from exc
-            raise
-
-    def _env(self, run: _Run, c: dict[str, Any]) -> dict[str, str]:
-        env: dict[str, str] = {}
-        for src in c.get("envFrom", []):
-            prefix = src.get("prefix", "")
-            if "configMapRef" in src:
-                ref = src["configMapRef"]
-                obj = self._optional(f"configmaps/{ref['name']}", run, ref.get("optional", False))
-                env |= {prefix + k: v for k, v in (obj.get("data") or {}).items()}
-            elif "secretRef" in src:
-                ref = src["secretRef"]
-                obj = self._optional(f"secrets/{ref['name']}", run, ref.get("optional", False))
-                env |= {
-                    prefix + k: base64.b64decode(v).decode()
-                    for k, v in (obj.get("data") or {}).items()
-                }
-        for var in c.get("env", []):
-            name = var["name"]
-            if "valueFrom" not in var:
-                env[name] = _expand(var.get("value", ""), env)
-                continue
-            vf = var["valueFrom"]
-            if "fieldRef" in vf:
-                env[name] = self._field(run, vf["fieldRef"]["fieldPath"])
-            elif "configMapKeyRef" in vf or "secretKeyRef" in vf:
-                secret = "secretKeyRef" in vf
-                ref = vf["secretKeyRef" if secret else "configMapKeyRef"]
-                obj = self._optional(
-                    f"{'secrets' if secret else 'configmaps'}/{ref['name']}",
-                    run,
-                    ref.get("optional", False),
-                )
-                value = (obj.get("data") or {}).get(ref["key"])
-                if value is None:
-                    if ref.get("optional"):
-                        continue
-                    raise _NotYet(f"key {ref['key']!r} not in {ref['name']!r}")
-                env[name] = base64.b64decode(value).decode() if secret else value
-            else:
-                raise PodRefused(f"env {name}: only fieldRef/configMapKeyRef/secretKeyRef")
-        return env
-
-    def _field(self, run: _Run, path: str) -> str:
-        meta, spec = run.pod["metadata"], run.pod["spec"]
-        simple = {
-            "metadata.name": meta["name"],
-            "metadata.namespace": meta["namespace"],
-            "metadata.uid": meta["uid"],
-            "spec.nodeName": self.node,
-            "spec.serviceAccountName": spec.get("serviceAccountName", "default"),
-            "status.podIP": run.ip,
-            "status.hostIP": "127.0.0.1",
-        }
-        if path in simple:
-            return simple[path]
-        m = re.fullmatch(r"metadata\.(labels|annotations)\['([^']+)'\]", path)
-        if m:
-            return str((meta.get(m.group(1)) or {}).get(m.group(2), ""))
-        raise PodRefused(f"fieldRef {path!r} is not supported")
-
     def _spawn(self, run: _Run) -> None:
-        run.log.parent.mkdir(parents=True, exist_ok=True)
+        assert run.plan is not None and run.readiness is not None
         with run.log.open("ab") as out:
-            out.write(f"--- fake kubelet: start {run.argv!r} on {run.ip}\n".encode())
+            out.write(f"--- fake kubelet: start {run.plan.argv!r} on {run.ip}\n".encode())
             out.flush()
             try:
                 run.popen = subprocess.Popen(
-                    run.argv,
-                    env=run.env,
-                    cwd=run.cwd,
+                    run.plan.argv,
+                    env=run.plan.env,
+                    cwd=run.plan.cwd,
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
             except OSError as exc:
-                run.popen = None
-                run.last_exit = (128, _now(), _now())
                 out.write(f"--- fake kubelet: cannot start: {exc}\n".encode())
+                run.last_exit = (128, _now(), _now())
                 self._exited(run, 128)
                 return
         run.container_started = _now()
         run.phase = "Running"
-        run.ready = False
-        run.successes = run.failures = 0
+        run.readiness.started(time.monotonic())
 
     # -- running ---------------------------------------------------------------------------
     def _supervise(self, run: _Run) -> None:
@@ -590,8 +419,6 @@ class FakeKubelet:
             run.restart_at = None
             run.restarts += 1
             self._spawn(run)
-            if run.probe:
-                run.next_probe = time.monotonic() + float(run.probe.get("initialDelaySeconds", 0))
             return
         if run.popen is None:
             return
@@ -604,7 +431,6 @@ class FakeKubelet:
         self._exited(run, code)
 
     def _exited(self, run: _Run, code: int) -> None:
-        run.ready = False
         policy = run.pod["spec"].get("restartPolicy", "Always")
         if policy == "Always" or (policy == "OnFailure" and code != 0):
             run.restart_at = time.monotonic() + run.backoff
@@ -612,105 +438,55 @@ class FakeKubelet:
         else:
             run.phase = "Succeeded" if code == 0 else "Failed"
 
-    def _probe(self, run: _Run) -> None:
-        if run.phase != "Running" or run.popen is None:
-            return
-        if not run.probe:
-            run.ready = True
-            return
-        now = time.monotonic()
-        if now < run.next_probe:
-            return
-        p = run.probe
-        run.next_probe = now + float(p.get("periodSeconds", 10))
-        ok = _run_probe(p, run)
-        if ok:
-            run.successes, run.failures = run.successes + 1, 0
-            if run.successes >= int(p.get("successThreshold", 1)):
-                run.ready = True
-        else:
-            run.failures, run.successes = run.failures + 1, 0
-            if run.failures >= int(p.get("failureThreshold", 3)):
-                run.ready = False
-
     def _report(self, run: _Run) -> None:
-        c = run.pod["spec"]["containers"][0]
-        now = _now()
-        running = run.popen is not None and run.popen.poll() is None
-        if running:
-            state: dict[str, Any] = {"running": {"startedAt": run.container_started}}
-        elif run.last_exit is not None and run.restart_at is None:
-            code, started, finished = run.last_exit
-            state = {"terminated": _terminated(code, started, finished)}
-        elif run.restart_at is not None:
-            state = {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off restarting"}}
-        else:
-            state = {"waiting": {"reason": "ContainerCreating", "message": run.message}}
-        last_state: dict[str, Any] = {}
-        if run.last_exit is not None and (running or run.restart_at is not None):
-            last_state = {"terminated": _terminated(*run.last_exit)}
-        ready = run.ready and running
-        status_ready = "True" if ready else "False"
-        if run.last_status is None or _cond(run.last_status, "Ready") != status_ready:
-            run.ready_since = now
-        conditions = [
-            {"type": "PodScheduled", "status": "True", "lastTransitionTime": run.started},
-            {"type": "Initialized", "status": "True", "lastTransitionTime": run.started},
-            {
-                "type": "ContainersReady",
-                "status": status_ready,
-                "lastTransitionTime": run.ready_since,
-            },
-            {"type": "Ready", "status": status_ready, "lastTransitionTime": run.ready_since},
-        ]
-        status: dict[str, Any] = {
-            "phase": run.phase,
-            "hostIP": "127.0.0.1",
-            "podIP": run.ip,
-            "podIPs": [{"ip": run.ip}],
-            "startTime": run.started,
-            "conditions": conditions,
-            "containerStatuses": [
-                {
-                    "name": c["name"],
-                    "image": c.get("image", ""),
-                    "imageID": "",
-                    "containerID": f"fake://{run.uid}/{run.restarts}",
-                    "ready": ready,
-                    "started": running,
-                    "restartCount": run.restarts,
-                    "state": state,
-                    "lastState": last_state,
-                }
-            ],
-        }
-        if run.phase == "Failed" and run.message:
-            status["message"], status["reason"] = run.message, "FakeKubelet"
-        comparable = {**status, "conditions": [{**c, "lastTransitionTime": ""} for c in conditions]}
-        if comparable == run.last_status:
-            return
-        try:
-            self.rest.patch(
-                f"/api/v1/namespaces/{run.namespace}/pods/{run.name}/status", {"status": status}
+        """Patch the pod's status when it changed (Ready's transition time kept)."""
+        running = run.running
+        ready = running and run.readiness is not None and run.readiness.ready
+        if ready != run.was_ready:
+            run.was_ready, run.ready_since = ready, _now()
+        container = run.pod["spec"]["containers"][0] if run.pod["spec"].get("containers") else {}
+        status = pod_status(
+            ContainerFacts(
+                uid=run.uid,
+                ip=run.ip,
+                phase=run.phase,
+                message=run.message,
+                name=container.get("name", "?"),
+                image=container.get("image", ""),
+                running=running,
+                ready=ready,
+                restarts=run.restarts,
+                started=run.started,
+                container_started=run.container_started,
+                ready_since=run.ready_since,
+                last_exit=run.last_exit,
+                backing_off=run.restart_at is not None,
             )
+        )
+        if status == run.reported:
+            return
+        path = f"/api/v1/namespaces/{run.namespace}/pods/{run.name}/status"
+        try:
+            self.rest.patch(path, {"status": status})
         except ApiException as exc:
             if exc.status in (404, 409):
                 return
             raise
-        run.last_status = comparable
+        run.reported = status
 
     # -- stop ------------------------------------------------------------------------------
     def _terminate(self, run: _Run) -> None:
+        """SIGTERM once; when the process is gone or the grace period is over, SIGKILL what
+        is left and delete the pod for good."""
         if run.termination is None:
             meta, spec = run.pod["metadata"], run.pod["spec"]
             grace = meta.get("deletionGracePeriodSeconds")
             if grace is None:
                 grace = spec.get("terminationGracePeriodSeconds", 30)
-            alive = run.popen is not None and run.popen.poll() is None
-            run.termination = Termination(
-                sigterm_at=time.monotonic() if alive else None, grace=grace
-            )
-            run.deadline = time.monotonic() + float(grace)
+            alive = run.running
+            now = time.monotonic()
+            run.termination = Termination(sigterm_at=now if alive else None, grace=grace)
+            run.deadline = now + float(grace)
             run.restart_at = None
             if alive and run.popen is not None:
                 with contextlib.suppress(ProcessLookupError):
@@ -718,7 +494,7 @@ class FakeKubelet:
             with self._lock:
                 self.terminations[run.name] = run.termination
         assert run.deadline is not None
-        if run.popen is not None and run.popen.poll() is None:
+        if run.running:
             if time.monotonic() < run.deadline:
                 return
             run.termination.killed = True
@@ -748,8 +524,7 @@ class FakeKubelet:
         try:
             return run.popen.wait(timeout)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(run.popen.pid, signal.SIGKILL)
+            self._kill_session(run)
             return run.popen.wait(5)
 
     def _delete_now(self, namespace: str, name: str, uid: str) -> None:
@@ -770,121 +545,3 @@ class FakeKubelet:
             self._runs.pop(run.uid, None)
         _IP_POOL.give(run.ip)
         shutil.rmtree(run.scratch, ignore_errors=True)
-
-
-class _NotYet(Exception):
-    """Something the pod needs does not exist yet; the kubelet tries again next tick."""
-
-
-class _Rewriter:
-    """Replace mount paths (as path prefixes) by local directories in strings."""
-
-    def __init__(self, mounts: dict[str, Path]) -> None:
-        self.mounts = sorted(mounts.items(), key=lambda kv: -len(kv[0]))
-        if self.mounts:
-            alternatives = "|".join(re.escape(k) for k, _ in self.mounts)
-            self._re: re.Pattern[str] | None = re.compile(
-                rf"(?<![\w./-])({alternatives})(?=/|$|[^\w.-])"
-            )
-        else:
-            self._re = None
-        self._map = {k: str(v) for k, v in self.mounts}
-
-    def __call__(self, text: str) -> str:
-        if self._re is None:
-            return text
-        return self._re.sub(lambda m: self._map[m.group(1)], text)
-
-
-def _expand(text: str, env: dict[str, str]) -> str:
-    """Kubernetes' `$(VAR)` expansion: known vars are replaced, `$$` is a `$`, rest kept."""
-
-    def sub(m: re.Match[str]) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        return env.get(m.group(1), m.group(0))
-
-    return _VAR.sub(sub, text)
-
-
-def _terminated(code: int, started: str, finished: str) -> dict[str, Any]:
-    exit_code = 128 - code if code < 0 else code  # killed by signal N -> 128 + N, as runtimes say
-    return {
-        "exitCode": exit_code,
-        "reason": "Completed" if code == 0 else "Error",
-        "startedAt": started,
-        "finishedAt": finished,
-    }
-
-
-def _cond(status: dict[str, Any], kind: str) -> str | None:
-    for c in status.get("conditions", []):
-        if c["type"] == kind:
-            return str(c["status"])
-    return None
-
-
-def _resolve_probe(
-    probe: dict[str, Any], container: dict[str, Any], rewrite: _Rewriter
-) -> dict[str, Any]:
-    probe = dict(probe)
-    for kind in ("httpGet", "tcpSocket"):
-        if kind in probe:
-            action = dict(probe[kind])
-            port = action.get("port")
-            if port is None:
-                raise PodRefused(f"readinessProbe.{kind} has no port")
-            if isinstance(port, str) and not port.isdigit():
-                named = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
-                if port not in named:
-                    raise PodRefused(
-                        f"readinessProbe names port {port!r}, which the container lacks"
-                    )
-                port = named[port]
-            action["port"] = int(port)
-            probe[kind] = action
-    if "exec" in probe:
-        probe["exec"] = {"command": [rewrite(a) for a in probe["exec"]["command"]]}
-    return probe
-
-
-def _run_probe(probe: dict[str, Any], run: _Run) -> bool:
-    timeout = float(probe.get("timeoutSeconds", 1))
-    if "httpGet" in probe:
-        g = probe["httpGet"]
-        scheme = g.get("scheme", "HTTP").lower()
-        host = g.get("host") or run.ip
-        url = f"{scheme}://{host}:{g['port']}{g.get('path', '/')}"
-        headers = {h["name"]: h["value"] for h in g.get("httpHeaders", [])}
-        ctx = ssl._create_unverified_context() if scheme == "https" else None
-        try:
-            with urllib.request.urlopen(
-                urllib.request.Request(url, headers=headers), timeout=timeout, context=ctx
-            ) as resp:
-                return 200 <= resp.status < 400
-        except urllib.error.HTTPError as exc:
-            return 200 <= exc.code < 400
-        except (OSError, ValueError):
-            return False
-    if "tcpSocket" in probe:
-        t = probe["tcpSocket"]
-        try:
-            with socket.create_connection((t.get("host") or run.ip, t["port"]), timeout=timeout):
-                return True
-        except OSError:
-            return False
-    if "exec" in probe:
-        try:
-            done = subprocess.run(
-                probe["exec"]["command"],
-                env=run.env,
-                cwd=run.cwd,
-                timeout=timeout,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return False
-        return done.returncode == 0
-    return True

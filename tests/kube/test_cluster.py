@@ -5,91 +5,16 @@ from __future__ import annotations
 
 import sys
 import urllib.error
-import urllib.request
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .cluster import Cluster, free_port, wait_until
+from .cluster import Cluster, wait_until
 from .kubelet import FakeKubelet
 from .rest import ApiException, Rest
+from .workloads import POD_APP, POD_IP_ENV, PORT, deployment, diagnose, get, pods, ready_pod
 
 pytestmark = pytest.mark.kube
-
-POD_APP = str(Path(__file__).with_name("pod_app.py"))
-# Pods listen on their own loopback IP; the port is one that is free on 127.0.0.1 too, so the
-# check that nothing answers there means the process did not bind every address.
-PORT = free_port()
-POD_IP_ENV = {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
-
-
-def deployment(
-    name: str,
-    command: list[str],
-    *,
-    probe_port: int | None = None,
-    volumes: list[dict[str, Any]] | None = None,
-    mounts: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    container: dict[str, Any] = {
-        "name": "app",
-        "image": "this-checkout",
-        "command": command,
-        "env": [POD_IP_ENV],
-        "volumeMounts": mounts or [],
-    }
-    if probe_port is not None:
-        container["ports"] = [{"name": "http", "containerPort": probe_port}]
-        container["readinessProbe"] = {
-            "httpGet": {"path": "/health", "port": "http"},
-            "periodSeconds": 1,
-        }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "terminationGracePeriodSeconds": 10,
-                    "containers": [container],
-                    "volumes": volumes or [],
-                },
-            },
-        },
-    }
-
-
-def pods(kube: Rest, ns: str, app: str) -> list[dict[str, Any]]:
-    return list(kube.get(f"/api/v1/namespaces/{ns}/pods", labelSelector=f"app={app}")["items"])
-
-
-def ready_pod(kube: Rest, ns: str, app: str, not_named: str = "") -> dict[str, Any] | None:
-    for pod in pods(kube, ns, app):
-        conds = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions", [])}
-        if (
-            pod["metadata"]["name"] != not_named
-            and not pod["metadata"].get("deletionTimestamp")
-            and conds.get("Ready") == "True"
-        ):
-            return pod
-    return None
-
-
-def get(url: str) -> tuple[int, str]:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return resp.status, resp.read().decode()
-
-
-def diagnose(cluster: Cluster, kubelet: FakeKubelet, pod: str = "") -> Any:
-    return lambda: (
-        f"kubelet errors: {kubelet.errors}\npod log:\n{kubelet.log(pod)}\n"
-        + (cluster.log_tails(15))
-    )
 
 
 def test_control_plane_serves_rbac_and_the_controllers_run(
