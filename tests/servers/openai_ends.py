@@ -57,7 +57,7 @@ async def _events(chat: bool, model: str, tokens: int) -> AsyncIterator[str]:
     pieces = [f"t{i} " for i in range(tokens)]
     buffered = ""
     for i, piece in enumerate(pieces):
-        choice = {"delta": {"content": piece}} if chat else {"text": piece}
+        choice: dict[str, Any] = {"delta": {"content": piece}} if chat else {"text": piece}
         if model in ("openai", "done-only", "truncated", "broken"):
             choice["finish_reason"] = None  # explicit null, as OpenAI sends it
         event = _chunk(chat, model, choice)
@@ -75,7 +75,7 @@ async def _events(chat: bool, model: str, tokens: int) -> AsyncIterator[str]:
             raise RuntimeError("upstream died mid-stream (on purpose)")
         return
     if model in ("hf-serve", "openai"):
-        closing = {"delta": {}} if chat else {"text": ""}
+        closing: dict[str, Any] = {"delta": {}} if chat else {"text": ""}
         usage = {"prompt_tokens": 3, "completion_tokens": tokens, "total_tokens": 3 + tokens}
         yield _chunk(chat, model, {**closing, "finish_reason": "length"}, usage=usage)
     if model in ("openai", "done-only"):
