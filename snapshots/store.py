@@ -19,9 +19,10 @@ was renamed out of use, so a half-deleted snapshot is never usable either.
 Errors: writing raises ``StoreFailed`` (``CommitFailed`` from ``commit``) with what
 failed and what to do; retiring (``mark_bad``, ``prune``, ``clean_partial``,
 ``discard``) logs and carries on; reading (``entries``, ``list``, ``latest``, ``get``,
-``verify``) raises only ``SnapshotError`` subclasses. A directory whose manifest is
-missing, unreadable or of the wrong shape is listed by ``entries`` as 'invalid' with
-the reason and retired by ``prune``; it is never returned by ``list``/``latest``.
+``verify``, ``verify_during``) raises only ``SnapshotError`` subclasses. A directory
+whose manifest is missing, unreadable or of the wrong shape is listed by ``entries`` as
+'invalid' with the reason and retired by ``prune``; it is never returned by
+``list``/``latest``.
 """
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ import re
 import secrets
 import stat
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from .errors import CommitFailed, ManifestInvalid, SnapshotCorrupt, SnapshotNotFound, StoreFailed
 from .manifest import (
@@ -56,6 +58,7 @@ __all__ = ["Entry", "PendingSnapshot", "Snapshot", "SnapshotStore", "Status"]
 log = logging.getLogger("dormant.snapshots")
 
 Status = Literal["ok", "bad", "invalid", "partial"]
+T = TypeVar("T")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _TMP_PREFIX = ".tmp-"
@@ -622,6 +625,35 @@ class SnapshotStore:
             problems = check_files(snapshot.path, snapshot.manifest, expected)
         if problems:
             raise SnapshotCorrupt(snapshot.id, problems)
+
+    def verify_during(
+        self, snapshot: Snapshot, work: Callable[[], T], undo: Callable[[T], None]
+    ) -> T:
+        """Verify ``snapshot`` on another thread while ``work`` runs (e.g. a CRIU restore,
+        which reads the same pages), so that verification costs almost no wall time.
+
+        Returns ``work()``'s result once both are done and every digest matched. When
+        verification fails, ``undo(result)`` runs first (e.g. end the restored tree, which
+        must not have served anything yet) and SnapshotCorrupt is raised -- also when
+        ``work`` failed too (the corruption is the likelier cause). Otherwise an exception
+        from ``work`` propagates. No thread outlives the call.
+        """
+        with ThreadPoolExecutor(1, thread_name_prefix="verify") as pool:
+            verifying = pool.submit(self.verify, snapshot)
+            try:
+                result = work()
+            except BaseException as exc:
+                try:
+                    verifying.result()
+                except SnapshotCorrupt as corrupt:
+                    raise corrupt from exc
+                raise
+            try:
+                verifying.result()
+            except SnapshotCorrupt:
+                undo(result)
+                raise
+        return result
 
     # -- retiring ----------------------------------------------------------------
 

@@ -258,3 +258,45 @@ def test_begin_removes_the_directory_unless_commit_failed_for_it(tmp_path: Path)
     store.discard(pending)
     assert not pending.path.exists()
     store.discard(pending)  # idempotent, never raises
+
+
+def test_verify_during_returns_the_work_when_the_snapshot_is_intact(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path, chunk_bytes=1024)
+    snap = _write(store, payload=bytes(range(256)) * 40)
+    undone: list[str] = []
+    read = store.verify_during(
+        snap, lambda: (snap.path / "images" / "core.img").read_bytes(), lambda r: undone.append(r)
+    )
+    assert read == b"core" and undone == []
+
+
+def test_verify_during_undoes_the_work_when_a_digest_differs(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path, chunk_bytes=1024)
+    snap = _write(store, payload=bytes(range(256)) * 40)
+    pages = snap.path / "images" / "pages-1.img"
+    data = bytearray(pages.read_bytes())
+    data[5000] ^= 0x80
+    pages.write_bytes(bytes(data))
+    undone: list[str] = []
+    with pytest.raises(SnapshotCorrupt, match="blake3 mismatch"):
+        store.verify_during(snap, lambda: "restored tree", undone.append)
+    assert undone == ["restored tree"], "what the work made is ended before anything uses it"
+
+    def failing() -> str:
+        raise RuntimeError("criu restore failed")
+
+    with pytest.raises(SnapshotCorrupt) as info:
+        store.verify_during(snap, failing, undone.append)
+    assert isinstance(info.value.__cause__, RuntimeError), "the work's failure is chained"
+    assert undone == ["restored tree"], "nothing to undo when the work failed"
+
+
+def test_verify_during_passes_the_works_failure_on_an_intact_snapshot(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    snap = _write(store)
+
+    def failing() -> str:
+        raise RuntimeError("criu restore failed")
+
+    with pytest.raises(RuntimeError, match="criu restore failed"):
+        store.verify_during(snap, failing, lambda _: None)
