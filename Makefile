@@ -12,6 +12,7 @@ help:
 	@echo "make setup  - create .venv with Dormant and every extra, then the tools the tests need:"
 	@echo "make criu   - build CRIU into .venv/bin (part of setup)"
 	@echo "make kube   - build a Kubernetes API server for the kube tests into .deps/kube (part of setup)"
+	@echo "make browser - install Debian's chromium for the browser test (part of setup)"
 	@echo "make run    - set up, then start Dormant on the embedded default config (127.0.0.1:8080)"
 	@echo "make test   - set up, then run the whole test suite (real CRIU, servers, processes)"
 	@echo "make test-fast - the tests not marked slow"

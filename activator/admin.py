@@ -54,9 +54,11 @@ def admin_router(registry: Callable[[], Registry], token: str, engine: EngineSet
     @router.get("/workloads")
     async def workloads(request: Request) -> dict[str, object]:
         authorize(request, token)
+        reg = registry()
         return {
             "engine": {"name": engine.choice.name, "reason": engine.choice.reason},
-            "workloads": [w.view() for w in registry()],
+            "pool": reg.pool.view() if reg.pool is not None else None,
+            "workloads": [w.view() for w in reg],
         }
 
     @router.get("/workloads/{name}")

@@ -22,7 +22,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from snapshots import SnapshotStore
-from warmpool import CgroupTree, LocalRuntime
+from warmpool import CgroupTree, LocalRuntime, WarmpoolError, format_size, open_device
+from warmpool.pool import Pool
 
 from .access import TracedFastAPI, record
 from .admin import admin_router, authorize, health_router
@@ -48,7 +49,7 @@ from .proxy import (
     waking_stream,
 )
 from .resolve import Registry, confined
-from .settings import Settings, WorkloadSettings
+from .settings import ConfigError, Settings, WorkloadSettings, pool_problems
 from .specs import spec_factory
 from .websocket import proxy_websocket, refuse
 from .workload import Lease, Workload
@@ -192,6 +193,45 @@ def create_admin_app(app: FastAPI) -> FastAPI:
     return admin
 
 
+def make_pool(settings: Settings, metrics: Metrics) -> Pool | None:
+    """The warm pool of ``settings.device`` (None without one). Raises ConfigError when the
+    device cannot be opened or a workload can never fit in its budget."""
+    device_settings = settings.device
+    if device_settings is None:
+        return None
+    try:
+        device = open_device(
+            device_settings.kind, device_settings.memory_budget, device_settings.index
+        )
+    except (ValueError, WarmpoolError) as exc:
+        raise ConfigError(f"device: {exc}") from exc
+    total = device_settings.memory_budget or device.total()
+    budget = total - device_settings.reserve
+    if budget <= 0:
+        raise ConfigError(
+            f"device.reserve: {format_size(device_settings.reserve)} leaves nothing of the "
+            f"device's {format_size(total)}"
+        )
+    for problem in pool_problems(settings.workloads, budget):
+        raise ConfigError(f"device: {problem}")
+    metrics.pool_budget.set(budget)
+    log.info("warm pool: %s, budget %s", device.kind, format_size(budget))
+    return Pool(
+        budget,
+        device,
+        kind=device.kind,
+        max_defer=device_settings.max_defer,
+        suspend_frees=device.kind != "cpu",
+        on_thrash=lambda name: metrics.thrash.labels(name).inc(),
+    )
+
+
+def _pool_metrics(pool: Pool, metrics: Metrics) -> None:
+    for name, member in pool.view()["members"].items():
+        metrics.device_memory.labels(name).set(member["held_bytes"] or 0)
+    metrics.pool_used.set(pool.used())
+
+
 def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI:
     """Build the activator for ``settings``. ``engine`` is probed when not given."""
     setup = engine or detect_engine(settings)
@@ -200,6 +240,7 @@ def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI
     metrics = Metrics()
     store = SnapshotStore(state_dir / "snapshots")
     started = time.time()
+    pool = make_pool(settings, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -222,12 +263,20 @@ def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI
             )
             await asyncio.to_thread(runtime.clean_leftovers)
             workloads = [
-                Workload(w, runtime, metrics, spec_factory(w, state_dir))
+                Workload(w, runtime, metrics, spec_factory(w, state_dir), pool=pool)
                 for w in settings.workloads
             ]
-            app.state.registry = Registry(workloads)
+            for workload in workloads:
+                if pool is not None:
+                    pool.join(workload, declared=workload.settings.memory or 0)
+            app.state.registry = Registry(workloads, pool)
             app.state.client = session
-            reaper = Reaper(workloads, settings.reap_interval, ActivityProbe(client, state_dir))
+            reaper = Reaper(
+                workloads,
+                settings.reap_interval,
+                ActivityProbe(client, state_dir),
+                after_tick=(lambda: _pool_metrics(pool, metrics)) if pool is not None else None,
+            )
             reaper.start()
             log.info("engine: %s (%s)", setup.choice.name, setup.choice.reason)
             if runtime.cgroups is not None and not runtime.cgroups.available():

@@ -39,9 +39,14 @@ class Reaper:
     After a failed attempt the next one waits at least another ``idle_after``."""
 
     def __init__(
-        self, workloads: Iterable[Workload], interval: float, probe: Probe | None = None
+        self,
+        workloads: Iterable[Workload],
+        interval: float,
+        probe: Probe | None = None,
+        after_tick: Callable[[], None] | None = None,
     ) -> None:
         self._workloads = list(workloads)
+        self._after_tick = after_tick
         self._interval = interval
         self._probe = probe
         self._running: dict[str, asyncio.Task[State]] = {}
@@ -70,6 +75,8 @@ class Reaper:
             if self._idle(workload):
                 task = asyncio.create_task(self._hibernate(workload), name=f"idle-{workload.name}")
                 self._running[workload.name] = task
+        if self._after_tick is not None:
+            self._after_tick()
 
     @staticmethod
     def _idle(workload: Workload) -> bool:

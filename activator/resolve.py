@@ -14,10 +14,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from .errors import BadPath, NotFound
 from .workload import Workload
+
+if TYPE_CHECKING:
+    from warmpool.pool import Pool
 
 __all__ = ["Registry", "Route", "confined", "decision_path"]
 
@@ -94,9 +98,11 @@ def confined(raw_path: str, prefix: str) -> str:
 
 
 class Registry:
-    """All workloads, by name and by the OpenAI model names they serve."""
+    """All workloads, by name and by the OpenAI model names they serve (and the warm pool
+    they share, when there is one)."""
 
-    def __init__(self, workloads: Iterable[Workload]) -> None:
+    def __init__(self, workloads: Iterable[Workload], pool: Pool | None = None) -> None:
+        self.pool = pool
         self._by_name = {w.name: w for w in workloads}
         self._by_model = {m: w for w in self._by_name.values() for m in w.settings.models}
         # each prefix as a client writes it on the wire (percent-encoded where it must

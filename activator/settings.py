@@ -40,6 +40,8 @@ from pydantic import (
 from pydantic.dataclasses import dataclass
 from pydantic_core import ArgsKwargs
 
+from warmpool.placement import Member, Tier, fits_ever
+
 from . import jupyter
 from .settings_types import (
     KINDS,
@@ -50,23 +52,30 @@ from .settings_types import (
     Command,
     Count,
     CountOrZero,
+    DeviceKind,
     Duration,
     Engine,
     Env,
     ExistingFile,
     HealthPath,
+    HookCall,
     Hosts,
     Kind,
     Listen,
     ListenOrEmpty,
     LogLevel,
+    Memory,
     Models,
     Name,
     OnShutdown,
     PathPrefix,
     Port,
+    Priority,
     ReapInterval,
+    Size,
+    SizeOrZero,
     Str,
+    SuspendKind,
     TemplatePath,
     Timeout,
     is_host_port,
@@ -79,6 +88,8 @@ __all__ = [
     "JUPYTER_ONLY",
     "NOT_FOR_JUPYTER",
     "ConfigError",
+    "DeviceSettings",
+    "HooksSettings",
     "Settings",
     "WorkloadSettings",
     "default_state_dir",
@@ -86,6 +97,7 @@ __all__ = [
     "load_settings",
     "parse_listen",
     "parse_settings",
+    "pool_problems",
 ]
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
@@ -100,6 +112,8 @@ GROUPS: dict[str, str] = {
     "timeouts": "How long each step may take (durations: '250ms', '30s', '5m', '1h' or seconds).",
     "limits": "How much may wait or be in flight at once.",
     "notebooks": "Workloads of kind 'jupyter' only.",
+    "pool": "Several workloads sharing one device: the warm pool (docs/warm-pool.md). "
+    "A workload's pool keys act only with a `device:` section.",
 }
 """Concerns, in the order docs/config.md lists them; every field names one."""
 
@@ -144,6 +158,37 @@ def _check_keys(data: dict[Any, Any], allowed: Iterable[str]) -> None:
                 f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(allowed)}"
             )
             reject(f"unknown key{hint}", str(key))
+
+
+@dataclass(frozen=True, config=_CONFIG)
+class HooksSettings:
+    """The server's own API for `suspend: hooks` (vLLM's shown; SGLang:
+    POST /release_memory_occupation, POST /resume_memory_occupation)."""
+
+    sleep: HookCall = _group("pool", "POST /sleep?level=1")
+    """'METHOD /path' that parks the server's device memory in host RAM."""
+    wake: HookCall = _group("pool", "POST /wake_up")
+    """'METHOD /path' that brings it back."""
+
+
+@dataclass(frozen=True, config=_CONFIG)
+class DeviceSettings:
+    """The device the workloads share (the warm pool). With this section, a workload
+    comes in only when it fits; others are suspended or hibernated to make room."""
+
+    kind: DeviceKind = _group("pool", "auto")
+    """'nvidia' (NVML: total and per-process memory), 'cpu' (host RAM with memory_budget),
+    or 'auto' (nvidia when NVML answers, else cpu)."""
+    memory_budget: Size | None = _group("pool", None)
+    """Bytes the pool may use ('6GiB'): required on CPU; on a GPU the default is the
+    device's total memory minus reserve."""
+    reserve: SizeOrZero = _group("pool", 0)
+    """Bytes kept free for everything else (taken off the budget)."""
+    max_defer: Duration = _group("pool", 30.0)
+    """Seconds a workload waiting to come in lets busy residents serve their queues before
+    they may be swapped out too (the starvation bound)."""
+    index: CountOrZero = _group("pool", 0)
+    """kind nvidia: which GPU (NVML index)."""
 
 
 @dataclass(frozen=True, config=_CONFIG)
@@ -206,6 +251,21 @@ class WorkloadSettings:
     """After a failed start, seconds during which requests fail fast with the reason."""
     keep_snapshots: Count = _group("lifecycle", 1)
     """Verified snapshots kept per workload (older ones are deleted)."""
+    memory: Memory = _group("pool", None)
+    """Bytes it holds on the device when resident ('900MiB'), or 'auto' (unset): measured
+    while it runs (NVML on a GPU; its cgroup or PSS on CPU)."""
+    pin: Bool = _group("pool", False)
+    """Never swapped out to make room for another workload."""
+    priority: Priority = _group("pool", 0)
+    """Higher stays resident longer: victims are chosen lowest priority first, then least
+    recently used."""
+    min_resident: Duration = _group("pool", 0.0)
+    """Seconds it stays resident after coming in, whatever the demand (anti-thrash)."""
+    suspend: SuspendKind = _group("pool", "none")
+    """How it leaves the device when its process may stay: 'none' (hibernate or stop),
+    'cuda' (the CUDA driver parks its GPU memory in host RAM) or 'hooks' (its server's API)."""
+    hooks: HooksSettings = _group("pool", HooksSettings())
+    """suspend hooks: the calls that park and restore its device memory."""
     root_dir: TemplatePath = _group("notebooks", "")
     """kind jupyter: the notebook directory served; may use {state_dir}, {name}
     (default {state_dir}/notebooks/{name}/files, created at start)."""
@@ -303,6 +363,8 @@ class Settings:
     /metrics asks for the admin token if one is set)."""
     metrics_token_file: ExistingFile = _group("security", "")
     """File holding the metrics token (wins over metrics_token); an empty file is an error."""
+    device: DeviceSettings | None = _group("pool", None)
+    """The shared device (see below); without it every workload may be resident at once."""
 
     @model_validator(mode="before")
     @classmethod
@@ -315,6 +377,40 @@ class Settings:
         if "workloads" not in data:
             reject("expected a non-empty list", "workloads")
         return data
+
+    @model_validator(mode="after")
+    def _pool_fits(self) -> Settings:
+        """Pool keys need a device; what can never fit is a config error at load."""
+        pool_keys: dict[str, object] = {
+            "memory": None,
+            "pin": False,
+            "priority": 0,
+            "min_resident": 0.0,
+            "suspend": "none",
+        }
+        for i, w in enumerate(self.workloads):
+            for key, default in pool_keys.items():
+                if self.device is None and getattr(w, key) != default:
+                    reject(
+                        "only acts with a `device:` section (the warm pool); add one, e.g. "
+                        "device: {memory_budget: 6GiB}",
+                        f"workloads[{i}].{key}",
+                    )
+            if w.suspend == "cuda" and self.device is not None and self.device.kind == "cpu":
+                reject("'cuda' needs an NVIDIA device (device.kind cpu)", f"workloads[{i}].suspend")
+        device = self.device
+        if device is None:
+            return self
+        if device.kind == "cpu" and device.memory_budget is None:
+            reject("required to pool on CPU (e.g. 6GiB)", "device.memory_budget")
+        if device.memory_budget is None:
+            return self  # a GPU's total is known at start: checked then
+        budget = device.memory_budget - device.reserve
+        if budget <= 0:
+            reject("device.reserve leaves nothing of memory_budget", "device.reserve")
+        for problem in pool_problems(self.workloads, budget):
+            reject(problem, "device")
+        return self
 
     @model_validator(mode="after")
     def _no_clashes(self) -> Settings:
@@ -401,6 +497,15 @@ class Settings:
         if self.metrics_token_file:
             return _read_token(self.metrics_token_file, "metrics_token_file")
         return self.metrics_token or os.environ.get("DORMANT_METRICS_TOKEN", "")
+
+
+def pool_problems(workloads: Iterable[WorkloadSettings], budget: int) -> list[str]:
+    """What could never be resident within ``budget`` bytes (declared sizes only; 'auto'
+    ones are measured once they run)."""
+    members = [
+        Member(w.name, Tier.COLD, w.memory or 0, pin=w.pin, priority=w.priority) for w in workloads
+    ]
+    return fits_ever(members, budget)
 
 
 def _read_token(path: str, key: str) -> str:

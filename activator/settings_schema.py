@@ -119,20 +119,36 @@ def workload_crd_schema() -> dict[str, Any]:
     durations: whole seconds or a string like '250ms'); ``command`` and ``args`` are
     lists of strings (no single string, no numbers); ``env`` is a map of strings;
     defaults are given as the YAML would write them."""
-    workload = config_schema()["$defs"][_WORKLOAD]
-    out = _structural(workload)
+    schema = config_schema()
+    out = _structural(schema["$defs"][_WORKLOAD], schema["$defs"])
     out["description"] = "One workload Dormant scales to zero (see docs/config.md)."
     return out
 
 
-def _structural(node: dict[str, Any]) -> dict[str, Any]:
+def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" in node:  # a nested section (e.g. hooks): inlined, structural schemas have no $ref
+        target = defs[node["$ref"].rsplit("/", 1)[1]]
+        inlined = _structural({**target, **{k: v for k, v in node.items() if k != "$ref"}}, defs)
+        inlined.pop("default", None)  # the section's own fields carry the defaults
+        return inlined
     kind = node.get("x-dormant-type")
     doc = {k: node[k] for k in ("description",) if k in node}
+    out: dict[str, Any]
+    if kind in ("size", "memory"):
+        number, text = node["anyOf"]
+        out = {
+            **doc,
+            "x-kubernetes-int-or-string": True,
+            "anyOf": [dict(number), {"type": "string", "pattern": text["pattern"]}],
+        }
+        if node.get("default") is not None:
+            out["default"] = node["default"]
+        return out
     if kind == "duration":
         number, text = node["anyOf"]
         # OpenAPI v3.0 has no numeric exclusiveMinimum: "more than 0" is "at least 1" here.
         least = max(1, number.get("minimum", 0)) if "exclusiveMinimum" in number else 0
-        out: dict[str, Any] = {
+        out = {
             **doc,
             "x-kubernetes-int-or-string": True,
             "anyOf": [
@@ -155,7 +171,7 @@ def _structural(node: dict[str, Any]) -> dict[str, Any]:
     if alternatives and any(a.get("type") == "null" for a in alternatives):
         (inner,) = [a for a in alternatives if a.get("type") != "null"]
         rest = {k: v for k, v in node.items() if k not in ("anyOf", "default")}
-        merged = _structural({**rest, **inner})
+        merged = _structural({**rest, **inner}, defs)
         if node.get("default") is not None:
             merged["default"] = node["default"]
         return {**merged, "nullable": True}
@@ -166,9 +182,9 @@ def _structural(node: dict[str, Any]) -> dict[str, Any]:
         if key == "additionalProperties" and value is False:
             continue  # structural schemas prune unknown fields instead
         if key == "properties":
-            out[key] = {name: _structural(sub) for name, sub in value.items()}
+            out[key] = {name: _structural(sub, defs) for name, sub in value.items()}
         elif key == "items":
-            out[key] = _structural(value)
+            out[key] = _structural(value, defs)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -241,7 +257,10 @@ def _resolve(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
 
 
 def _nested(schema: dict[str, Any], prop: dict[str, Any]) -> dict[str, Any] | None:
-    """The object schema of a nested section (``workloads[]``, a future ``device:``)."""
+    """The object schema of a nested section (``workloads[]``, ``device:``, ``hooks:``)."""
+    refs = [a for a in prop.get("anyOf", ()) if "$ref" in a]  # an optional section
+    if refs:
+        prop = refs[0]
     target = _resolve(schema, prop.get("items", prop) if prop.get("type") == "array" else prop)
     return target if "properties" in target else None
 
@@ -260,6 +279,12 @@ def _type(schema: dict[str, Any], prop: dict[str, Any]) -> str:
         return "duration > 0" if "exclusiveMinimum" in number else "duration"
     if kind == "argv":
         return "list of strings (or one string, split on spaces)"
+    if kind == "size":
+        return "size ('6GiB', '900MiB' or bytes)" + (
+            " ≥ 0" if prop["anyOf"][0]["minimum"] == 0 else ""
+        )
+    if kind == "memory":
+        return "size ('900MiB' or bytes) or `auto`"
     if kind == "env":
         return "mapping NAME: value"
     if kind == "address":
@@ -273,7 +298,9 @@ def _type(schema: dict[str, Any], prop: dict[str, Any]) -> str:
         return "mapping (see below)"
     json_type = prop.get("type")
     if json_type == "integer":
-        return f"integer {prop['minimum']} to {prop['maximum']}" if "minimum" in prop else "integer"
+        if "minimum" in prop and "maximum" in prop:
+            return f"integer {prop['minimum']} to {prop['maximum']}"
+        return f"integer ≥ {prop['minimum']}" if "minimum" in prop else "integer"
     if json_type == "array":
         items = _resolve(schema, prop.get("items", {}))
         return "list of mappings (see below)" if "properties" in items else "list of strings"
@@ -286,10 +313,14 @@ def _default(prop: dict[str, Any]) -> str:
     value = prop["default"]
     if prop.get("x-dormant-type") == "duration":
         return f"`{human_duration(value)}`"
+    if prop.get("x-dormant-type") == "memory" and value is None:
+        return "`auto`"
     if value is None:
         return "(unset)"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
+    if isinstance(value, dict):
+        return "(see below)"
     if value == "":
         return '`""`'
     return f"`{value}`"

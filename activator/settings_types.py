@@ -20,34 +20,45 @@ from typing import Annotated, Any, NoReturn
 from pydantic import BeforeValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
+from warmpool.suspend import Hook
+from warmpool.units import parse_size
+
 __all__ = [
     "DURATION_PATTERN",
     "KINDS",
     "REAP_INTERVAL_MIN",
     "REJECTED",
+    "SIZE_PATTERN",
     "Args",
     "BodyBytes",
     "Bool",
     "Command",
     "Count",
     "CountOrZero",
+    "DeviceKind",
     "Duration",
     "Engine",
     "Env",
     "ExistingFile",
     "HealthPath",
+    "HookCall",
     "Hosts",
     "Kind",
     "Listen",
     "ListenOrEmpty",
     "LogLevel",
+    "Memory",
     "Models",
     "Name",
     "OnShutdown",
     "PathPrefix",
     "Port",
+    "Priority",
     "ReapInterval",
+    "Size",
+    "SizeOrZero",
     "Str",
+    "SuspendKind",
     "TemplatePath",
     "Timeout",
     "human_duration",
@@ -389,3 +400,75 @@ LogLevel = Annotated[str, BeforeValidator(_choice_parser(_LOG_LEVELS)), _choice_
 OnShutdown = Annotated[
     str, BeforeValidator(_choice_parser(_ON_SHUTDOWN, _no_leave)), _choice_schema(_ON_SHUTDOWN)
 ]
+
+
+# -- the warm pool --------------------------------------------------------------------------
+
+SIZE_PATTERN = r"^\s*(\d+(\.\d+)?|\.\d+)\s*([kKmMgGtT][iI]?[bB]?|[bB])?\s*$"
+"""A size written as text: a number and an optional unit (B, KB/MB/GB/TB: powers of 1000;
+KiB/MiB/GiB/TiB: powers of 1024)."""
+
+
+def _size_parser(*, zero_ok: bool, auto_ok: bool = False) -> Callable[[Any], int | None]:
+    def parse(value: Any) -> int | None:
+        if auto_ok and value == "auto":
+            return None
+        try:
+            size = parse_size(value)
+        except ValueError as exc:
+            reject(f"{exc}" + (" or 'auto'" if auto_ok else ""))
+        if size == 0 and not zero_ok:
+            reject(f"must be more than 0, got {value!r}")
+        return size
+
+    return parse
+
+
+def _size_schema(*, zero_ok: bool, auto_ok: bool = False) -> WithJsonSchema:
+    pattern = f"^auto$|{SIZE_PATTERN}" if auto_ok else SIZE_PATTERN
+    return WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0 if zero_ok else 1},
+                {"type": "string", "pattern": pattern},
+            ],
+            "x-dormant-type": "memory" if auto_ok else "size",
+        }
+    )
+
+
+Size = Annotated[int, BeforeValidator(_size_parser(zero_ok=False)), _size_schema(zero_ok=False)]
+"""Bytes, > 0: a number of bytes or '6GiB', '900MiB', '1.5GB'."""
+SizeOrZero = Annotated[int, BeforeValidator(_size_parser(zero_ok=True)), _size_schema(zero_ok=True)]
+"""Bytes, >= 0."""
+Memory = Annotated[
+    int | None,
+    BeforeValidator(_size_parser(zero_ok=False, auto_ok=True)),
+    _size_schema(zero_ok=False, auto_ok=True),
+]
+"""Bytes, or None for 'auto' (measured while it runs)."""
+Priority = Annotated[int, BeforeValidator(_int_parser(-1000, 1000)), _int_schema(-1000, 1000)]
+
+_SUSPEND_KINDS = ("none", "cuda", "hooks")
+_DEVICE_KINDS = ("auto", "cpu", "nvidia")
+SuspendKind = Annotated[
+    str, BeforeValidator(_choice_parser(_SUSPEND_KINDS)), _choice_schema(_SUSPEND_KINDS)
+]
+DeviceKind = Annotated[
+    str, BeforeValidator(_choice_parser(_DEVICE_KINDS)), _choice_schema(_DEVICE_KINDS)
+]
+
+
+def _hook(value: str) -> str:
+    try:
+        return str(Hook.parse(value))
+    except ValueError as exc:
+        reject(str(exc))
+
+
+HookCall = Annotated[
+    str,
+    BeforeValidator(_string_parser(_hook)),
+    _string_schema(pattern=r"^(GET|POST|PUT|PATCH|DELETE) /"),
+]
+"""One HTTP call: 'METHOD /path?query'."""

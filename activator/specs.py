@@ -49,6 +49,8 @@ def spec_factory(settings: WorkloadSettings, state_dir: Path) -> SpecFactory:
             checkpoint_timeout=settings.checkpoint_timeout,
             restore_timeout=settings.restore_timeout,
             keep_snapshots=settings.keep_snapshots,
+            suspend=settings.suspend,
+            hooks={"sleep": settings.hooks.sleep, "wake": settings.hooks.wake},
         )
 
     return build

@@ -11,11 +11,11 @@ class State(StrEnum):
     COLD = "cold"  # nothing: no process, no snapshot
     STARTING = "starting"  # booting the command
     RESTORING = "restoring"  # verifying and restoring a snapshot
-    RESUMING = "resuming"  # device memory coming back from host RAM (later: cuda engine)
+    RESUMING = "resuming"  # device memory coming back from host RAM (suspend engine)
     READY = "ready"  # serving
     DRAINING = "draining"  # no new requests admitted; waiting for in-flight ones
     CHECKPOINTING = "checkpointing"  # writing a snapshot
-    SUSPENDED = "suspended"  # process alive, device memory parked (later)
+    SUSPENDED = "suspended"  # process alive, device memory parked in host RAM
     HIBERNATED = "hibernated"  # only a snapshot; no process
     FAILED = "failed"  # the last start or restore failed, or the process died
 
@@ -26,7 +26,8 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.STARTING: frozenset({State.READY, State.FAILED}),
     # a restore that fails falls back to a cold boot
     State.RESTORING: frozenset({State.READY, State.STARTING, State.FAILED}),
-    State.RESUMING: frozenset({State.READY, State.FAILED}),
+    # a resume that fails stops the process and restores or cold-boots instead
+    State.RESUMING: frozenset({State.READY, State.FAILED, State.RESTORING, State.STARTING}),
     State.READY: frozenset({State.DRAINING, State.FAILED}),
     # back to READY when the drain times out; to COLD (or HIBERNATED, when an older
     # snapshot remains) when the instance is stopped instead of checkpointed; to FAILED
@@ -43,7 +44,10 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     ),
     # back to READY when the checkpoint fails and the process is still serving
     State.CHECKPOINTING: frozenset({State.HIBERNATED, State.READY, State.FAILED}),
-    State.SUSPENDED: frozenset({State.RESUMING, State.DRAINING}),
+    # to COLD / HIBERNATED when it is stopped (shutdown) or its process died
+    State.SUSPENDED: frozenset(
+        {State.RESUMING, State.DRAINING, State.COLD, State.HIBERNATED, State.FAILED}
+    ),
     State.HIBERNATED: frozenset({State.RESTORING, State.STARTING, State.COLD}),
     # cleared to where it rests: HIBERNATED when a snapshot remains, else COLD
     State.FAILED: frozenset({State.STARTING, State.RESTORING, State.COLD, State.HIBERNATED}),

@@ -26,7 +26,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from warmpool import CheckpointFailed, Endpoint, Instance, InstanceSpec, Runtime, WarmpoolError
+from warmpool import (
+    CheckpointFailed,
+    Endpoint,
+    Instance,
+    InstanceSpec,
+    NotSupported,
+    Runtime,
+    WarmpoolError,
+)
+from warmpool.placement import Member, Tier
+from warmpool.pool import Pool, PoolBusy
 
 from .breaker import Slots
 from .errors import Conflict, QueueFull, WakeFailed, WakeTimeout
@@ -38,6 +48,15 @@ from .states import STABLE, State, check_transition
 __all__ = ["Connection", "Lease", "WakeRecord", "Workload"]
 
 log = logging.getLogger("dormant.workload")
+
+_OFF_DEVICE = frozenset({State.COLD, State.HIBERNATED, State.SUSPENDED, State.FAILED})
+"""States in which a workload holds nothing on the device (the pool is told)."""
+_TIERS = {
+    State.SUSPENDED: Tier.SUSPENDED,
+    State.HIBERNATED: Tier.HIBERNATED,
+    State.COLD: Tier.COLD,
+    State.FAILED: Tier.COLD,
+}
 
 
 @dataclass(frozen=True)
@@ -107,10 +126,12 @@ class Workload:
         metrics: Metrics,
         spec: SpecFactory,
         clock: Callable[[], float] = time.monotonic,
+        pool: Pool | None = None,
     ) -> None:
         self.settings = settings
         self.name = settings.name
         self._runtime = runtime
+        self._pool = pool
         self._spec = spec
         self._metrics = metrics
         self._clock = clock
@@ -127,6 +148,8 @@ class Workload:
         self._waiting = 0
         self._last_activity = clock()
         self._since = clock()
+        self._resident_since = clock()
+        self._wake_from = "cold"  # the tier the running wake started from (swap metrics)
         self._failed_at = float("-inf")
         self.reason = ""
         self.last_error = ""
@@ -140,6 +163,9 @@ class Workload:
             "checkpoints": 0,
             "checkpoint_failures": 0,
             "start_failures": 0,
+            "suspends": 0,
+            "resumes": 0,
+            "swaps_out": 0,
         }
         self._state = self._at_rest()
         metrics.set_state(self.name, self._state)
@@ -186,6 +212,8 @@ class Workload:
         took = "" if old in STABLE else f" in {now - self._since:.3f}s"
         log.info("%s: %s -> %s%s%s", self.name, old, new, took, f" ({reason})" if reason else "")
         self._state, self._since, self.reason = new, now, reason
+        if self._pool is not None and new in _OFF_DEVICE:
+            self._pool.left(self.name)
 
     def _error(self, message: str) -> None:
         self.last_error = message
@@ -315,7 +343,13 @@ class Workload:
                     workload=self.name,
                 )
             started = self._clock()
+            self._wake_from = self.placement().tier.value
+            if self._state is State.SUSPENDED:
+                await self._reserve()
+                if (record := await self._resume(started)) is not None:
+                    return record
             spec = self._spec()  # WakeFailed when it cannot be built: nothing changed
+            await self._reserve()
             try:
                 instance = await self._restore_or_boot(spec)
             except asyncio.CancelledError:
@@ -323,6 +357,39 @@ class Workload:
                     self._fail("the wake was cancelled (shutdown)")
                 raise
             return self._became_ready(instance, started)
+
+    async def _reserve(self) -> None:
+        """Room on the shared device, when there is a pool (WakeFailed, 503, otherwise)."""
+        if self._pool is None:
+            return
+        try:
+            await self._pool.reserve(self, self.settings.wake_timeout)
+        except PoolBusy as exc:
+            retry = max(1, round(exc.retry_after or 5))
+            raise WakeFailed(
+                f"{self.name} cannot be resident now: {exc}",
+                workload=self.name,
+                headers={"Retry-After": str(retry)},
+            ) from exc
+        except WarmpoolError as exc:  # PoolFull: it never fits
+            raise WakeFailed(f"{self.name} cannot be resident: {exc}", workload=self.name) from exc
+
+    async def _resume(self, started: float) -> WakeRecord | None:
+        """SUSPENDED -> READY through the runtime's suspend engine; None (and the process
+        stopped) when the resume fails: the caller restores or cold-boots instead."""
+        instance = self._instance
+        assert instance is not None
+        self._transition(State.RESUMING)
+        try:
+            await self._runtime.resume(instance)
+        except WarmpoolError as exc:
+            self._error(f"resume failed: {exc}")
+            log.error("%s: %s; stopping it to restore or cold boot", self.name, self.last_error)
+            await self._runtime.stop(instance)
+            self._instance = None
+            return None
+        self.counters["resumes"] += 1
+        return self._became_ready(instance, started, "resume")
 
     async def _restore_or_boot(self, spec: InstanceSpec) -> Instance:
         instance: Instance | None = None
@@ -350,14 +417,21 @@ class Workload:
             self._fail(f"start failed: {exc}", backoff=True)
             raise WakeFailed(f"{self.name} could not start: {exc}", workload=self.name) from exc
 
-    def _became_ready(self, instance: Instance, started: float) -> WakeRecord:
-        path = "restore" if instance.restored_from else "boot"
-        self.counters["restores" if path == "restore" else "boots"] += 1
+    def _became_ready(
+        self, instance: Instance, started: float, path: str | None = None
+    ) -> WakeRecord:
+        if path is None:
+            path = "restore" if instance.restored_from else "boot"
+            self.counters["restores" if path == "restore" else "boots"] += 1
         seconds = self._clock() - started
         self._instance = instance
-        self._last_activity = self._clock()
+        self._last_activity = self._resident_since = self._clock()
         self.last_wake = WakeRecord(path, seconds, time.time())
         self._metrics.wake_seconds.labels(self.name, path).observe(seconds)
+        engine = {"resume": self.settings.suspend, "restore": self._runtime.capabilities.engine}
+        self._metrics.record_swap(
+            self.name, self._wake_from, "resident", engine.get(path, "boot"), seconds
+        )
         self._transition(State.READY, f"{path}, {instance.endpoint}")
         return self.last_wake
 
@@ -385,31 +459,17 @@ class Workload:
                 self._transition(self._at_rest(), "cleared after failure")
             if not self._ready():
                 return self._state
-            instance = self._instance
-            assert instance is not None
-            self._transition(State.DRAINING, reason)
-            try:
-                async with asyncio.timeout(self.settings.drain_timeout):
-                    await self._idle.wait()
-                    for connection in list(self._connections):
-                        connection.closing.set()
-                    await self._connections_gone.wait()
-            except TimeoutError:
-                self._transition(State.READY, "drain timed out")
-                raise Conflict(
-                    f"{self.name} still has {self._in_flight} requests and "
-                    f"{len(self._connections)} websockets open after "
-                    f"{self.settings.drain_timeout:.0f}s; not hibernated",
-                    workload=self.name,
-                ) from None
-            if not instance.alive():
-                self._fail(f"process {instance.exit_reason()}")
+            instance = await self._drain(reason)
+            if instance is None:
                 return self._state
             if not self._runtime.capabilities.checkpoint:
+                started = self._clock()
                 await self._runtime.stop(instance)
                 self._instance = None
                 self._transition(self._at_rest(), "stopped (restart engine: no snapshot)")
+                self._swapped_out("cold", "restart", started)
                 return self._state
+            started = self._clock()
             self._transition(State.CHECKPOINTING)
             try:
                 snapshot = await self._runtime.checkpoint(instance)
@@ -429,7 +489,92 @@ class Workload:
             self._metrics.checkpoint_seconds.labels(self.name).observe(snapshot.checkpoint_seconds)
             self._metrics.snapshot_bytes.labels(self.name).set(snapshot.bytes)
             self._transition(State.HIBERNATED, f"snapshot {snapshot.id}, {snapshot.bytes} bytes")
+            self._swapped_out("hibernated", self._runtime.capabilities.engine, started)
             return self._state
+
+    def _swapped_out(self, to: str, engine: str, started: float) -> None:
+        self._metrics.record_swap(self.name, "resident", to, engine, self._clock() - started)
+
+    async def suspend(self, reason: str = "requested") -> State:
+        """Drain, then park the instance's device memory in host RAM (the runtime's
+        suspend engine); the process stays. Returns the resulting state; raises Conflict
+        (drain timed out) or a WarmpoolError (NotSupported, SuspendFailed: still serving)."""
+        async with self._lock:
+            if not self._ready():
+                return self._state
+            if self.settings.suspend == "none":
+                raise NotSupported(f"{self.name}: suspend is 'none' in its settings")
+            instance = await self._drain(reason)
+            if instance is None:
+                return self._state
+            started = self._clock()
+            try:
+                await self._runtime.suspend(instance)
+            except WarmpoolError as exc:
+                self._error(f"suspend failed: {exc}")
+                if instance.alive():
+                    self._transition(State.READY, f"suspend failed, still serving: {exc}")
+                else:
+                    self._fail(f"suspend failed and the process is gone: {exc}")
+                raise
+            self.counters["suspends"] += 1
+            self._transition(State.SUSPENDED, reason)
+            self._swapped_out("suspended", self.settings.suspend, started)
+            return self._state
+
+    async def _drain(self, reason: str) -> Instance | None:
+        """READY -> DRAINING, wait for in-flight requests and WebSockets (under the lock).
+        Returns the instance to act on; None when it died meanwhile (then FAILED). Raises
+        Conflict (back to READY) when the drain times out."""
+        instance = self._instance
+        assert instance is not None
+        self._transition(State.DRAINING, reason)
+        try:
+            async with asyncio.timeout(self.settings.drain_timeout):
+                await self._idle.wait()
+                for connection in list(self._connections):
+                    connection.closing.set()
+                await self._connections_gone.wait()
+        except TimeoutError:
+            self._transition(State.READY, "drain timed out")
+            raise Conflict(
+                f"{self.name} still has {self._in_flight} requests and "
+                f"{len(self._connections)} websockets open after "
+                f"{self.settings.drain_timeout:.0f}s; not {reason}",
+                workload=self.name,
+            ) from None
+        if not instance.alive():
+            self._fail(f"process {instance.exit_reason()}")
+            return None
+        return instance
+
+    async def demote(self, to: Tier, reason: str) -> None:
+        """For the warm pool: leave the device (suspend, or hibernate / stop). Raises when
+        it could not; the workload then serves on."""
+        state = await (self.suspend(reason) if to is Tier.SUSPENDED else self.hibernate(reason))
+        if state not in _OFF_DEVICE:
+            raise WarmpoolError(f"{self.name} could not leave the device (it is {state})")
+        self.counters["swaps_out"] += 1
+
+    def placement(self) -> Member:
+        """This workload as the warm pool's placement policy sees it."""
+        s = self.settings
+        mid_operation = self._state is not State.READY and self._state not in _OFF_DEVICE
+        return Member(
+            name=self.name,
+            tier=_TIERS.get(self._state, Tier.RESIDENT),
+            device_bytes=0,  # the pool knows sizes
+            pin=s.pin,
+            priority=s.priority,
+            last_used=self._last_activity,
+            resident_since=self._resident_since,
+            min_resident=s.min_resident,
+            in_flight=self._in_flight + len(self._connections),
+            # a workload mid-operation (waking, draining) is never chosen: count it busy
+            queued=max(self._waiting, 1) if mid_operation else self._waiting,
+            can_suspend=s.suspend != "none",
+            can_hibernate=self._runtime.capabilities.checkpoint,
+        )
 
     def _checkpoint_failed(self, exc: WarmpoolError, instance: Instance) -> None:
         """After a failed checkpoint: serve again with whichever instance survived it."""
@@ -443,14 +588,14 @@ class Workload:
             self._fail(f"checkpoint failed and the process is gone: {exc}")
 
     def check_alive(self) -> None:
-        """Notice a ready instance that died on its own."""
-        if (
-            self._state is State.READY
-            and self._instance
-            and not self._instance.alive()
-            and not self._lock.locked()
-        ):
+        """Notice a ready (or suspended) instance that died on its own; let the pool
+        measure a ready one."""
+        if self._instance is None or self._lock.locked():
+            return
+        if self._state in (State.READY, State.SUSPENDED) and not self._instance.alive():
             self._fail(f"process {self._instance.exit_reason()}")
+        elif self._state is State.READY and self._pool is not None:
+            self._pool.sample(self.name, self._instance)
 
     async def shutdown(self, mode: str) -> None:
         """At Dormant's exit: 'hibernate' checkpoints a ready workload (falling back to
@@ -475,6 +620,7 @@ class Workload:
                 self._instance = None
             if self._state is State.READY:
                 self._transition(State.DRAINING, "shutdown")
+            if self._state in (State.DRAINING, State.SUSPENDED):
                 self._transition(self._at_rest(), "stopped at shutdown")
 
     # -- reporting -----------------------------------------------------------------------
@@ -511,4 +657,8 @@ class Workload:
             if snapshot is None
             else {"id": snapshot.id, "bytes": snapshot.bytes, "created": snapshot.created},
             "counters": dict(self.counters),
+            "tier": self.placement().tier.value
+            if self._pool is None or not self._pool.holds(self.name)
+            else "resident",
+            "memory": self._pool.member_view(self.name) if self._pool is not None else None,
         }

@@ -33,6 +33,8 @@ class FakeInstance:
     endpoint: Endpoint
     restored_from: str | None = None
     serial: int = 0
+    suspended: bool = False
+    """Its device memory is parked (by ``FakeRuntime.suspend``)."""
     _alive: bool = True
     _why: str = "running"
 
@@ -67,6 +69,8 @@ class FakeRuntime:
     committed snapshots per workload, newest last."""
 
     checkpoint_ok: bool = True
+    suspend_ok: bool = False
+    """Whether ``suspend`` / ``resume`` work (a suspend engine); else NotSupported."""
     latency: dict[str, float] = field(default_factory=dict)
     snapshots: dict[str, list[SnapshotInfo]] = field(default_factory=dict)
     calls: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -80,9 +84,12 @@ class FakeRuntime:
 
     @property
     def capabilities(self) -> Capabilities:
+        why = "" if self.suspend_ok else "the fake runtime was made without suspend"
         if self.checkpoint_ok:
-            return Capabilities("fake", True)
-        return Capabilities("restart", False, "fake runtime configured without checkpoints")
+            return Capabilities("fake", True, "", self.suspend_ok, why)
+        return Capabilities(
+            "restart", False, "fake runtime made without checkpoints", self.suspend_ok, why
+        )
 
     # -- scripting ---------------------------------------------------------------------------
 
@@ -171,10 +178,22 @@ class FakeRuntime:
         return self.add_snapshot(fake.name)
 
     async def suspend(self, instance: Instance) -> None:
-        raise NotSupported("the fake runtime does not suspend")
+        fake = self._mine(instance)
+        if not self.suspend_ok:
+            raise NotSupported("the fake runtime was made without suspend")
+        failure = await self._step("suspend")
+        if failure is not None:
+            raise failure.error
+        fake.suspended = True
 
     async def resume(self, instance: Instance) -> None:
-        raise NotSupported("the fake runtime does not suspend")
+        fake = self._mine(instance)
+        if not self.suspend_ok:
+            raise NotSupported("the fake runtime was made without suspend")
+        failure = await self._step("resume")
+        if failure is not None:
+            raise failure.error
+        fake.suspended = False
 
     async def stop(self, instance: Instance) -> None:
         fake = self._mine(instance)

@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 import httpx
 
 from snapshots import CheckpointFailed as DumpFailed
-from snapshots.errors import CommitFailed
 from snapshots import (
     CriuEngine,
     Snapshot,
@@ -34,6 +33,7 @@ from snapshots import (
     process_tree,
     stdio_pipe_inode,
 )
+from snapshots.errors import CommitFailed
 
 from .cgroup import CgroupTree
 from .cgroup import remove as remove_cgroup
@@ -41,6 +41,7 @@ from .errors import CheckpointFailed, NotSupported, RestoreFailed, StartFailed
 from .health import wait_healthy
 from .instance import ProcessInstance, adopt_restored, spawn
 from .runtime import Capabilities, Instance, InstanceSpec, SnapshotInfo
+from .suspend import SuspendEngine, SuspendTarget, make_engine
 
 __all__ = ["LocalRuntime", "free_port"]
 
@@ -97,9 +98,10 @@ class LocalRuntime:
             engine=engine.name if engine else "restart",
             checkpoint=engine is not None,
             checkpoint_why="" if engine else why,
-            suspend=False,
-            suspend_why="the local runtime does not suspend yet (no suspend engine)",
+            suspend=True,
+            suspend_why="",
         )
+        self._engines: dict[str, SuspendEngine] = {}
 
     @property
     def capabilities(self) -> Capabilities:
@@ -344,10 +346,29 @@ class LocalRuntime:
             os.close(write_fd)
         return adopt_restored(spec, pid, read_fd, label, group)
 
-    # -- suspend (not locally yet) -----------------------------------------------------------
+    # -- suspend -----------------------------------------------------------------------------
+
+    def _engine(self, spec: InstanceSpec) -> SuspendEngine:
+        """The suspend engine the instance's spec names (one per workload, kept)."""
+        engine = self._engines.get(spec.name)
+        if engine is None:
+            try:
+                made = make_engine(spec.suspend, client=self.client, hooks=spec.hooks)
+            except ValueError as exc:
+                raise NotSupported(f"{spec.name}: {exc}") from exc
+            if made is None:
+                raise NotSupported(f"{spec.name}: its suspend engine is 'none'")
+            engine = self._engines[spec.name] = made
+        return engine
 
     async def suspend(self, instance: Instance) -> None:
-        raise NotSupported(self._capabilities.suspend_why)
+        """Park the instance's device memory in host RAM with its suspend engine; raises
+        SuspendFailed (it still serves where the engine could leave it so) or NotSupported."""
+        local = self._own(instance)
+        toggle = await self._engine(local.spec).suspend(SuspendTarget.of(local.spec.name, local))
+        log.info("%s: suspended by %s in %.3fs", local.spec.name, toggle.engine, toggle.seconds)
 
     async def resume(self, instance: Instance) -> None:
-        raise NotSupported(self._capabilities.suspend_why)
+        local = self._own(instance)
+        toggle = await self._engine(local.spec).resume(SuspendTarget.of(local.spec.name, local))
+        log.info("%s: resumed by %s in %.3fs", local.spec.name, toggle.engine, toggle.seconds)

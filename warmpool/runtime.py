@@ -87,6 +87,10 @@ class InstanceSpec:
     """Seconds a restore plus the first healthy answer may take."""
     keep_snapshots: int = 1
     """Usable snapshots kept after a checkpoint (older ones are deleted)."""
+    suspend: str = "none"
+    """The suspend engine: 'none', 'cuda' or 'hooks' (warmpool.suspend)."""
+    hooks: Mapping[str, str] = field(default_factory=dict)
+    """suspend 'hooks': {'sleep': 'POST /sleep?level=1', 'wake': 'POST /wake_up'}."""
 
     def with_port(self, port: int) -> InstanceSpec:
         """This spec on ``port``, with the port filled into the command."""

@@ -1,0 +1,297 @@
+"""The warm pool: several workloads share one device, one reservation at a time.
+
+Before a workload becomes resident (boot, restore, resume) it asks the pool to
+``reserve`` room for it. The pool asks the pure placement policy
+(``warmpool.placement.choose_victims``) which residents must leave, demotes each through
+its own owner (``PoolMember.demote``: drain, then suspend or hibernate), and returns once
+the incoming workload fits. A workload that leaves the device says so (``left``).
+
+What the pool counts as resident is its own bookkeeping (``held``), not the members'
+states: a reservation holds its bytes from the moment it is granted, so two wakes can
+never both count on the same free room. Sizes are what a member declares, else the
+largest footprint measured while it ran (``measure``), else — never seen yet — the
+whole budget (it comes in alone the first time: safe, and measured from then on).
+
+Bounded: a reservation waits at most ``timeout`` for busy or too-recent residents
+(``PoolBusy``, with when to retry); one that can never fit fails at once (``PoolFull``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from .device import Device
+from .errors import WarmpoolError
+from .placement import (
+    Demotion,
+    Member,
+    Tier,
+    Verdict,
+    choose_victims,
+    is_thrash,
+    should_defer,
+)
+from .runtime import Instance
+from .units import format_size
+
+__all__ = ["Pool", "PoolBusy", "PoolFull", "PoolMember", "host_ram_available"]
+
+log = logging.getLogger("dormant.pool")
+
+
+class PoolFull(WarmpoolError):
+    """The workload can never be resident beside the pinned ones (a configuration problem)."""
+
+
+class PoolBusy(WarmpoolError):
+    """No room now: what could leave the device is busy or within its ``min_resident``.
+    ``retry_after``: seconds after which trying again may help."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PoolMember(Protocol):
+    """What the pool needs from a workload's owner (activator.Workload)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def placement(self) -> Member:
+        """The workload as the policy sees it now (tier from its own state; the pool
+        overrides tier and size while it holds room for it)."""
+        ...
+
+    async def demote(self, to: Tier, reason: str) -> None:
+        """Leave the device: drain, then suspend (to SUSPENDED) or checkpoint / stop
+        (to HIBERNATED / COLD). Raises when it could not; it then still serves."""
+        ...
+
+
+def host_ram_available() -> int:
+    """MemAvailable from /proc/meminfo (bytes); 0 when unreadable."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+@dataclass
+class _Book:
+    declared: int = 0
+    measured: int = 0
+    held: int | None = None
+    """Bytes the pool holds for it while it is (becoming) resident; None when it is off."""
+    left_at: float | None = None
+    thrash: int = 0
+    swaps_out: int = 0
+
+
+@dataclass
+class Pool:
+    """``budget``: device bytes the pool may use (total minus reserve). ``suspend_frees``:
+    whether parking memory in host RAM frees the device (on a GPU; on CPU the device *is*
+    host RAM, so suspending frees nothing and victims are hibernated)."""
+
+    budget: int
+    device: Device | None = None
+    """Measures resident members (``sample``); None: declared sizes only."""
+    kind: str = "cpu"
+    max_defer: float = 30.0
+    suspend_frees: bool = False
+    host_ram_free: Callable[[], int] = host_ram_available
+    clock: Callable[[], float] = time.monotonic
+    poll: float = 0.25
+    """Seconds between re-plans while a reservation waits for busy residents."""
+    on_thrash: Callable[[str], None] | None = None
+    """Called with the name of a workload swapped back in within its own min_resident."""
+    members: dict[str, PoolMember] = field(default_factory=dict)
+    _books: dict[str, _Book] = field(default_factory=dict)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def join(self, member: PoolMember, declared: int = 0) -> None:
+        """Add a workload; ``declared``: its size in bytes (0 = measure it)."""
+        self.members[member.name] = member
+        self._books[member.name] = _Book(declared=declared)
+
+    # -- sizes and bookkeeping ---------------------------------------------------------------
+
+    def size(self, name: str) -> int:
+        """The bytes ``name`` is expected to hold when resident: declared, else measured,
+        else (never seen) all the budget the pinned workloads leave."""
+        book = self._books[name]
+        if book.declared or book.measured:
+            return book.declared or book.measured
+        pinned = sum(
+            self._books[n].held or 0
+            for n, member in self.members.items()
+            if n != name and member.placement().pin
+        )
+        return max(self.budget - pinned, 1)
+
+    def measure(self, name: str, footprint: int | None) -> None:
+        """A resident member's measured footprint (the largest seen is kept)."""
+        book = self._books.get(name)
+        if book is None or footprint is None or footprint <= 0:
+            return
+        book.measured = max(book.measured, footprint)
+        if book.held is not None and not book.declared:
+            book.held = book.measured  # the estimate gives way to what was measured
+
+    def sample(self, name: str, instance: Instance) -> int | None:
+        """Measure a resident member's instance on the device (by the pid and cgroup its
+        runtime reports) and record it; returns the bytes, None when unavailable."""
+        if self.device is None:
+            return None
+        facts = instance.describe()
+        pid, group = facts.get("pid"), facts.get("cgroup")
+        if not isinstance(pid, int):
+            return None
+        footprint = self.device.used_by([pid], Path(group) if isinstance(group, str) else None)
+        self.measure(name, footprint.bytes)
+        return footprint.bytes
+
+    def left(self, name: str) -> None:
+        """``name`` left the device (checkpointed, suspended, stopped, crashed, failed)."""
+        book = self._books.get(name)
+        if book is not None and book.held is not None:
+            book.held = None
+            book.left_at = self.clock()
+            book.swaps_out += 1
+
+    def used(self) -> int:
+        return sum(b.held for b in self._books.values() if b.held is not None)
+
+    def holds(self, name: str) -> bool:
+        book = self._books.get(name)
+        return book is not None and book.held is not None
+
+    def _view(self, name: str) -> Member:
+        member = self.members[name].placement()
+        book = self._books[name]
+        if book.held is None:
+            return replace(member, device_bytes=self.size(name))
+        return replace(
+            member,
+            tier=Tier.RESIDENT,
+            device_bytes=book.held,
+            can_suspend=member.can_suspend and self.suspend_frees,
+        )
+
+    # -- reservations ----------------------------------------------------------------------
+
+    async def reserve(self, member: PoolMember, timeout: float) -> None:
+        """Return once ``member`` fits, victims demoted; it then holds its room until
+        ``left``. Raises PoolFull (never fits), PoolBusy (not within ``timeout``)."""
+        name = member.name
+        if self.holds(name):
+            return
+        started = self.clock()
+        deadline = started + timeout
+        refused: dict[str, str] = {}  # victims that could not leave during this reservation
+        while True:
+            async with self._lock:
+                now = self.clock()
+                members = [
+                    replace(view, pin=True) if view.name in refused else view
+                    for view in (self._view(n) for n in self.members)
+                ]
+                incoming = next(m for m in members if m.name == name)
+                plan = choose_victims(
+                    members,
+                    incoming,
+                    self.budget,
+                    now,
+                    self.host_ram_free(),
+                    overdue=not should_defer(started, now, self.max_defer),
+                )
+                if plan.verdict is Verdict.NEVER and refused:
+                    why = "; ".join(
+                        f"{n} could not leave the device: {e}" for n, e in refused.items()
+                    )
+                    raise PoolBusy(f"{name} cannot be made room for now: {why}")
+                if plan.verdict is Verdict.NEVER:
+                    raise PoolFull(plan.reason)
+                if plan.fits and not plan.demotions:
+                    self._grant(name, incoming, now)
+                    return
+                if plan.fits:
+                    refused.update(await self._demote(plan.demotions, name))
+                    continue  # re-plan: sizes and states have changed
+            remaining = deadline - self.clock()
+            if remaining <= 0 or (plan.retry_after is not None and plan.retry_after > remaining):
+                # waiting longer is pointless (or not allowed): say when it may work
+                raise PoolBusy(plan.reason, plan.retry_after)
+            wait = min(self.poll, remaining, plan.retry_after or self.poll)
+            await asyncio.sleep(max(wait, 0.01))
+
+    def _grant(self, name: str, incoming: Member, now: float) -> None:
+        book = self._books[name]
+        book.held = self.size(name)
+        if is_thrash(book.left_at, now, incoming.min_resident):
+            book.thrash += 1
+            if self.on_thrash is not None:
+                self.on_thrash(name)
+            log.warning(
+                "%s: swapped back in %.1fs after it left (min_resident %gs): thrash",
+                name,
+                now - (book.left_at or now),
+                incoming.min_resident,
+            )
+        log.info(
+            "pool: %s holds %s (%s of %s used)",
+            name,
+            format_size(book.held),
+            format_size(self.used()),
+            format_size(self.budget),
+        )
+
+    async def _demote(self, demotions: Sequence[Demotion], incoming: str) -> dict[str, str]:
+        """Demote every victim (at once); returns those that could not leave, and why
+        (they still serve, and are not asked again during this reservation)."""
+        refused: dict[str, str] = {}
+
+        async def one(d: Demotion) -> None:
+            log.info("pool: %s leaves for %s (to %s)", d.name, incoming, d.to)
+            try:
+                await self.members[d.name].demote(d.to, f"swapped out for {incoming}")
+            except Exception as exc:  # it still serves; the next plan sees it resident
+                log.warning("pool: %s could not leave the device: %s", d.name, exc)
+                refused[d.name] = str(exc)
+
+        await asyncio.gather(*(one(d) for d in demotions))
+        return refused
+
+    # -- reporting ---------------------------------------------------------------------------
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "budget_bytes": self.budget,
+            "used_bytes": self.used(),
+            "max_defer_s": self.max_defer,
+            "device": self.device.describe() if self.device is not None else None,
+            "members": {name: self.member_view(name) for name in self._books},
+        }
+
+    def member_view(self, name: str) -> dict[str, Any]:
+        book = self._books[name]
+        return {
+            "held_bytes": book.held,
+            "declared_bytes": book.declared or None,
+            "measured_bytes": book.measured or None,
+            "thrash": book.thrash,
+        }
+
+    def thrash_count(self, name: str) -> int:
+        return self._books[name].thrash
