@@ -37,13 +37,19 @@ def spec_factory(settings: WorkloadSettings, state_dir: Path) -> SpecFactory:
                     f"{settings.name}: cannot prepare the notebook server: {exc}",
                     workload=settings.name,
                 ) from exc
+        cwd = Path(settings.cwd) if settings.cwd else None
+        if cwd is None and settings.kind == "jupyter":
+            # Terminals start in the server's working directory: make it the notebook
+            # directory (when that is absolute, so the server's own root_dir still resolves).
+            root = notebooks.root_dir(settings, state_dir)
+            cwd = root if root.is_absolute() else None
         return InstanceSpec(
             name=settings.name,
             command=format_command(settings, _PORT, state_dir),
             port=settings.port,
             health_path=settings.health_path,
             env=env,
-            cwd=Path(settings.cwd) if settings.cwd else None,
+            cwd=cwd,
             start_timeout=settings.start_timeout,
             stop_timeout=settings.stop_timeout,
             checkpoint_timeout=settings.checkpoint_timeout,
