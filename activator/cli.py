@@ -350,6 +350,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return subprocess.call([sys.executable, "-m", "loadtests.bench", *args.bench_args], env=env)
 
 
+def cmd_exec(args: argparse.Namespace) -> int:
+    """The pod's entrypoint supervisor (activator/supervisor_main.py)."""
+    from .supervisor_main import run
+    from .supervisor_options import ExecOptions, UsageError
+
+    try:
+        options = ExecOptions.parse(args, getattr(args, "cmd", []))
+    except UsageError as exc:
+        return _fail(f"exec: {exc}", EXIT_CONFIG)
+    return run(options)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dormant",
@@ -458,6 +470,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="passed to `python -m loadtests.bench` (try --help)",
     )
     bench.set_defaults(func=cmd_bench)
+
+    from .supervisor_options import BIND_NOTE, EXIT_NOTE, add_exec_arguments
+
+    exec_ = sub.add_parser(
+        "exec",
+        help="a pod's entrypoint: run CMD, restore it from the newest snapshot, checkpoint it "
+        "on SIGTERM",
+        usage="dormant exec [OPTIONS] -- CMD [ARG ...]",
+        description="Run CMD in its own PID namespace: restore it from the newest verified "
+        "snapshot in --snapshots if there is one, else boot it; answer the pod's probes and "
+        "an authenticated control API (status, checkpoint, restore, suspend, resume, "
+        "activity) on --control; on SIGTERM, wait for the served port to be quiet, "
+        "checkpoint and exit 0 once the snapshot is committed. " + BIND_NOTE,
+        epilog=EXIT_NOTE + " See docs/exec.md.",
+    )
+    add_exec_arguments(exec_)
+    exec_.set_defaults(func=cmd_exec)
     return parser
 
 
@@ -465,7 +494,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # everything after `bench` belongs to loadtests.bench
         return cmd_bench(argparse.Namespace(bench_args=argv[1:]))
+    cmd: list[str] = []
+    if argv[:1] == ["exec"] and "--" in argv:  # everything after `--` is the served command
+        at = argv.index("--")
+        argv, cmd = argv[:at], argv[at + 1 :]
     args = build_parser().parse_args(argv)
+    if args.command == "exec":
+        args.cmd = cmd
     try:
         code: int = args.func(args)
         return code

@@ -1,0 +1,147 @@
+"""The control endpoint of ``dormant exec``: probes for the pod, operations for the operator.
+
+Open: ``GET /healthz`` (the supervisor is alive) and ``GET /readyz`` (200 only while the
+server is up and its health path answers; else 503 with the state as the error code: waiting,
+restoring, booting, checkpointing, checkpointed, suspended, failed, unhealthy, ...).
+
+Behind a bearer token (``--token-file`` or ``$DORMANT_EXEC_TOKEN``, compared in constant
+time): ``GET /status``, ``GET /activity``, ``POST /checkpoint[?wait=S]``, ``POST /restore``,
+``POST /suspend``, ``POST /resume``. **Without a token** these answer only clients on
+loopback (inside the pod: ``kubectl exec``, a sidecar); anyone else gets 403 saying how to
+set one. Errors have the activator's one JSON shape ``{"error": {"message", "type", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+
+from .admin import authorize
+from .errors import ActivatorError, BadRequest, NotFound, error_response
+from .supervisor import Supervisor
+
+__all__ = ["Forbidden", "create_control_app"]
+
+log = logging.getLogger("dormant.exec")
+
+MAX_WAIT = 600.0
+"""The longest ``POST /checkpoint?wait=S`` may ask for (seconds)."""
+
+
+class Forbidden(ActivatorError):
+    status, code, type = 403, "forbidden", "authentication_error"
+
+
+class NotReady(ActivatorError):
+    status, type = 503, "unavailable"
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _loopback(request: Request) -> bool:
+    host = request.client.host if request.client else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _guard(request: Request, token: str) -> None:
+    if token:
+        authorize(request, token, "dormant exec control API")
+    elif not _loopback(request):
+        raise Forbidden(
+            "no control token is configured, so the control API answers only on loopback; "
+            "start dormant exec with --token-file FILE or $DORMANT_EXEC_TOKEN"
+        )
+
+
+def _wait(request: Request) -> float:
+    raw = request.query_params.get("wait", "0")
+    try:
+        wait = float(raw)
+    except ValueError:
+        wait = -1.0
+    if not 0 <= wait <= MAX_WAIT:
+        raise BadRequest(f"wait must be a number of seconds from 0 to {MAX_WAIT:g}, got {raw!r}")
+    return wait
+
+
+def create_control_app(supervisor: Supervisor, token: str) -> FastAPI:
+    """The control API over ``supervisor``; ``token`` empty = loopback only (see above)."""
+    app = FastAPI(title="dormant exec", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(ActivatorError)
+    async def _error(request: Request, exc: ActivatorError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 404:
+            return error_response(NotFound(f"no route {request.method} {request.url.path}"))
+        error = ActivatorError(str(exc.detail))
+        error.status, error.code = exc.status_code, "http_error"
+        return error_response(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        return error_response(BadRequest(f"invalid request: {exc.errors()}"))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        body = {"message": f"internal error: {type(exc).__name__}: {exc}"}
+        body |= {"type": "server_error", "code": "internal_error"}
+        return JSONResponse({"error": body}, status_code=500)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "alive", "state": supervisor.phase.value}
+
+    @app.get("/readyz")
+    async def readyz() -> dict[str, Any]:
+        ready, code, why = await supervisor.readiness()
+        if not ready:
+            raise NotReady(code, f"not ready: {code}" + (f" ({why})" if why else ""))
+        return {"status": "ready", "state": supervisor.phase.value, "reason": why}
+
+    @app.get("/status")
+    async def status(request: Request) -> dict[str, Any]:
+        _guard(request, token)
+        return supervisor.status()
+
+    @app.get("/activity")
+    async def activity(request: Request) -> dict[str, Any]:
+        _guard(request, token)
+        await supervisor.watcher.read()
+        return supervisor.watcher.view()
+
+    @app.post("/checkpoint")
+    async def checkpoint(request: Request) -> dict[str, Any]:
+        _guard(request, token)
+        return await supervisor.checkpoint(_wait(request))
+
+    @app.post("/restore")
+    async def restore(request: Request) -> dict[str, Any]:
+        _guard(request, token)
+        return await supervisor.restore()
+
+    @app.post("/suspend")
+    async def suspend(request: Request) -> dict[str, Any]:
+        _guard(request, token)
+        return await supervisor.suspend()
+
+    @app.post("/resume")
+    async def resume(request: Request) -> dict[str, Any]:
+        _guard(request, token)
+        return await supervisor.resume()
+
+    return app

@@ -1,0 +1,379 @@
+"""`dormant exec`, the pod's entrypoint, as a real process: real servers in their own PID
+namespaces, real CRIU, a real snapshot directory standing in for the pod's volume (no
+Kubernetes: what the kubelet does here is send SIGTERM and start the next one)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from snapshots import CriuEngine, SnapshotStore
+from tests.conftest import ROOT, TESTS, free_port
+
+pytestmark = [pytest.mark.criu, pytest.mark.slow]
+
+HTTP_APP = str(TESTS / "servers" / "http_app.py")
+
+
+class Exec:
+    """One `python -m activator exec ... -- CMD` with its log, on free loopback ports."""
+
+    def __init__(
+        self, tmp: Path, snapshots: Path, cmd: list[str], *args: str, port: int = 0, tag: str = "a"
+    ) -> None:
+        self.port = port or free_port()
+        self.control = free_port()
+        self.token = ""
+        self.log_path = tmp / f"exec-{tag}.log"
+        self.argv = [
+            sys.executable,
+            "-m",
+            "activator",
+            "exec",
+            "--snapshots",
+            str(snapshots),
+            "--port",
+            str(self.port),
+            "--control",
+            f"127.0.0.1:{self.control}",
+            *args,
+            "--",
+            *cmd,
+        ]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Exec:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def api(self, method: str, path: str, timeout: float = 120, **kw: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        return httpx.request(
+            method, f"http://127.0.0.1:{self.control}{path}", headers=headers, timeout=timeout, **kw
+        )
+
+    def status(self) -> dict[str, Any]:
+        answer = self.api("GET", "/status")
+        assert answer.status_code == 200, answer.text
+        data: dict[str, Any] = answer.json()
+        return data
+
+    def readyz(self) -> httpx.Response | None:
+        try:
+            return self.api("GET", "/readyz", timeout=5)
+        except httpx.TransportError:
+            return None
+
+    def wait_for(self, what: str, done: Any, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                pytest.fail(
+                    f"dormant exec exited ({self.proc.returncode}) before {what}:\n{self.log()}"
+                )
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {what} after {timeout:.0f}s:\n{self.log()}")
+            time.sleep(0.1)
+
+    def wait_ready(self, timeout: float = 90) -> Exec:
+        def ready() -> bool:
+            answer = self.readyz()
+            return answer is not None and answer.status_code == 200
+
+        self.wait_for("/readyz 200", ready, timeout)
+        return self
+
+    def wait_exit(self, timeout: float = 90) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"dormant exec still running after {timeout:.0f}s:\n{self.log()}")
+
+    def terminate(self, timeout: float = 90) -> int:
+        """SIGTERM, as the kubelet sends it, and the exit code."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.wait_exit(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+
+@pytest.fixture
+def execs(criu: CriuEngine) -> Iterator[list[Exec]]:
+    """Every Exec a test makes is appended here and killed (by PID) at the end."""
+    made: list[Exec] = []
+    yield made
+    for e in made:
+        e.kill()
+
+
+def count(e: Exec) -> int:
+    return int(httpx.get(e.url("/count"), timeout=30).text.split()[0])
+
+
+def test_boot_sigterm_checkpoint_then_a_new_exec_restores_the_state(
+    tmp_path: Path, counter_cmd: list[str], execs: list[Exec]
+) -> None:
+    snaps = tmp_path / "volume"
+    a = Exec(tmp_path, snaps, [*counter_cmd, "{port}"]).start()
+    execs.append(a)
+    a.wait_ready()
+    status = a.status()
+    assert status["state"] == "ready" and status["restored_from"] is None
+    assert status["started"]["how"] == "booted" and status["pid"] > 0
+    for _ in range(3):
+        httpx.post(a.url("/incr"), timeout=30)
+    # counter.py listens on 127.0.0.1 only: said, with what to do
+    assert "reachable from inside the pod alone" in a.log() and "0.0.0.0" in a.log()
+    assert a.terminate() == 0
+    (snap,) = SnapshotStore(snaps).list("server")
+
+    b = Exec(tmp_path, snaps, [*counter_cmd, "{port}"], port=a.port, tag="b").start()
+    execs.append(b)
+    b.wait_ready()
+    status = b.status()
+    assert status["restored_from"] == snap.id and status["started"]["how"] == "restored"
+    assert f"restored from {snap.id}" in b.log()
+    assert count(b) == 3  # the state came back
+
+    # checkpoint through the API when idle: the server goes, the supervisor stays
+    answer = b.api("POST", "/checkpoint")
+    assert answer.status_code == 200, answer.text
+    second = answer.json()["snapshot"]
+    assert second["id"] != snap.id and second["bytes"] > 0
+    ready = b.readyz()
+    assert ready is not None and ready.status_code == 503
+    assert ready.json()["error"]["code"] == "checkpointed"
+    with pytest.raises(httpx.TransportError):
+        httpx.get(b.url("/count"), timeout=5)
+    assert [s.id for s in SnapshotStore(snaps).list("server")] == [second["id"]]  # --keep 1
+
+    answer = b.api("POST", "/restore")
+    assert answer.status_code == 200 and answer.json()["action"] == "restored", answer.text
+    assert b.status()["restored_from"] == second["id"]
+    assert count(b) == 3
+    suspend = b.api("POST", "/suspend")
+    assert suspend.status_code == 501 and "--suspend" in suspend.json()["error"]["message"]
+    assert b.terminate() == 0
+
+
+def test_a_request_in_flight_is_never_checkpointed(tmp_path: Path, execs: list[Exec]) -> None:
+    cmd = [sys.executable, HTTP_APP, "--port", "{port}", "--slow", "4"]
+    e = Exec(tmp_path, tmp_path / "volume", cmd, "--quiet", "1").start()
+    execs.append(e)
+    e.wait_ready()
+    answers: list[httpx.Response | Exception] = []
+
+    def slow() -> None:
+        try:
+            answers.append(httpx.get(e.url("/slow"), timeout=60))
+        except httpx.HTTPError as exc:
+            answers.append(exc)
+
+    with httpx.Client() as keepalive:  # an idle keep-alive connection does not hold it
+        assert keepalive.get(e.url("/info")).status_code == 200
+        request = threading.Thread(target=slow)
+        request.start()
+        e.wait_for("the slow request", lambda: e.api("GET", "/activity").json()["busy"], 10)
+        refused = e.api("POST", "/checkpoint")
+        assert refused.status_code == 409, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "busy" and "never answered" in error["message"]
+        activity = e.api("GET", "/activity").json()
+        assert activity["source"] == "sock_diag" and activity["connections"] >= 1
+        began = time.monotonic()
+        waited = e.api("POST", "/checkpoint?wait=30")  # waits for the answer, then checkpoints
+        assert waited.status_code == 200, waited.text
+        request.join(30)
+        assert isinstance(answers[0], httpx.Response) and answers[0].text == "slow"
+        assert time.monotonic() - began > 1.0  # it did wait
+
+    assert e.api("POST", "/restore").status_code == 200
+    # SIGTERM with a request in flight: the answer first, then the checkpoint, exit 0
+    request = threading.Thread(target=slow)
+    request.start()
+    e.wait_for("the slow request", lambda: e.api("GET", "/activity").json()["busy"], 10)
+    assert e.proc is not None
+    e.proc.send_signal(signal.SIGTERM)
+    e.wait_for("the quiet wait", lambda: "to be quiet" in e.log(), 10)
+    e.proc.send_signal(signal.SIGTERM)  # a second SIGTERM and a SIGINT change nothing
+    e.proc.send_signal(signal.SIGINT)
+    assert e.wait_exit() == 0
+    assert "SIGTERM again: already terminating" in e.log()
+    request.join(30)
+    assert isinstance(answers[1], httpx.Response) and answers[1].text == "slow", answers[1]
+    assert len(SnapshotStore(tmp_path / "volume").list("server")) == 1
+
+
+def test_the_replacement_waits_for_the_lock_then_restores_the_newest_snapshot(
+    tmp_path: Path, counter_cmd: list[str], execs: list[Exec]
+) -> None:
+    """Eviction: the new pod starts while the old one is still checkpointing."""
+    snaps = tmp_path / "volume"
+    old = Exec(tmp_path, snaps, [*counter_cmd, "{port}"]).start()
+    execs.append(old)
+    old.wait_ready()
+    httpx.post(old.url("/incr"), timeout=30)
+    httpx.post(old.url("/incr"), timeout=30)
+
+    new = Exec(tmp_path, snaps, [*counter_cmd, "{port}"], port=old.port, tag="new").start()
+    execs.append(new)
+    assert old.proc is not None
+    new.wait_for("the lock wait", lambda: f"held by pid {old.proc.pid}" in new.log(), 60)  # type: ignore[union-attr]
+    ready = new.readyz()
+    assert ready is not None and ready.status_code == 503
+    assert ready.json()["error"]["code"] == "waiting"
+    assert new.status()["state"] == "waiting"
+
+    third = Exec(
+        tmp_path, snaps, [*counter_cmd, "{port}"], "--lock-timeout", "1", port=old.port, tag="3"
+    ).start()
+    execs.append(third)
+    assert third.wait_exit() == 5  # bounded: gives up, to be restarted
+    assert "is still held by" in third.log()
+
+    fourth = Exec(tmp_path, snaps, [*counter_cmd, "{port}"], port=old.port, tag="4").start()
+    execs.append(fourth)
+    fourth.wait_for("the lock wait", lambda: "waiting for" in fourth.log(), 60)
+    assert fourth.terminate() == 0  # SIGTERM while waiting: nothing ran, nothing to save
+    assert old.terminate() == 0
+    new.wait_ready()
+    (snap,) = SnapshotStore(snaps).list("server")
+    assert new.status()["restored_from"] == snap.id
+    assert count(new) == 2
+    assert new.terminate() == 0
+
+
+def test_a_corrupt_snapshot_is_marked_bad_and_the_command_boots(
+    tmp_path: Path, counter_cmd: list[str], execs: list[Exec]
+) -> None:
+    snaps = tmp_path / "volume"
+    a = Exec(tmp_path, snaps, [*counter_cmd, "{port}"]).start()
+    execs.append(a)
+    a.wait_ready()
+    httpx.post(a.url("/incr"), timeout=30)
+    assert a.terminate() == 0
+    (snap,) = SnapshotStore(snaps).list("server")
+    pages = max((snap.path / "images").glob("pages-*.img"), key=lambda p: p.stat().st_size)
+    with pages.open("r+b") as f:
+        f.seek(pages.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+    b = Exec(tmp_path, snaps, [*counter_cmd, "{port}"], port=a.port, tag="b").start()
+    execs.append(b)
+    b.wait_ready()
+    status = b.status()
+    assert status["started"]["how"] == "booted"
+    assert "restore failed, snapshot marked bad" in status["last_error"]
+    assert [(s["id"], s["status"]) for s in status["snapshots"]] == [(snap.id, "bad")]
+    assert count(b) == 0
+    assert b.terminate() == 0
+
+
+def test_token_on_term_stop_and_a_server_that_exits(
+    tmp_path: Path, counter_cmd: list[str], execs: list[Exec]
+) -> None:
+    (tmp_path / "token").write_text("s3cret\n")
+    snaps = tmp_path / "volume"
+    a = Exec(
+        tmp_path,
+        snaps,
+        [*counter_cmd, "{port}"],
+        "--token-file",
+        str(tmp_path / "token"),
+        "--on-term",
+        "stop",
+    ).start()
+    execs.append(a)
+    a.wait_ready()  # the probes need no token
+    assert a.api("GET", "/status").status_code == 401
+    a.token = "wrong"
+    assert a.api("POST", "/checkpoint").status_code == 401
+    a.token = "s3cret"
+    assert a.status()["on_term"] == "stop"
+    assert a.terminate() == 0
+    assert SnapshotStore(snaps).list("server") == []  # stopped, not checkpointed
+
+    b = Exec(tmp_path, snaps, [*counter_cmd, "{port}"], tag="b").start()
+    execs.append(b)
+    b.wait_ready()
+    os.kill(b.status()["pid"], signal.SIGKILL)
+    assert b.wait_exit(60) == 4
+    assert "the served command exited by itself" in b.log()
+
+
+def test_a_server_bound_where_the_supervisor_cannot_reach_it_is_refused_at_once(
+    tmp_path: Path, execs: list[Exec]
+) -> None:
+    cmd = [sys.executable, "-m", "http.server", "--bind", "127.0.0.2", "{port}"]
+    e = Exec(tmp_path, tmp_path / "volume", cmd, "--health-path", "/").start()
+    execs.append(e)
+    began = time.monotonic()
+    assert e.wait_exit(120) == 3
+    assert time.monotonic() - began < 100  # not the 300 s start timeout
+    assert "listens on 127.0.0.2:" in e.log() and "0.0.0.0" in e.log()
+
+
+def test_suspend_hooks_on_the_reference_server_then_sigterm_and_restore(
+    tmp_path: Path, execs: list[Exec]
+) -> None:
+    cmd = [sys.executable, "-m", "examples.refserver", "--model", "ref-test", "--size", "tiny"]
+    cmd += ["--threads", "1", "--port", "{port}", "--state-dir", str(tmp_path / "weights")]
+    snaps = tmp_path / "volume"
+    a = Exec(tmp_path, snaps, cmd, "--suspend", "hooks", "--grace", "100").start()
+    execs.append(a)
+    a.wait_ready(300)
+
+    def text(e: Exec) -> str:
+        body = {"model": "ref-test", "prompt": "Once upon a time", "max_tokens": 12}
+        answer = httpx.post(e.url("/v1/completions"), json=body, timeout=120)
+        assert answer.status_code == 200, answer.text
+        return str(answer.json()["choices"][0]["text"])
+
+    before = text(a)
+    suspended = a.api("POST", "/suspend")
+    assert suspended.status_code == 200 and suspended.json()["state"] == "suspended"
+    ready = a.readyz()
+    assert ready is not None and ready.json()["error"]["code"] == "suspended"
+    asleep = httpx.post(
+        a.url("/v1/completions"), json={"model": "ref-test", "prompt": "x"}, timeout=60
+    )
+    assert asleep.status_code == 503
+    resumed = a.api("POST", "/resume")
+    assert resumed.status_code == 200 and resumed.json()["state"] == "ready"
+    assert text(a) == before
+    # SIGTERM while suspended: resume, checkpoint, exit 0; the next one restores it
+    assert a.api("POST", "/suspend").status_code == 200
+    assert a.terminate(120) == 0
+    b = Exec(tmp_path, snaps, cmd, "--suspend", "hooks", port=a.port, tag="b").start()
+    execs.append(b)
+    b.wait_ready(120)
+    assert b.status()["started"]["how"] == "restored"
+    assert text(b) == before
+    assert b.terminate(120) == 0
