@@ -137,9 +137,11 @@ class Supervisor:
         try:
             await self._restore_or_boot()
         except asyncio.CancelledError:
-            self._to(
-                P.STOPPED, "cancelled: SIGTERM while starting (the snapshots are as they were)"
-            )
+            # the runtime stopped whatever it had started; a server that was already up
+            # stays for ``terminate`` to checkpoint
+            if self.phase is not P.READY:
+                why = "cancelled: SIGTERM while starting (the snapshots are as they were)"
+                self._to(P.STOPPED, why)
             raise
 
     async def _restore_or_boot(self) -> None:

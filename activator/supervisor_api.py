@@ -13,8 +13,10 @@ set one. Errors have the activator's one JSON shape ``{"error": {"message", "typ
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -75,6 +77,12 @@ def _wait(request: Request) -> float:
     return wait
 
 
+async def _whole(operation: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    """Run a lifecycle operation to its end even if the client goes away meanwhile (a
+    checkpoint cut half way would leave the supervisor not knowing what serves)."""
+    return await asyncio.shield(asyncio.ensure_future(operation))
+
+
 def create_control_app(supervisor: Supervisor, token: str) -> FastAPI:
     """The control API over ``supervisor``; ``token`` empty = loopback only (see above)."""
     app = FastAPI(title="dormant exec", docs_url=None, redoc_url=None, openapi_url=None)
@@ -127,21 +135,21 @@ def create_control_app(supervisor: Supervisor, token: str) -> FastAPI:
     @app.post("/checkpoint")
     async def checkpoint(request: Request) -> dict[str, Any]:
         _guard(request, token)
-        return await supervisor.checkpoint(_wait(request))
+        return await _whole(supervisor.checkpoint(_wait(request)))
 
     @app.post("/restore")
     async def restore(request: Request) -> dict[str, Any]:
         _guard(request, token)
-        return await supervisor.restore()
+        return await _whole(supervisor.restore())
 
     @app.post("/suspend")
     async def suspend(request: Request) -> dict[str, Any]:
         _guard(request, token)
-        return await supervisor.suspend()
+        return await _whole(supervisor.suspend())
 
     @app.post("/resume")
     async def resume(request: Request) -> dict[str, Any]:
         _guard(request, token)
-        return await supervisor.resume()
+        return await _whole(supervisor.resume())
 
     return app

@@ -259,6 +259,8 @@ async def _lifecycle(
         return await supervisor.terminate()
     if supervisor.started is None:
         stop.cancel()
+        if start.exception() is not None:  # a bug, not a failure the runtime reported
+            log.error("the start failed unexpectedly", exc_info=start.exception())
         return ExitCode.START_FAILED
     watch = asyncio.ensure_future(supervisor.watch(0.5))
     died = asyncio.ensure_future(supervisor.died.wait())

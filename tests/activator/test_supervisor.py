@@ -295,6 +295,20 @@ def test_sigterm_with_on_term_stop_and_while_starting() -> None:
     run(case)
 
 
+def test_without_a_checkpoint_engine_checkpoint_is_501_and_sigterm_stops() -> None:
+    async def case(runtime: FakeRuntime, script: Script, client: httpx.AsyncClient) -> None:
+        runtime.checkpoint_ok = False
+        sup = make(runtime, script, client)
+        await sup.start()
+        with pytest.raises(Exception, match="cannot checkpoint here") as caught:
+            await sup.checkpoint()
+        assert getattr(caught.value, "status", None) == 501 and sup.phase is Phase.READY
+        assert await sup.terminate() == ExitCode.CHECKPOINT_FAILED
+        assert sup.phase is Phase.STOPPED and runtime.calls["stop"] == 1
+
+    run(case)
+
+
 def test_operations_are_refused_not_queued_while_one_runs() -> None:
     async def case(runtime: FakeRuntime, script: Script, client: httpx.AsyncClient) -> None:
         sup = make(runtime, script, client)
