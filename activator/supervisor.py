@@ -323,6 +323,12 @@ class Supervisor:
         self._to(P.READY, f"resumed in {seconds:.2f}s")
         return seconds
 
+    async def close(self) -> None:
+        """Stop whatever still runs (the supervisor is leaving on an unexpected error)."""
+        if self._instance is not None:
+            log.warning("stopping the server: the supervisor is exiting")
+            await self._stop_quietly()
+
     async def _stop_quietly(self) -> None:
         if self._instance is not None:
             with contextlib.suppress(WarmpoolError):

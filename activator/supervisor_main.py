@@ -207,6 +207,7 @@ async def _main(
             with _signals(asyncio.get_running_loop(), term):
                 return await _lifecycle(options, store, runtime, supervisor, lock, term)
         finally:
+            await supervisor.close()  # before the lock goes: never two servers per volume
             server.should_exit = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(serving, 10)

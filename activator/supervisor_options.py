@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ __all__ = [
     "add_exec_arguments",
 ]
 
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")  # the snapshot store's workload names
 TOKEN_ENV = "DORMANT_EXEC_TOKEN"
 DEFAULT_SNAPSHOTS = "/var/lib/dormant/snapshots"
 
@@ -147,6 +149,11 @@ class ExecOptions:
             raise UsageError(
                 "no command: put it after --, e.g. dormant exec --snapshots DIR -- "
                 "vllm serve MODEL --host 0.0.0.0 --port {port}"
+            )
+        if not _NAME.match(args.name):
+            raise UsageError(
+                f"--name must be letters, digits, '.', '_' or '-' (at most 63, not starting "
+                f"with a dot or dash), got {args.name!r}"
             )
         if not 0 < args.port < 65536:
             raise UsageError(

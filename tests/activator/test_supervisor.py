@@ -61,6 +61,7 @@ def test_control_ipv6_and_hooks() -> None:
         (("--keep", "0"), ("x",), "--keep >= 1"),
         (("--hook-wake", "wake"), ("x",), "--hook-wake: expected 'METHOD /path'"),
         (("--health-path", "health"), ("x",), "must start with '/'"),
+        (("--name", "../up"), ("x",), "--name must be letters"),
     ],
 )
 def test_bad_options_say_what_is_wrong(
