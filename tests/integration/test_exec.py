@@ -182,7 +182,7 @@ def test_boot_sigterm_checkpoint_then_a_new_exec_restores_the_state(
 
 
 def test_a_request_in_flight_is_never_checkpointed(tmp_path: Path, execs: list[Exec]) -> None:
-    cmd = [sys.executable, HTTP_APP, "--port", "{port}", "--slow", "4"]
+    cmd = [sys.executable, HTTP_APP, "--port", "{port}", "--slow", "5"]
     e = Exec(tmp_path, tmp_path / "volume", cmd, "--quiet", "1").start()
     execs.append(e)
     e.wait_ready()
