@@ -87,4 +87,15 @@ class PortWatch:
             "idle_s": round(self._clock() - self._active_at, 3),
             "quiet_s": self.quiet,
             "read_s_ago": round(self._clock() - a.at, 3) if a else None,
+            "detail": [
+                {
+                    "remote": f"{c.remote[0]}:{c.remote[1]}",
+                    "state": c.state,
+                    "unread_bytes": c.rqueue,
+                    "unacked_bytes": c.wqueue,
+                    "last_recv_ms": c.last_recv_ms,
+                    "last_sent_ms": c.last_sent_ms,
+                }
+                for c in (a.connections[:20] if a else ())
+            ],
         }

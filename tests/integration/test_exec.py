@@ -205,6 +205,7 @@ def test_a_request_in_flight_is_never_checkpointed(tmp_path: Path, execs: list[E
         assert error["code"] == "busy" and "never answered" in error["message"]
         activity = e.api("GET", "/activity").json()
         assert activity["source"] == "sock_diag" and activity["connections"] >= 1
+        assert any(c["last_sent_ms"] is not None for c in activity["detail"])
         began = time.monotonic()
         waited = e.api("POST", "/checkpoint?wait=30")  # waits for the answer, then checkpoints
         assert waited.status_code == 200, waited.text
