@@ -31,6 +31,7 @@ from .errors import WarmpoolError
 from .placement import (
     Demotion,
     Member,
+    Plan,
     Tier,
     Verdict,
     choose_victims,
@@ -215,7 +216,18 @@ class Pool:
                     self.host_ram_free(),
                     overdue=not should_defer(started, now, self.max_defer),
                 )
-                if plan.verdict is Verdict.NEVER and refused:
+                if plan.verdict is Verdict.NEVER and (unmeasured := self._unmeasured_pins(name)):
+                    # A pinned workload never measured yet holds the whole budget as its
+                    # estimate: the verdict is not final, its first sample settles it.
+                    plan = Plan(
+                        Verdict.WAIT,
+                        reason=(
+                            f"{name} waits for the size of pinned {', '.join(unmeasured)}, "
+                            "which has not been measured yet (until then it counts as the "
+                            "whole budget); declare its memory: to spare the wait"
+                        ),
+                    )
+                elif plan.verdict is Verdict.NEVER and refused:
                     why = "; ".join(
                         f"{n} could not leave the device: {e}" for n, e in refused.items()
                     )
@@ -234,6 +246,17 @@ class Pool:
                 raise PoolBusy(plan.reason, plan.retry_after)
             wait = min(self.poll, remaining, plan.retry_after or self.poll)
             await asyncio.sleep(max(wait, 0.01))
+
+    def _unmeasured_pins(self, name: str) -> list[str]:
+        """Pinned members other than ``name`` holding room by the never-measured estimate."""
+        return [
+            n
+            for n, book in self._books.items()
+            if n != name
+            and book.held is not None
+            and not (book.declared or book.measured)
+            and self.members[n].placement().pin
+        ]
 
     def _grant(self, name: str, incoming: Member, now: float) -> None:
         book = self._books[name]
