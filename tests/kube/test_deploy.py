@@ -343,3 +343,40 @@ def test_dashboard_shows_every_activator_metric_and_only_those() -> None:
     for family in Metrics().registry.collect():
         real.add(family.name + ("_total" if family.type == "counter" else ""))
     assert used == real, f"only in the dashboard: {used - real}; not shown: {real - used}"
+
+
+def test_a_policy_is_stored_with_its_status_and_printer_columns(
+    applied: tuple[Manifests, list[Doc]], kube: Rest, namespace: str
+) -> None:
+    m, _ = applied
+    (policy,) = [d for d in yaml.safe_load_all(POLICY.read_text()) if d]
+    policy["metadata"]["namespace"] = namespace
+    wait_until("the CRD to serve ScaleToZeroPolicy", lambda: m.create(policy, dry_run=True))
+    created = m.create(policy)  # a real custom-resource write (crashed 1.20 before reflect2 1.0.2)
+    path = m.path(policy, name=True)
+    status = {"phase": "Hibernated", "lastWake": {"path": "restore", "seconds": 0.4}}
+    kube.patch(f"{path}/status", {"status": status})
+    stored = kube.get(path)
+    assert stored["status"] == status and stored["spec"] == created["spec"]
+    # The status subresource ignores status in a write to the main resource, and vice versa.
+    kube.patch(path, {"status": {"phase": "Ready"}, "spec": {"idleAfter": "10m"}})
+    stored = kube.get(path)
+    assert stored["status"]["phase"] == "Hibernated" and stored["spec"]["idleAfter"] == "10m"
+    table = _table(kube, path)
+    columns = [c["name"] for c in table["columnDefinitions"]]
+    assert columns[:4] == ["Name", "Target", "Phase", "Last wake"], columns
+    assert table["rows"][0]["cells"][1:4] == ["ref-model", "Hibernated", "restore"]
+
+
+def _table(kube: Rest, path: str) -> dict[str, Any]:
+    """What `kubectl get` shows: the server-side Table with the CRD's printer columns."""
+    method, url, headers, body, post = kube.api.param_serialize(
+        "GET",
+        path,
+        header_params={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
+        auth_settings=["BearerToken"],
+    )
+    resp = kube.api.call_api(method, url, headers, body, post, _request_timeout=30)
+    data = resp.read()
+    assert resp.status == 200, data
+    return dict(json.loads(data))
