@@ -153,7 +153,7 @@ def _table(rows: list[list[str]]) -> str:
     )
 
 
-def _describe(w: dict[str, Any]) -> list[str]:
+def _describe(w: dict[str, Any], pooled: bool = False) -> list[str]:
     wake = w.get("last_wake") or {}
     snap = w.get("snapshot") or {}
     why = w.get("last_error") if w["state"] == "failed" else w.get("reason", "")
@@ -163,9 +163,17 @@ def _describe(w: dict[str, Any]) -> list[str]:
         at = w.get("last_error_at")
         when = time.strftime(" at %H:%M:%S", time.localtime(at)) if at else ""
         why = f"{why}; last error{when}: {w['last_error']}" if why else w["last_error"]
+    memory = w.get("memory") or {}
+    pool_columns = [
+        w.get("tier") or "-",
+        _size(
+            memory.get("held_bytes") or memory.get("measured_bytes") or memory.get("declared_bytes")
+        ),
+    ]
     return [
         w["name"],
         w["state"],
+        *(pool_columns if pooled else []),
         ",".join(w["models"]),
         str(w.get("pid") or "-"),
         str(w["in_flight"]),
@@ -178,9 +186,12 @@ def _describe(w: dict[str, Any]) -> list[str]:
 
 def cmd_status(args: argparse.Namespace) -> int:
     data = _admin(args, "GET", "/-/workloads")
-    if args.json:
-        print(json.dumps(data, indent=2))
-        return 0
+    print(json.dumps(data, indent=2) if args.json else status_text(data))
+    return 0
+
+
+def status_text(data: dict[str, Any]) -> str:
+    """The `dormant status` table for an activator's ``GET /-/workloads`` answer."""
     header = [
         "NAME",
         "STATE",
@@ -192,9 +203,20 @@ def cmd_status(args: argparse.Namespace) -> int:
         "SNAPSHOT",
         "WHY",
     ]
-    print(f"engine: {data['engine']['name']} ({data['engine']['reason']})")
-    print(_table([header, *(_describe(w) for w in data["workloads"])]))
-    return 0
+    lines = [f"engine: {data['engine']['name']} ({data['engine']['reason']})"]
+    pool = data.get("pool")
+    if pool:
+        used, budget = _size(pool["used_bytes"]), _size(pool["budget_bytes"])
+        lines.append(f"pool: {pool['kind']}, {used} of {budget} in use")
+        header[1:2] = ["STATE", "TIER", "MEMORY"]
+    rows = [_describe(w, pooled=bool(pool)) for w in data["workloads"]]
+    return "\n".join([*lines, _table([header, *rows])])
+
+
+def _size(value: int | None) -> str:
+    from warmpool.units import format_size
+
+    return format_size(value) if value else "-"
 
 
 def cmd_lifecycle(args: argparse.Namespace) -> int:

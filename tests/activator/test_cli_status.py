@@ -1,0 +1,58 @@
+"""`dormant status` as a table (``status_text`` over an activator's /-/workloads answer):
+the pool's columns, and a recovered workload's last error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from activator.cli import status_text
+
+ENGINE = {"name": "criu", "reason": "ok"}
+
+
+def _workload(**extra: Any) -> dict[str, Any]:
+    return {
+        "name": "a",
+        "state": "ready",
+        "models": ["m"],
+        "pid": 42,
+        "in_flight": 0,
+        "waiting": 0,
+        "last_wake": {"path": "boot", "seconds": 2.93},
+        "snapshot": None,
+        "reason": "boot",
+        "last_error": "",
+        **extra,
+    }
+
+
+def test_status_shows_the_pool_and_each_workloads_tier_and_memory() -> None:
+    out = status_text(
+        {
+            "engine": ENGINE,
+            "pool": {"kind": "cpu", "used_bytes": 900 << 20, "budget_bytes": 2 << 30},
+            "workloads": [
+                _workload(tier="resident", memory={"held_bytes": 900 << 20}),
+                _workload(name="b", state="hibernated", tier="hibernated", memory={}),
+            ],
+        }
+    )
+    engine, pool, header, first, second = out.splitlines()
+    assert engine == "engine: criu (ok)"
+    assert pool == "pool: cpu, 900.0MiB of 2.0GiB in use"
+    assert header.split()[:4] == ["NAME", "STATE", "TIER", "MEMORY"]
+    assert first.split()[:4] == ["a", "ready", "resident", "900.0MiB"]
+    assert second.split()[:4] == ["b", "hibernated", "hibernated", "-"]
+
+
+def test_status_without_a_pool_has_no_pool_columns() -> None:
+    out = status_text({"engine": ENGINE, "pool": None, "workloads": [_workload()]})
+    assert "pool:" not in out and "TIER" not in out
+    assert out.splitlines()[2].split()[:3] == ["a", "ready", "m"]
+
+
+def test_status_says_why_a_recovered_workload_had_trouble() -> None:
+    """A restore that failed verification and fell back to a boot is not a plain 'ready'."""
+    failed = _workload(last_error="restore failed: blake3 mismatch", last_error_at=1e9)
+    out = status_text({"engine": ENGINE, "workloads": [failed]})
+    assert "last error at" in out and "blake3 mismatch" in out
