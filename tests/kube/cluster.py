@@ -1,9 +1,11 @@
 """A real Kubernetes control plane for the `kube` tests: etcd, API server, controller manager.
 
 The binaries come from `scripts/setup-kube.sh` (Debian bookworm's `kubernetes` 1.20 source
-package, built into `.deps/kube/bin`) and Debian's `etcd-server`. Everything listens on
-loopback ports chosen free at start; state lives in one private directory; every process is
-ended by its PID. There is no scheduler and no kubelet: `tests/kube/kubelet.py` plays both.
+package, built into `.deps/kube/bin`) and Debian's `etcd-server`. etcd listens on loopback,
+the API server on `address` (the pod network's gateway in the suite, so that pods reach it
+too; 127.0.0.1 by default), on ports chosen free at start; state lives in one private
+directory; every process is ended by its PID. There is no scheduler and no kubelet:
+`tests/kube/kubelet.py` plays both.
 
 The API server serves TLS with a self-signed certificate made at start, authenticates static
 tokens (`admin` is in `system:masters`), authorizes with RBAC (so the Roles in `deploy/` mean
@@ -95,9 +97,9 @@ def find_binaries() -> KubeBinaries | str:
     return KubeBinaries(apiserver, manager, Path(etcd))
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
@@ -182,7 +184,7 @@ def _openssl(*args: str, cwd: Path) -> None:
         raise ClusterError(f"openssl {' '.join(args[:2])} failed: {done.stderr.strip()}")
 
 
-def _make_credentials(pki: Path) -> None:
+def _make_credentials(pki: Path, address: str) -> None:
     pki.mkdir(parents=True, exist_ok=True)
     _openssl(
         "req",
@@ -201,7 +203,7 @@ def _make_credentials(pki: Path) -> None:
         "-subj",
         "/CN=kube-apiserver",
         "-addext",
-        "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc",
+        f"subjectAltName=IP:127.0.0.1,IP:{address},DNS:localhost,DNS:kubernetes.default.svc",
         cwd=pki,
     )
     _openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
@@ -241,9 +243,10 @@ def _get(url: str, token: str, ca: Path) -> tuple[int, str]:
 
 @contextlib.contextmanager
 def start_cluster(
-    binaries: KubeBinaries, workdir: Path, timeout: float = 180.0
+    binaries: KubeBinaries, workdir: Path, timeout: float = 180.0, address: str = "127.0.0.1"
 ) -> Iterator[Cluster]:
-    """Start etcd, the API server and the controller manager under `workdir`; stop them after.
+    """Start etcd, the API server (on `address`) and the controller manager under `workdir`;
+    stop them after.
 
     Waits (at most `timeout` seconds in all) for /readyz, the `default` namespace and the
     controller manager's first ReplicaSet-visible sign of life; raises ClusterError with the
@@ -252,14 +255,14 @@ def start_cluster(
     deadline = time.monotonic() + timeout
     workdir.mkdir(parents=True, exist_ok=True)
     pki = workdir / "pki"
-    _make_credentials(pki)
+    _make_credentials(pki, address)
     token = secrets.token_hex(16)
     tokens = workdir / "tokens.csv"
     tokens.write_text(f'{token},admin,admin-uid,"system:masters"\n')
     tokens.chmod(0o600)
 
-    etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
-    server = f"https://127.0.0.1:{api_port}"
+    etcd_port, peer_port, api_port = free_port(), free_port(), free_port(address)
+    server = f"https://{address}:{api_port}"
     kubeconfig = workdir / "kubeconfig"
     kubeconfig.write_text(
         f"""apiVersion: v1
@@ -354,8 +357,8 @@ current-context: test
             [
                 str(binaries.apiserver),
                 f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={address}",
+                f"--advertise-address={address}",
                 f"--secure-port={api_port}",
                 f"--cert-dir={pki}",
                 f"--tls-cert-file={pki / 'apiserver.crt'}",

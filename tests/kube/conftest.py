@@ -17,6 +17,7 @@ import pytest
 try:
     from .cluster import Cluster, find_binaries, start_cluster
     from .kubelet import FakeKubelet
+    from .network import NetworkUnavailable, PodNetwork
     from .rest import ApiException, Rest
 except ImportError as exc:  # the `kube` extra is not installed
     _MISSING: str | None = f"{exc}; install the `kube` extra (`make setup` does)"
@@ -33,15 +34,33 @@ def _unavailable(why: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """etcd + kube-apiserver + kube-controller-manager, shared by the session."""
+def pod_network() -> Iterator[PodNetwork]:
+    """The session's pod network (tests/kube/network.py): a bridge, a namespace per pod."""
     if _MISSING is not None:
         _unavailable(_MISSING)
+    try:
+        network = PodNetwork.create()
+    except NetworkUnavailable as exc:
+        _unavailable(str(exc))
+        raise AssertionError("unreachable") from exc
+    try:
+        yield network
+    finally:
+        network.close()
+
+
+@pytest.fixture(scope="session")
+def kube_cluster(
+    tmp_path_factory: pytest.TempPathFactory, pod_network: PodNetwork
+) -> Iterator[Cluster]:
+    """etcd + kube-apiserver + kube-controller-manager, shared by the session. The API server
+    listens on the pod network's gateway address: the host and the pods both reach it."""
     found = find_binaries()
     if isinstance(found, str):
         _unavailable(found)
         raise AssertionError("unreachable")
-    with start_cluster(found, tmp_path_factory.mktemp("kube")) as cluster:
+    workdir = tmp_path_factory.mktemp("kube")
+    with start_cluster(found, workdir, address=pod_network.gateway) as cluster:
         yield cluster
 
 
@@ -68,10 +87,16 @@ def namespace(kube_cluster: Cluster, kube: Rest, request: pytest.FixtureRequest)
 
 
 @pytest.fixture
-def kubelet(kube_cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[FakeKubelet]:
+def kubelet(
+    kube_cluster: Cluster, pod_network: PodNetwork, namespace: str, tmp_path: Path
+) -> Iterator[FakeKubelet]:
     """A fake node (see tests/kube/kubelet.py) serving this test's namespace."""
     node = FakeKubelet(
-        kube_cluster.client(), tmp_path / "node", node=f"node-{namespace}", namespaces=[namespace]
+        kube_cluster.client(),
+        tmp_path / "node",
+        network=pod_network,
+        node=f"node-{namespace}",
+        namespaces=[namespace],
     ).start()
     try:
         yield node

@@ -17,10 +17,13 @@ the node. It does what the control plane sees a kubelet do, with real processes:
   `configMapKeyRef`, `secretKeyRef`) plus HOSTNAME and KUBERNETES_SERVICE_HOST/PORT.
   Init containers, sidecars and `resourceFieldRef` are refused with a Failed pod and a
   message. Output goes to `logs/NS_POD_UID.log` under `root`.
-* **Pod IP**: each pod gets its own loopback address 127.0.N.x (N fixed per process), kept
-  across container restarts and handed to the process only as the downward API would
-  (`fieldRef: status.podIP`, e.g. env POD_IP); the process must bind that address.
-  `status.podIP`/`podIPs` carry it; `hostIP` is 127.0.0.1.
+* **Pod network**: each pod gets its own network namespace on the session's bridge
+  (tests/kube/network.py) with its own IP (10.244.N.x), kept across container restarts; the
+  container's process runs in it (`nsenter --net`), so it binds 0.0.0.0 or its pod IP (the
+  downward API's `fieldRef: status.podIP`) as in a real pod, and its loopback is its own.
+  `status.podIP`/`podIPs` carry it; `hostIP` and the node's InternalIP are the bridge's
+  gateway address, where pods reach the host (the API server listens there:
+  KUBERNETES_SERVICE_HOST/PORT say so).
 * **Volumes**: a `persistentVolumeClaim` volume is the directory `root/claims/NS/CLAIM`,
   the same for every pod that mounts the claim (that is what lets a replacement pod restore
   from it); the PVC object must exist (its phase is not checked: nothing provisions volumes
@@ -31,7 +34,8 @@ the node. It does what the control plane sees a kubelet do, with real processes:
   volume types are refused (Failed pod with a message).
 * **Status**: phase Running with podIP, startTime, containerStatuses and the conditions
   PodScheduled, Initialized, ContainersReady, Ready. Readiness follows the container's
-  `readinessProbe` (httpGet against podIP:port, tcpSocket, exec; initialDelaySeconds,
+  `readinessProbe` (httpGet against podIP:port, tcpSocket, exec in the pod's network
+  namespace; initialDelaySeconds,
   periodSeconds, timeoutSeconds, success/failureThreshold honoured); without one the pod is
   Ready while the process runs. Liveness and startup probes are not run.
 * **Exit**: with restartPolicy Always (Deployments, StatefulSets), or OnFailure and a non-zero
@@ -53,7 +57,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -68,6 +71,7 @@ from urllib.parse import urlparse
 
 from kubernetes.client import ApiClient
 
+from .network import PodAddress, PodNetwork
 from .podspec import ContainerPlan, NotYet, PodRefused, plan_container
 from .podstatus import ContainerFacts, pod_status
 from .probes import Readiness
@@ -89,29 +93,6 @@ class Termination:
     killed: bool = False  # True if the grace period ran out and SIGKILL was needed
 
 
-class _IPs:
-    """Loopback pod addresses 127.0.N.2-254, N random per test process; freed addresses are
-    reused last (sockets in TIME_WAIT)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        third = random.randint(10, 250)
-        self._free = [f"127.0.{third}.{i}" for i in range(2, 255)]
-
-    def take(self) -> str:
-        with self._lock:
-            if not self._free:
-                raise PodRefused("no free loopback pod IP left (253 pods at once)")
-            return self._free.pop(0)
-
-    def give(self, ip: str) -> None:
-        with self._lock:
-            self._free.append(ip)
-
-
-_IP_POOL = _IPs()
-
-
 def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -124,7 +105,7 @@ class _Run:
     namespace: str
     name: str
     pod: dict[str, Any]
-    ip: str
+    address: PodAddress
     log: Path
     scratch: Path
     started: str = field(default_factory=_now)
@@ -145,6 +126,10 @@ class _Run:
     reported: dict[str, Any] | None = None
 
     @property
+    def ip(self) -> str:
+        return self.address.ip
+
+    @property
     def running(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
@@ -157,6 +142,7 @@ class FakeKubelet:
         api: ApiClient,
         root: Path,
         *,
+        network: PodNetwork,
         node: str = "fake-node",
         namespaces: Iterable[str] | None = None,
         interval: float = 0.2,
@@ -164,6 +150,7 @@ class FakeKubelet:
     ) -> None:
         self.rest = Rest(api)
         self.root = root
+        self.network = network
         self.node = node
         self.namespaces = set(namespaces) if namespaces is not None else None
         self.interval = interval
@@ -173,7 +160,7 @@ class FakeKubelet:
             "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
             "HOME": os.environ.get("HOME", "/root"),
             "LANG": "C.UTF-8",
-            "KUBERNETES_SERVICE_HOST": server.hostname or "127.0.0.1",
+            "KUBERNETES_SERVICE_HOST": server.hostname or network.gateway,
             "KUBERNETES_SERVICE_PORT": str(server.port or 443),
         }
         self.terminations: dict[str, Termination] = {}
@@ -280,7 +267,7 @@ class FakeKubelet:
             "systemUUID": "fake",
         }
         addresses = [
-            {"type": "InternalIP", "address": "127.0.0.1"},
+            {"type": "InternalIP", "address": self.network.gateway},
             {"type": "Hostname", "address": self.node},
         ]
         status = {
@@ -333,7 +320,7 @@ class FakeKubelet:
                 continue
             self._supervise(run)
             if run.readiness is not None and run.plan is not None and run.running:
-                run.readiness.tick(time.monotonic(), run.ip, run.plan.env, run.plan.cwd)
+                run.readiness.tick(time.monotonic(), run.address, run.plan.env, run.plan.cwd)
             self._report(run)
 
     def _bind(self, pod: dict[str, Any]) -> None:
@@ -355,12 +342,13 @@ class FakeKubelet:
     def _admit(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        address = self.network.take()  # NetworkUnavailable: a loop error the test sees
         run = _Run(
             uid=uid,
             namespace=ns,
             name=name,
             pod=pod,
-            ip=_IP_POOL.take(),
+            address=address,
             log=self.root / "logs" / f"{ns}_{name}_{uid[:8]}.log",
             scratch=self.root / "pods" / uid,
         )
@@ -369,6 +357,7 @@ class FakeKubelet:
                 self.rest,
                 pod,
                 ip=run.ip,
+                host_ip=self.network.gateway,
                 node=self.node,
                 scratch=run.scratch,
                 claim_dir=self.claim_dir,
@@ -378,7 +367,7 @@ class FakeKubelet:
                 run.plan.container.get("readinessProbe"), run.plan.container, run.plan.rewrite
             )
         except NotYet:  # e.g. the claim does not exist yet: try again next tick
-            _IP_POOL.give(run.ip)
+            self.network.give(run.address)
             shutil.rmtree(run.scratch, ignore_errors=True)
             return
         except PodRefused as exc:
@@ -396,7 +385,7 @@ class FakeKubelet:
             out.flush()
             try:
                 run.popen = subprocess.Popen(
-                    run.plan.argv,
+                    run.address.wrap(run.plan.argv),
                     env=run.plan.env,
                     cwd=run.plan.cwd,
                     stdin=subprocess.DEVNULL,
@@ -449,6 +438,7 @@ class FakeKubelet:
             ContainerFacts(
                 uid=run.uid,
                 ip=run.ip,
+                host_ip=self.network.gateway,
                 phase=run.phase,
                 message=run.message,
                 name=container.get("name", "?"),
@@ -543,5 +533,5 @@ class FakeKubelet:
     def _forget(self, run: _Run) -> None:
         with self._lock:
             self._runs.pop(run.uid, None)
-        _IP_POOL.give(run.ip)
+        self.network.give(run.address)
         shutil.rmtree(run.scratch, ignore_errors=True)

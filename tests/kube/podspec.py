@@ -73,6 +73,7 @@ def plan_container(
     pod: dict[str, Any],
     *,
     ip: str,
+    host_ip: str,
     node: str,
     scratch: Path,
     claim_dir: Callable[[str, str], Path],
@@ -90,7 +91,7 @@ def plan_container(
         raise PodRefused(f"container {c['name']!r} has no command: no image entrypoints here")
     objects = _Objects(rest, pod["metadata"]["namespace"])
     rewrite = Rewriter(_volumes(objects, pod, c, scratch, claim_dir))
-    env = {k: rewrite(v) for k, v in _env(objects, pod, c, ip, node).items()}
+    env = {k: rewrite(v) for k, v in _env(objects, pod, c, ip, host_ip, node).items()}
     argv = [rewrite(expand(a, env)) for a in [*c["command"], *c.get("args", [])]]
     cwd = Path(rewrite(c["workingDir"])) if c.get("workingDir") else ROOT
     if not cwd.is_dir():
@@ -178,7 +179,7 @@ def _volumes(
 
 
 def _env(
-    objects: _Objects, pod: dict[str, Any], c: dict[str, Any], ip: str, node: str
+    objects: _Objects, pod: dict[str, Any], c: dict[str, Any], ip: str, host_ip: str, node: str
 ) -> dict[str, str]:
     env: dict[str, str] = {}
     for src in c.get("envFrom", []):
@@ -195,7 +196,7 @@ def _env(
             continue
         vf = var["valueFrom"]
         if "fieldRef" in vf:
-            env[name] = _field(pod, vf["fieldRef"]["fieldPath"], ip, node)
+            env[name] = _field(pod, vf["fieldRef"]["fieldPath"], ip, host_ip, node)
         elif "configMapKeyRef" in vf or "secretKeyRef" in vf:
             secret = "secretKeyRef" in vf
             ref = vf["secretKeyRef" if secret else "configMapKeyRef"]
@@ -211,7 +212,7 @@ def _env(
     return env
 
 
-def _field(pod: dict[str, Any], path: str, ip: str, node: str) -> str:
+def _field(pod: dict[str, Any], path: str, ip: str, host_ip: str, node: str) -> str:
     """The downward API's `fieldRef`."""
     meta, spec = pod["metadata"], pod["spec"]
     simple = {
@@ -221,7 +222,7 @@ def _field(pod: dict[str, Any], path: str, ip: str, node: str) -> str:
         "spec.nodeName": node,
         "spec.serviceAccountName": spec.get("serviceAccountName", "default"),
         "status.podIP": ip,
-        "status.hostIP": "127.0.0.1",
+        "status.hostIP": host_ip,
     }
     if path in simple:
         return str(simple[path])

@@ -12,6 +12,7 @@ __all__ = ["ContainerFacts", "pod_status", "terminated"]
 class ContainerFacts:
     uid: str
     ip: str
+    host_ip: str  # the node's address (the pod network's gateway)
     phase: str  # Pending, Running, Succeeded, Failed
     message: str  # why the pod failed or waits
     name: str  # the container's
@@ -51,7 +52,7 @@ def pod_status(f: ContainerFacts) -> dict[str, Any]:
     ready = "True" if f.ready and f.running else "False"
     status: dict[str, Any] = {
         "phase": f.phase,
-        "hostIP": "127.0.0.1",
+        "hostIP": f.host_ip,
         "podIP": f.ip,
         "podIPs": [{"ip": f.ip}],
         "startTime": f.started,

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .network import PodAddress
 from .podspec import PodRefused
 
 __all__ = ["Readiness", "run_probe"]
@@ -35,11 +36,11 @@ class Readiness:
         self._successes = self._failures = 0
         self._next = now + float((self.probe or {}).get("initialDelaySeconds", 0))
 
-    def tick(self, now: float, ip: str, env: dict[str, str], cwd: Path) -> None:
+    def tick(self, now: float, address: PodAddress, env: dict[str, str], cwd: Path) -> None:
         if self.probe is None or now < self._next:
             return
         self._next = now + float(self.probe.get("periodSeconds", 10))
-        if run_probe(self.probe, ip, env, cwd):
+        if run_probe(self.probe, address, env, cwd):
             self._successes, self._failures = self._successes + 1, 0
             if self._successes >= int(self.probe.get("successThreshold", 1)):
                 self.ready = True
@@ -72,8 +73,11 @@ def _resolve(
     return probe
 
 
-def run_probe(probe: dict[str, Any], ip: str, env: dict[str, str], cwd: Path) -> bool:
-    """One probe against the pod at `ip`, bounded by its timeoutSeconds (default 1)."""
+def run_probe(probe: dict[str, Any], address: PodAddress, env: dict[str, str], cwd: Path) -> bool:
+    """One probe against the pod at `address`, bounded by its timeoutSeconds (default 1):
+    httpGet and tcpSocket from the node to the pod IP, exec inside the pod's network
+    namespace."""
+    ip = address.ip
     timeout = float(probe.get("timeoutSeconds", 1))
     if "httpGet" in probe:
         g = probe["httpGet"]
@@ -99,7 +103,7 @@ def run_probe(probe: dict[str, Any], ip: str, env: dict[str, str], cwd: Path) ->
     if "exec" in probe:
         try:
             done = subprocess.run(
-                probe["exec"]["command"],
+                address.wrap(probe["exec"]["command"]),
                 env=env,
                 cwd=cwd,
                 timeout=timeout,

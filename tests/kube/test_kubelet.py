@@ -11,6 +11,7 @@ import pytest
 
 from .cluster import Cluster, wait_until
 from .kubelet import FakeKubelet
+from .network import PodNetwork
 from .rest import Rest
 from .workloads import POD_APP, POD_IP_ENV, PORT, deployment, pods, ready_pod
 
@@ -141,7 +142,12 @@ def test_config_map_volume_and_env_with_mount_paths_rewritten(
 
 
 def test_an_evicted_pod_moves_off_a_cordoned_node(
-    kube_cluster: Cluster, kube: Rest, namespace: str, kubelet: FakeKubelet, tmp_path: Path
+    kube_cluster: Cluster,
+    pod_network: PodNetwork,
+    kube: Rest,
+    namespace: str,
+    kubelet: FakeKubelet,
+    tmp_path: Path,
 ) -> None:
     ns = namespace
     cmd = [sys.executable, POD_APP, "--host", "$(POD_IP)", "--port", str(PORT)]
@@ -149,7 +155,11 @@ def test_an_evicted_pod_moves_off_a_cordoned_node(
     first = wait_until("a Ready pod", lambda: ready_pod(kube, ns, "mv"), timeout=60)
     assert isinstance(first, dict) and first["spec"]["nodeName"] == kubelet.node
     other = FakeKubelet(
-        kube_cluster.client(), tmp_path / "other", node=f"other-{ns}", namespaces=[ns]
+        kube_cluster.client(),
+        tmp_path / "other",
+        network=pod_network,
+        node=f"other-{ns}",
+        namespaces=[ns],
     ).start()
     try:
         kubelet.set_unschedulable(True)  # kubectl cordon, then drain: evict

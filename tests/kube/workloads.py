@@ -23,8 +23,7 @@ __all__ = [
 ]
 
 POD_APP = str(Path(__file__).with_name("pod_app.py"))
-# Pods listen on their own loopback IP; the port is one that is free on 127.0.0.1 too, so the
-# check that nothing answers there means the process did not bind every address.
+# Every pod has its own network namespace (tests/kube/network.py), so all pods may use one port.
 PORT = free_port()
 POD_IP_ENV = {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
 
