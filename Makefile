@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 STATE ?= .state
 
-.PHONY: setup criu kube browser run test test-fast test-gpu lint format bench bench-proxy clean help
+.PHONY: setup criu kube browser run test test-fast test-gpu lint format bench bench-proxy bench-pool clean help
 
 help:
 	@echo "make setup  - create .venv with Dormant and every extra, then the tools the tests need:"
@@ -23,6 +23,8 @@ help:
 	@echo "               BENCH_ARGS='--quick --port N' passes options (python -m loadtests.bench --help)"
 	@echo "make bench-proxy - activator overhead vs calling the upstream directly (wrk)"
 	@echo "               BENCH_ARGS='--duration 2 --port N' passes options (python -m loadtests.bench_proxy --help)"
+	@echo "make bench-pool - three models in room for two: Zipf churn with CRIU vs restart, swap seconds vs bytes"
+	@echo "               BENCH_ARGS='--quick' passes options (python -m loadtests.pool_bench --help)"
 	@echo "make clean  - remove $(STATE) (snapshots, model weights), results and tool caches"
 
 setup: $(STAMP) criu kube browser
@@ -78,6 +80,9 @@ bench-proxy: setup
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		apt-get install -y -qq wrk >/dev/null; } || echo "wrk unavailable: using the Python client"
 	$(PY) -m loadtests.bench_proxy --out results $(BENCH_ARGS)
+
+bench-pool: setup
+	$(PY) -m loadtests.pool_bench --out results $(BENCH_ARGS)
 
 clean:
 	rm -rf $(STATE) results .pytest_cache .ruff_cache .mypy_cache
