@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.pool_bench import Plan, parse_args, parse_size, swap_seconds, zipf_plans
+from loadtests.pool_bench import Plan, parse_args, parse_size
+from loadtests.pool_parts import swap_seconds, zipf_plans
 from loadtests.pool_report import (
     ChurnResult,
     SwapRow,
