@@ -12,9 +12,10 @@ torch thread each) under ``device: {kind: cpu, memory_budget: B}``:
   pinned every request for ``b`` or ``c`` while the other is resident is a swap. Each
   resident instance has more than a third of M of headroom in the budget, so the growth
   of a KV cache never pushes two of them over it.
-* Traffic: round-robin, then Zipf-like (seeded), from three concurrent clients, every
-  request a streamed completion (bounded counts). Every request must answer 200 with a
-  complete stream.
+* Traffic, after one warm-up request each: round-robin (12 requests), then Zipf-like
+  (seeded, ``a`` the most popular) until the traffic has lasted a minute or 240 requests
+  were sent, from three concurrent clients, every request a streamed completion. Every
+  request must answer 200 with a complete stream.
 * A thread samples every ~100 ms what the resident instances hold: the PSS of the process
   tree of every pid ``/-/workloads`` shows, and, independently of Dormant's view, of every
   reference server of this test found in /proc (so an instance caught mid-restore counts).
