@@ -95,6 +95,15 @@ def _prepare_child(group: Path | None) -> None:  # runs in the child between for
     block_io_uring()
 
 
+def _running(pid: int) -> bool:
+    """Whether ``pid`` exists and is neither a zombie nor dead."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X", "x")
+
+
 def _children(pid: int) -> list[int]:
     try:
         return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -160,10 +169,17 @@ class ProcessInstance:
         return self._exit_status
 
     def alive(self) -> bool:
-        return self.poll() is None
+        """Running: not exited, and the server itself is not dead (the `unshare` wrapper
+        of a booted instance reaps it a moment after it dies: do not wait for that)."""
+        return self.poll() is None and _running(self.pid)
 
     def exit_reason(self) -> str:
         code = self.poll()
+        if code is None and not _running(self.pid):
+            self.wait(1.0)  # the wrapper reaps a dead server a moment later: get its status
+            code = self.poll()
+            if code is None:
+                return "died (its exit status is not known yet)"
         if code is None:
             return "running"
         lines = self.output.tail(9)
@@ -184,7 +200,7 @@ class ProcessInstance:
     def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the tree to be gone and reaped."""
         deadline = time.monotonic() + timeout
-        while self.alive():
+        while self.poll() is None:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.02)
