@@ -33,6 +33,7 @@ from snapshots import (
     process_tree,
     stdio_pipe_inode,
 )
+from snapshots.cuda_criu import CudaCriu
 from snapshots.errors import CommitFailed
 
 from .cgroup import CgroupTree
@@ -77,7 +78,8 @@ async def _in_thread(work: Callable[[], T], undo: Callable[[T], None]) -> T:
 
 class LocalRuntime:
     """Local processes. ``engine`` is None when no checkpoint engine is usable (the
-    ``restart`` engine): then ``checkpoint`` is not supported and ``restore`` finds nothing."""
+    ``restart`` engine): then ``checkpoint`` is not supported and ``restore`` finds nothing.
+    CRIU is used through ``snapshots.cuda_criu.CudaCriu`` (GPU processes included)."""
 
     def __init__(
         self,
@@ -90,7 +92,10 @@ class LocalRuntime:
     ) -> None:
         self.store = store
         self.work_dir = Path(work_dir)
-        self.engine = engine
+        # CUDA-aware CRIU: a tree with CUDA processes has its device memory parked through
+        # the driver API around the dump (no NVIDIA binaries); any other tree, or a machine
+        # without the driver, is dumped exactly as plain CRIU would.
+        self.engine = CudaCriu(engine) if engine is not None else None
         self.client = client
         self.cgroups = cgroups
         why = engine_why or "no usable checkpoint engine (see `dormant check`)"
@@ -165,6 +170,10 @@ class LocalRuntime:
     async def stop(self, instance: Instance) -> None:
         await asyncio.to_thread(self._own(instance).stop)
 
+    async def idle_for(self, instance: Instance) -> float | None:
+        """Local servers are reached only through the activator: None (its view stands)."""
+        return None
+
     @staticmethod
     def _own(instance: Instance) -> ProcessInstance:
         if not isinstance(instance, ProcessInstance):
@@ -207,7 +216,7 @@ class LocalRuntime:
         )
 
     def _checkpoint(
-        self, instance: ProcessInstance, engine: CriuEngine
+        self, instance: ProcessInstance, engine: CudaCriu
     ) -> Snapshot | tuple[ProcessInstance | None, str]:
         spec = instance.spec
         try:
