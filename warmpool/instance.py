@@ -28,6 +28,8 @@ import threading
 import time
 from pathlib import Path
 
+from snapshots import process_tree
+
 from . import cgroup
 from .runtime import Endpoint, InstanceSpec
 from .seccomp import block_io_uring
@@ -237,6 +239,18 @@ class ProcessInstance:
             )
         self.signal(signal.SIGKILL)
         self.wait(5.0)
+
+    def kill(self) -> None:
+        """SIGKILL the tree at once (e.g. one restored stopped that must never run)."""
+        self.signal(signal.SIGKILL)
+        self.wait(5.0)
+        self.release_cgroup()
+
+    def continue_stopped(self) -> None:
+        """SIGCONT every task of a tree CRIU restored with ``--leave-stopped``."""
+        for pid in process_tree(self.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
     def forget(self) -> None:
         """After a checkpoint removed the tree: reap the wrapper, remove the cgroup."""

@@ -118,7 +118,46 @@ def test_corrupted_snapshot_is_caught_marked_bad_and_cold_booted(dormant: Dorman
     assert "mismatch" in view["last_error"]
     assert (snapshot.path.parent / f"{snapshot.id}.bad" / "BAD_REASON").exists()
     assert "mismatch" in d.log()
-    assert not (d.state / "work" / "a" / "restore").exists(), "CRIU must not run on a bad snapshot"
+
+
+def test_a_corrupted_snapshot_never_runs(tmp_path: Path, criu: CriuEngine) -> None:
+    """Verification runs beside the CRIU restore, whose tree stays stopped until every
+    digest matched: a corrupt image is killed before one instruction of it runs. A
+    heartbeat thread in the server (a line with its boot id every 20 ms) would show it."""
+    beats = tmp_path / "beats"
+    d = Dormant(
+        tmp_path,
+        [
+            {
+                "name": "a",
+                "models": ["a"],
+                "idle_after": 0,
+                "command": [*COUNTER, "--heartbeat", str(beats)],
+            }
+        ],
+    ).start()
+    try:
+        assert _complete(d, "a").status_code == 200
+        assert d.admin("POST", "/workloads/a/hibernate").json()["state"] == "hibernated"
+        old = beats.read_text().split()[-1]
+        before = beats.read_text().split().count(old)
+        snapshot = SnapshotStore(d.state / "snapshots").latest("a")
+        assert snapshot is not None
+        pages = max((snapshot.path / "images").glob("pages-*.img"), key=lambda p: p.stat().st_size)
+        with open(pages, "r+b") as f:
+            f.seek(8192)
+            byte = f.read(1)
+            f.seek(8192)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        response = _complete(d, "a")
+        assert response.headers["x-dormant-wake"].startswith("boot; ")
+        time.sleep(0.2)  # a restored (corrupt) heartbeat would have written by now
+        lines = beats.read_text().split()
+        assert lines.count(old) == before, "the corrupt image ran"
+        assert lines[-1] != old, "the cold-booted server beats"
+        assert (d.state / "work" / "a" / "restore").exists(), "CRIU ran beside verification"
+    finally:
+        d.stop()
 
 
 def test_command_that_fails_to_start_answers_json_promptly(dormant: Dormant) -> None:

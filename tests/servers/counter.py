@@ -2,6 +2,9 @@
 
 GET /health -> ok; GET /count -> the counter; POST /incr -> counter + 1.
 With --map FILE it keeps FILE mmapped (to test file checks on restore).
+With --heartbeat FILE a thread appends this process's boot id to FILE every 20 ms,
+opening it each time (a file held open while it grows could not be restored): shows
+whether a process ran, and which.
 """
 
 import http.server
@@ -45,6 +48,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
 class Server(http.server.HTTPServer):
     request_queue_size = 256  # bursts of concurrent requests must queue, not be refused
 
+
+if "--heartbeat" in sys.argv:
+    import threading
+    import time
+
+    beat_path = sys.argv[sys.argv.index("--heartbeat") + 1]
+    boot_id = f"{os.getpid()}-{time.time_ns()}"
+
+    def beat() -> None:
+        while True:
+            with open(beat_path, "a") as out:
+                out.write(boot_id + "\n")
+            time.sleep(0.02)
+
+    threading.Thread(target=beat, daemon=True).start()
 
 print(f"counter serving on {port}", flush=True)
 Server(("127.0.0.1", port), Handler).serve_forever()
