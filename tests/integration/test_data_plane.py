@@ -540,7 +540,9 @@ def test_trickling_clients_are_cut_off(plane: Dormant) -> None:
 
     results, during = asyncio.run(run())
     print(f"\nclient sockets held: {before} before, {during} while 55 trickle, ", end="")
-    assert during >= before + 55
+    # the 50 that trickle a head or a read body are all held at 5 s (their limit is 30 s);
+    # the 5 unread bodies may already be gone (the keep-alive timeout is 5 s)
+    assert during >= before + 50
     assert results[:50] == [(408, True)] * 50, results
     assert results[50:] == [(200, True)] * 5, results
     deadline = time.monotonic() + 10
