@@ -6,6 +6,12 @@ and the last activity (requests, WebSocket messages). A notebook server can be b
 with none of that (a kernel computing for an hour, nobody connected), so before a
 ``jupyter`` workload is hibernated the reaper also asks the server itself, and
 ``server_keeps_awake`` decides from its answer.
+
+Traffic can also reach an instance without the proxy (with runtime kubernetes, warm
+requests go to the pod through its Service): before any hibernation the reaper asks the
+runtime how long the instance itself has been idle (``Workload.server_idle_for``), and a
+more recent activity there counts as activity (``note_activity``). Runtimes that cannot
+tell (local processes, reached only through the proxy) say None and change nothing.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ class Reaper:
         probe: Probe | None = None,
         after_tick: Callable[[], None] | None = None,
     ) -> None:
-        self._workloads = list(workloads)
+        self._workloads = workloads  # read at every tick: a registry may change
         self._after_tick = after_tick
         self._interval = interval
         self._probe = probe
@@ -65,7 +71,7 @@ class Reaper:
                 await task
 
     def tick(self) -> None:
-        for workload in self._workloads:
+        for workload in list(self._workloads):
             workload.check_alive()
             busy = self._running.get(workload.name)
             if busy is not None and not busy.done():
@@ -100,6 +106,11 @@ class Reaper:
             return None
 
     async def _hibernate(self, workload: Workload) -> State:
+        seen = await workload.server_idle_for()
+        if seen is not None and seen < workload.settings.idle_after:
+            log.debug("%s: kept awake (its server saw traffic %.1fs ago)", workload.name, seen)
+            workload.note_activity(seen)
+            return workload.state
         if workload.settings.kind == "jupyter":
             activity = await self._ask(workload)
             ago = server_keeps_awake(

@@ -192,6 +192,15 @@ class Workload:
     def idle_for(self) -> float:
         return self._clock() - self._last_activity
 
+    async def server_idle_for(self) -> float | None:
+        """Seconds since the ready instance itself last carried traffic, as its runtime sees
+        it (traffic that reaches it without the proxy: a pod behind its Service); None when
+        the runtime cannot tell or nothing is ready."""
+        instance = self._instance
+        if instance is None or not self._ready():
+            return None
+        return await self._runtime.idle_for(instance)
+
     def note_activity(self, seconds_ago: float = 0.0) -> None:
         """Activity seen outside the proxy (e.g. a notebook kernel computing), ``seconds_ago``."""
         self._last_activity = max(self._last_activity, self._clock() - seconds_ago)

@@ -195,6 +195,10 @@ class FakeRuntime:
             raise failure.error
         fake.suspended = False
 
+    async def idle_for(self, instance: Instance) -> float | None:
+        """Every request goes through the activator here: None (its view stands)."""
+        return None
+
     async def stop(self, instance: Instance) -> None:
         fake = self._mine(instance)
         failure = await self._step("stop")

@@ -14,6 +14,10 @@ through this protocol. A runtime must implement:
   runtime's engine can (``capabilities.suspend``); otherwise ``NotSupported``.
 * ``stop(instance)``, ``latest(name)`` (the newest usable snapshot, for status and the
   initial state), ``capabilities``.
+* ``idle_for(instance)`` — seconds since the instance itself last carried traffic, for a
+  runtime whose instances can be reached without the activator (a pod behind its Service:
+  warm traffic bypasses the proxy); None when it cannot tell (local processes: the
+  activator sees every request), and then the activator's own view stands.
 
 Errors are warmpool's own (``WarmpoolError`` and below): a runtime translates
 ``OSError``, subprocess, snapshot-store and HTTP-client errors at this boundary.
@@ -164,3 +168,5 @@ class Runtime(Protocol):
     async def resume(self, instance: Instance) -> None: ...
 
     async def stop(self, instance: Instance) -> None: ...
+
+    async def idle_for(self, instance: Instance) -> float | None: ...
