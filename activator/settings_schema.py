@@ -116,13 +116,24 @@ def workload_crd_schema() -> dict[str, Any]:
 
     Differences from the YAML file's JSON Schema, as structural schemas require: no
     ``$ref``; every property has a ``type``, or is ``x-kubernetes-int-or-string`` (the
-    durations: whole seconds or a string like '250ms'); ``command`` and ``args`` are
+    durations: whole seconds or a string like '250ms'; its ``anyOf`` is exactly
+    ``[{type: integer}, {type: string}]``, the one form kube-apiserver accepts, with
+    ``minimum`` and ``pattern`` beside it); ``command`` and ``args`` are
     lists of strings (no single string, no numbers); ``env`` is a map of strings;
     defaults are given as the YAML would write them."""
     schema = config_schema()
     out = _structural(schema["$defs"][_WORKLOAD], schema["$defs"])
     out["description"] = "One workload Dormant scales to zero (see docs/config.md)."
     return out
+
+
+_INT_OR_STRING: dict[str, Any] = {
+    "x-kubernetes-int-or-string": True,
+    "anyOf": [{"type": "integer"}, {"type": "string"}],
+}
+"""The one form of int-or-string a structural schema allows: its two branches carry nothing
+but their type, so a value's checks sit beside them (``minimum`` applies to integers only,
+``pattern`` to strings only)."""
 
 
 def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
@@ -138,8 +149,9 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         number, text = node["anyOf"]
         out = {
             **doc,
-            "x-kubernetes-int-or-string": True,
-            "anyOf": [dict(number), {"type": "string", "pattern": text["pattern"]}],
+            **_INT_OR_STRING,
+            "minimum": number.get("minimum", 0),
+            "pattern": text["pattern"],
         }
         if node.get("default") is not None:
             out["default"] = node["default"]
@@ -148,14 +160,7 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         number, text = node["anyOf"]
         # OpenAPI v3.0 has no numeric exclusiveMinimum: "more than 0" is "at least 1" here.
         least = max(1, number.get("minimum", 0)) if "exclusiveMinimum" in number else 0
-        out = {
-            **doc,
-            "x-kubernetes-int-or-string": True,
-            "anyOf": [
-                {"type": "integer", "minimum": least},
-                {"type": "string", "pattern": text["pattern"]},
-            ],
-        }
+        out = {**doc, **_INT_OR_STRING, "minimum": least, "pattern": text["pattern"]}
         if "default" in node:
             out["default"] = human_duration(node["default"])
         return out

@@ -158,6 +158,9 @@ def _structural_problems(node: dict[str, Any], where: str = "spec") -> list[str]
         types = sorted(str(a.get("type")) for a in node["anyOf"])
         if not (int_or_string and types == ["integer", "string"]):
             problems.append(f"{where}: anyOf {types}")
+        elif node["anyOf"] != [{"type": "integer"}, {"type": "string"}]:
+            # kube-apiserver accepts types inside anyOf only in exactly this form
+            problems.append(f"{where}: int-or-string branches carry more than their type")
         for branch in node["anyOf"]:
             if {"description", "default", "nullable"} & set(branch):
                 problems.append(f"{where}: description/default/nullable inside anyOf")
@@ -185,13 +188,19 @@ def test_the_workload_crd_schema_is_structural() -> None:
     assert set(schema["properties"]) == fields
     duration = schema["properties"]["idle_after"]
     assert duration["x-kubernetes-int-or-string"] is True and duration["default"] == "5m"
-    assert schema["properties"]["wake_timeout"]["anyOf"][0]["minimum"] == 1  # > 0
+    assert schema["properties"]["wake_timeout"]["minimum"] == 1  # > 0
     assert schema["properties"]["env"]["additionalProperties"] == {"type": "string"}
 
 
 def test_the_structural_check_can_fail() -> None:
     assert _structural_problems({"type": "object", "properties": {"a": {"$ref": "#/x"}}})
     assert _structural_problems({"anyOf": [{"type": "number"}, {"type": "string"}]})
+    assert _structural_problems(
+        {
+            "x-kubernetes-int-or-string": True,
+            "anyOf": [{"type": "integer", "minimum": 1}, {"type": "string"}],
+        }
+    )
 
 
 def test_shipped_workloads_fit_the_crd_schema() -> None:
