@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import time
@@ -241,6 +242,14 @@ def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI
     store = SnapshotStore(state_dir / "snapshots")
     started = time.time()
     pool = make_pool(settings, metrics)
+    # runtime kubernetes: chosen by name, imported only then (the `kube` extra); its
+    # settings are checked and the cluster connected before anything starts.
+    cluster = (
+        importlib.import_module(".cluster", __package__)
+        if settings.runtime == "kubernetes"
+        else None
+    )
+    cluster_setup = cluster.prepare(settings) if cluster is not None else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -253,6 +262,17 @@ def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI
             upstream_session() as session,
             httpx.AsyncClient(timeout=None, trust_env=False) as client,
         ):
+            if cluster is not None:  # the workloads are the namespace's ScaleToZeroPolicies
+                async with cluster.serve(cluster_setup, settings, metrics, client) as served:
+                    app.state.registry = served.registry
+                    app.state.client = session
+                    cluster_reaper = Reaper(served.registry, settings.reap_interval)
+                    cluster_reaper.start()
+                    try:
+                        yield
+                    finally:
+                        await cluster_reaper.stop()
+                return
             runtime = LocalRuntime(
                 store,
                 state_dir / "work",

@@ -104,6 +104,28 @@ class Registry:
     def __init__(self, workloads: Iterable[Workload], pool: Pool | None = None) -> None:
         self.pool = pool
         self._by_name = {w.name: w for w in workloads}
+        self._index()
+
+    def add(self, workload: Workload) -> None:
+        """Serve ``workload`` from now on (runtime kubernetes: a policy appeared). ValueError
+        when its name or one of its models is taken already."""
+        if workload.name in self._by_name:
+            raise ValueError(f"a workload named {workload.name!r} is served already")
+        taken = [m for m in workload.settings.models if m in self._by_model]
+        if taken:
+            raise ValueError(f"model {taken[0]!r} is served by {self._by_model[taken[0]].name!r}")
+        self._by_name[workload.name] = workload
+        self._index()
+
+    def remove(self, name: str) -> Workload | None:
+        """Stop routing to workload ``name`` (its requests in flight go on); it, or None."""
+        workload = self._by_name.pop(name, None)
+        if workload is not None:
+            self._index()
+        return workload
+
+    def _index(self) -> None:
+        """The lookups by model and prefix, rebuilt whenever the set of workloads changes."""
         self._by_model = {m: w for w in self._by_name.values() for m in w.settings.models}
         # each prefix as a client writes it on the wire (percent-encoded where it must
         # be) and as it reads once decoded
@@ -117,7 +139,7 @@ class Registry:
         }
 
     def __iter__(self) -> Iterator[Workload]:
-        return iter(self._by_name.values())
+        return iter(list(self._by_name.values()))  # a copy: the set may change meanwhile
 
     def __len__(self) -> int:
         return len(self._by_name)

@@ -72,6 +72,7 @@ from .settings_types import (
     Port,
     Priority,
     ReapInterval,
+    RuntimeName,
     Size,
     SizeOrZero,
     Str,
@@ -90,6 +91,7 @@ __all__ = [
     "ConfigError",
     "DeviceSettings",
     "HooksSettings",
+    "KubernetesSettings",
     "Settings",
     "WorkloadSettings",
     "default_state_dir",
@@ -114,6 +116,8 @@ GROUPS: dict[str, str] = {
     "notebooks": "Workloads of kind 'jupyter' only.",
     "pool": "Several workloads sharing one device: the warm pool (docs/warm-pool.md). "
     "A workload's pool keys act only with a `device:` section.",
+    "kubernetes": "runtime kubernetes: the workloads are the ScaleToZeroPolicies of a namespace, "
+    "their instances the pods of their targets (docs/kubernetes.md).",
 }
 """Concerns, in the order docs/config.md lists them; every field names one."""
 
@@ -189,6 +193,38 @@ class DeviceSettings:
     they may be swapped out too (the starvation bound)."""
     index: CountOrZero = _group("pool", 0)
     """kind nvidia: which GPU (NVML index)."""
+
+
+@dataclass(frozen=True, config=_CONFIG)
+class KubernetesSettings:
+    """runtime kubernetes: which policies the activator serves and how it reaches their pods.
+    The model pods run `dormant exec` (docs/exec.md); the activator asks their supervisors."""
+
+    namespace: Str = _group("kubernetes", "")
+    """Namespace whose ScaleToZeroPolicies are the workloads (empty = $POD_NAMESPACE, else the
+    service account's namespace, else 'default')."""
+    kubeconfig: Str = _group("kubernetes", "")
+    """A kubeconfig file (empty = the pod's service account inside a cluster, else
+    $KUBECONFIG or ~/.kube/config)."""
+    advertise: ListenOrEmpty = _group("kubernetes", "")
+    """HOST:PORT where pods and Services reach this activator: a policy's Endpoints point
+    here while its pods are not ready (empty = $POD_IP and the port of `listen`)."""
+    control_port: Port = _group("kubernetes", 8081)
+    """Port of the control API of `dormant exec` in the model pods (its --control)."""
+    control_token_file: ExistingFile = _group("kubernetes", "")
+    """File holding the bearer token of that control API (empty = $DORMANT_EXEC_TOKEN)."""
+    poll_interval: Timeout = _group("kubernetes", 1.0)
+    """Seconds between looks at a pod or Endpoints while waiting for them to change."""
+    route_timeout: Timeout = _group("kubernetes", 30.0)
+    """Seconds the operator may take to point a policy's Endpoints where the activator asked
+    (the pods or the activator) before the activator gives up that step."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            _check_keys(data, (f.name for f in dataclasses.fields(cls)))
+        return data
 
 
 @dataclass(frozen=True, config=_CONFIG)
@@ -321,7 +357,9 @@ class WorkloadSettings:
 
 
 def _workloads(value: Any) -> Any:
-    if not isinstance(value, list | tuple) or not value:
+    if isinstance(value, tuple):  # already validated (a copy); runtime kubernetes has none
+        return value
+    if not isinstance(value, list) or not value:
         reject("expected a non-empty list")
     return value
 
@@ -331,9 +369,10 @@ class Settings:
     """The whole activator."""
 
     workloads: Annotated[tuple[WorkloadSettings, ...], BeforeValidator(_workloads)] = _group(
-        "server", minItems=1
+        "server", (), minItems=1
     )
-    """What Dormant fronts (required, at least one)."""
+    """What Dormant fronts (required, at least one, with runtime local; none with runtime
+    kubernetes, whose workloads are ScaleToZeroPolicies)."""
     listen: Listen = _group("server", "127.0.0.1:8080")
     """HOST:PORT the activator listens on (`dormant up --listen` wins)."""
     state_dir: Str = _group("server", "")
@@ -365,6 +404,11 @@ class Settings:
     """File holding the metrics token (wins over metrics_token); an empty file is an error."""
     device: DeviceSettings | None = _group("pool", None)
     """The shared device (see below); without it every workload may be resident at once."""
+    runtime: RuntimeName = _group("kubernetes", "local")
+    """Where instances run: 'local' (process trees on this machine) or 'kubernetes' (the
+    pods of the ScaleToZeroPolicies in kubernetes.namespace; see below)."""
+    kubernetes: KubernetesSettings | None = _group("kubernetes", None)
+    """runtime kubernetes: the cluster section (see below; defaults when left out)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -374,8 +418,24 @@ class Settings:
         if not isinstance(data, dict):
             reject(f"expected a mapping at the top level, got {type(data).__name__}")
         _check_keys(data, (f.name for f in dataclasses.fields(cls)))
-        if "workloads" not in data:
+        runtime = data.get("runtime", "local")
+        if runtime == "kubernetes":
+            if data.get("workloads"):
+                reject(
+                    "not with runtime kubernetes: its workloads are the ScaleToZeroPolicies of "
+                    "kubernetes.namespace; remove `workloads:`",
+                    "workloads",
+                )
+            if data.get("device") is not None:
+                reject(
+                    "not with runtime kubernetes: the warm pool shares one machine's device; "
+                    "in a cluster each model pod has its own through the scheduler",
+                    "device",
+                )
+        elif runtime == "local" and "workloads" not in data:
             reject("expected a non-empty list", "workloads")
+        elif runtime == "local" and data.get("kubernetes") is not None:
+            reject("only acts with runtime: kubernetes", "kubernetes")
         return data
 
     @model_validator(mode="after")
@@ -473,6 +533,11 @@ class Settings:
     @property
     def state_path(self) -> Path:
         return Path(self.state_dir).expanduser()
+
+    @property
+    def cluster(self) -> KubernetesSettings:
+        """The kubernetes section, its defaults when it was left out."""
+        return self.kubernetes or KubernetesSettings()
 
     def workload(self, name: str) -> WorkloadSettings | None:
         return next((w for w in self.workloads if w.name == name), None)

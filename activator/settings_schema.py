@@ -43,6 +43,8 @@ def config_schema() -> dict[str, Any]:
             if prop.get("x-dormant-type") == "argv" and prop["anyOf"][0].get("minItems"):
                 prop.pop("default", None)  # required where it is used: no default
     schema["$defs"][_WORKLOAD]["allOf"] = _kind_rules()
+    schema["properties"]["workloads"].pop("default", None)  # required with runtime local
+    schema["allOf"] = [_runtime_rule()]
     return {
         "$schema": SCHEMA_DIALECT,
         "title": "Dormant configuration",
@@ -74,6 +76,24 @@ def _kind_rules() -> list[dict[str, Any]]:
             "then": {"anyOf": [{"required": ["path_prefix"]}, {"required": ["hosts"]}]},
         },
     ]
+
+
+def _runtime_rule() -> dict[str, Any]:
+    """runtime kubernetes takes its workloads from the cluster (and has no warm pool);
+    runtime local needs them and has no kubernetes section."""
+    return {
+        "if": {"properties": {"runtime": {"const": "kubernetes"}}, "required": ["runtime"]},
+        "then": {
+            "properties": {
+                "workloads": {"maxItems": 0, "description": "from ScaleToZeroPolicies"},
+                "device": _forbidden("the warm pool shares one machine's device"),
+            }
+        },
+        "else": {
+            "required": ["workloads"],
+            "properties": {"kubernetes": _forbidden("only acts with runtime: kubernetes")},
+        },
+    }
 
 
 def _forbidden(why: str) -> dict[str, Any]:

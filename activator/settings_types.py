@@ -28,6 +28,7 @@ __all__ = [
     "KINDS",
     "REAP_INTERVAL_MIN",
     "REJECTED",
+    "RUNTIMES",
     "SIZE_PATTERN",
     "Args",
     "BodyBytes",
@@ -55,6 +56,7 @@ __all__ = [
     "Port",
     "Priority",
     "ReapInterval",
+    "RuntimeName",
     "Size",
     "SizeOrZero",
     "Str",
@@ -400,6 +402,9 @@ LogLevel = Annotated[str, BeforeValidator(_choice_parser(_LOG_LEVELS)), _choice_
 OnShutdown = Annotated[
     str, BeforeValidator(_choice_parser(_ON_SHUTDOWN, _no_leave)), _choice_schema(_ON_SHUTDOWN)
 ]
+RUNTIMES = ("local", "kubernetes")
+"""Where instances run: processes on this machine, or the pods of ScaleToZeroPolicies."""
+RuntimeName = Annotated[str, BeforeValidator(_choice_parser(RUNTIMES)), _choice_schema(RUNTIMES)]
 
 
 # -- the warm pool --------------------------------------------------------------------------
