@@ -372,6 +372,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return subprocess.call([sys.executable, "-m", "loadtests.bench", *args.bench_args], env=env)
 
 
+def cmd_operator(args: argparse.Namespace) -> int:
+    """`dormant operator` (deploy/operator.py): deploy is the top layer, so it is reached by
+    name, never imported by the activator."""
+    import importlib
+
+    operator = importlib.import_module("deploy.operator")
+    code: int = operator.main(args.operator_args)
+    return code
+
+
 def cmd_exec(args: argparse.Namespace) -> int:
     """The pod's entrypoint supervisor (activator/supervisor_main.py)."""
     from .supervisor_main import run
@@ -493,6 +503,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.set_defaults(func=cmd_bench)
 
+    operator = sub.add_parser(
+        "operator",
+        help="reconcile ScaleToZeroPolicies (kopf): Services, Endpoints, status, Events",
+        add_help=False,
+    )
+    operator.add_argument(
+        "operator_args", nargs=argparse.REMAINDER, help="see `dormant operator --help`"
+    )
+    operator.set_defaults(func=cmd_operator)
+
     from .supervisor_options import BIND_NOTE, EXIT_NOTE, add_exec_arguments
 
     exec_ = sub.add_parser(
@@ -516,6 +536,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # everything after `bench` belongs to loadtests.bench
         return cmd_bench(argparse.Namespace(bench_args=argv[1:]))
+    if argv[:1] == ["operator"]:  # its own options (deploy/operator.py)
+        return cmd_operator(argparse.Namespace(operator_args=argv[1:]))
     cmd: list[str] = []
     if argv[:1] == ["exec"] and "--" in argv:  # everything after `--` is the served command
         at = argv.index("--")
