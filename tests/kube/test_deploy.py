@@ -246,44 +246,55 @@ def test_rbac_grants_each_identity_what_it_needs_and_no_more(
     try:
         wait_until(
             "RBAC to take effect",
-            lambda: _can(kube, "dormant-operator", "patch", "deployments", "apps", "scale"),
+            lambda: _can(kube, "dormant-activator", "patch", "deployments", "apps", "scale"),
             timeout=30,
         )
         needs = {
             "dormant-operator": [
                 ("watch", "scaletozeropolicies", "dormant.dev", ""),
+                ("patch", "scaletozeropolicies", "dormant.dev", ""),  # kopf's annotations
                 ("patch", "scaletozeropolicies", "dormant.dev", "status"),
-                ("patch", "deployments", "apps", "scale"),
-                ("update", "statefulsets", "apps", "scale"),
-                ("watch", "jobs", "batch", ""),
-                ("list", "pods", "", ""),
-                ("create", "endpoints", "", ""),
-                ("update", "endpoints", "", ""),
+                ("get", "deployments", "apps", ""),
+                ("get", "statefulsets", "apps", ""),
+                ("get", "jobs", "batch", ""),
+                ("watch", "pods", "", ""),
+                ("watch", "services", "", ""),
                 ("create", "services", "", ""),
+                ("create", "endpoints", "", ""),
+                ("patch", "endpoints", "", ""),
                 ("create", "events", "", ""),
             ],
             "dormant-activator": [
                 ("watch", "scaletozeropolicies", "dormant.dev", ""),
                 ("patch", "deployments", "apps", "scale"),
-                ("watch", "pods", "", ""),
+                ("patch", "statefulsets", "apps", "scale"),
+                ("list", "pods", "", ""),
+                ("patch", "services", "", ""),  # the route annotation
                 ("get", "endpoints", "", ""),
             ],
         }
         refused = {
             "dormant-operator": [
                 ("get", "secrets", "", ""),
-                ("patch", "deployments", "apps", ""),  # only the scale subresource
+                ("patch", "deployments", "apps", "scale"),  # the activator scales
+                ("patch", "deployments", "apps", ""),
                 ("delete", "deployments", "apps", ""),
                 ("create", "pods", "", "exec"),
                 ("create", "pods", "", "eviction"),
                 ("delete", "pods", "", ""),
+                ("patch", "services", "", ""),  # creates a missing one, never changes one
+                ("delete", "endpoints", "", ""),
                 ("create", "scaletozeropolicies", "dormant.dev", ""),
             ],
             "dormant-activator": [
                 ("get", "secrets", "", ""),
                 ("update", "endpoints", "", ""),  # the operator's job
+                ("patch", "endpoints", "", ""),
+                ("create", "services", "", ""),
+                ("patch", "scaletozeropolicies", "dormant.dev", ""),
                 ("patch", "scaletozeropolicies", "dormant.dev", "status"),
                 ("patch", "deployments", "apps", ""),
+                ("create", "events", "", ""),
             ],
             "dormant-model": [
                 ("get", "pods", "", ""),
@@ -297,9 +308,10 @@ def test_rbac_grants_each_identity_what_it_needs_and_no_more(
         for sa, wants in refused.items():
             for verb, res, group, sub in wants:
                 assert not _can(kube, sa, verb, res, group, sub), f"{sa} may {verb} {res}/{sub}"
-        # Nodes are cluster-scoped: the operator watches them for cordons and drains.
-        assert _can(kube, "dormant-operator", "watch", "nodes", namespace="")
-        assert not _can(kube, "dormant-activator", "watch", "nodes", namespace="")
+        # Nodes are cluster-scoped and neither needs them: an eviction's SIGTERM is what
+        # makes a pod checkpoint, and the operator follows the pods, not the nodes.
+        for sa in ("dormant-operator", "dormant-activator"):
+            assert not _can(kube, sa, "watch", "nodes", namespace="")
     finally:
         for doc in rbac:
             m.delete(doc)
