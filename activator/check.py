@@ -24,6 +24,7 @@ __all__ = [
     "check_state_dir",
     "detect_engine",
     "machine_report",
+    "probe_engine",
     "state_dir_finding",
     "workload_findings",
 ]
@@ -53,11 +54,21 @@ class EngineSetup:
 def detect_engine(settings: Settings) -> EngineSetup:
     """Probe CRIU and PID namespaces and apply the engine policy.
     Raises ConfigError when ``engine: criu`` is configured but cannot work."""
+    try:
+        return probe_engine(settings.engine, settings.criu_path or None)
+    except ValueError as exc:
+        raise ConfigError(f"engine: {exc}") from exc
+
+
+def probe_engine(requested: str, criu_path: str | None = None) -> EngineSetup:
+    """``requested`` ('auto', 'criu', 'restart') on this machine: CRIU (``criu_path``, else
+    searched) and PID namespaces probed, the engine policy applied. Raises ValueError
+    saying why when 'criu' is requested but cannot work."""
     info: CriuInfo | None = None
     problem = ""
     pidns = pid_namespaces_work()
-    if settings.engine != "restart":
-        path = find_criu(settings.criu_path or None)
+    if requested != "restart":
+        path = find_criu(criu_path)
         if path is None:
             problem = (
                 "no criu found (looked at criu_path, $DORMANT_CRIU, next to python, PATH); "
@@ -68,17 +79,14 @@ def detect_engine(settings: Settings) -> EngineSetup:
                 info = probe_criu(path)
             except EngineUnavailable as exc:
                 problem = str(exc)
-    try:
-        choice = choose_engine(
-            settings.engine,
-            privileged=os.geteuid() == 0,
-            criu=info,
-            criu_problem=problem,
-            pidns_ok=pidns[0],
-            pidns_problem=pidns[1],
-        )
-    except ValueError as exc:
-        raise ConfigError(f"engine: {exc}") from exc
+    choice = choose_engine(
+        requested,
+        privileged=os.geteuid() == 0,
+        criu=info,
+        criu_problem=problem,
+        pidns_ok=pidns[0],
+        pidns_problem=pidns[1],
+    )
     engine = CriuEngine(info) if choice.name == "criu" and info is not None else None
     return EngineSetup(choice, engine, info, problem, pidns)
 

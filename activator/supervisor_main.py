@@ -27,14 +27,12 @@ import uvicorn
 
 from snapshots import (
     CriuEngine,
-    EngineUnavailable,
     SnapshotError,
     SnapshotStore,
-    find_criu,
-    probe_criu,
 )
-from warmpool import CgroupTree, LocalRuntime, choose_engine, pid_namespaces_work
+from warmpool import CgroupTree, LocalRuntime
 
+from .check import probe_engine
 from .supervisor import Supervisor
 from .supervisor_api import create_control_app
 from .supervisor_options import ExecOptions, UsageError
@@ -85,32 +83,13 @@ class VolumeLock:
 def _engine(requested: str) -> tuple[CriuEngine | None, str]:
     """The checkpoint engine (None: restart) and why; UsageError when criu is demanded
     but cannot work."""
-    info, problem = None, ""
-    pidns = pid_namespaces_work()
-    if requested != "restart":
-        path = find_criu(None)
-        if path is None:
-            problem = "no criu found ($DORMANT_CRIU, next to python, PATH)"
-        else:
-            try:
-                info = probe_criu(path)
-            except EngineUnavailable as exc:
-                problem = str(exc)
     try:
-        choice = choose_engine(
-            requested,
-            privileged=os.geteuid() == 0,
-            criu=info,
-            criu_problem=problem,
-            pidns_ok=pidns[0],
-            pidns_problem=pidns[1],
-        )
+        setup = probe_engine(requested)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    if not pidns[0]:
-        raise UsageError(f"cannot run the command in its own PID namespace: {pidns[1]}")
-    engine = CriuEngine(info) if choice.name == "criu" and info is not None else None
-    return engine, choice.reason
+    if not setup.pidns[0]:
+        raise UsageError(f"cannot run the command in its own PID namespace: {setup.pidns[1]}")
+    return setup.criu, setup.choice.reason
 
 
 def _listen(host: str, port: int) -> socket.socket:
