@@ -18,7 +18,7 @@ import httpx
 
 from loadtests.launcher import REPO, free_port
 
-__all__ = ["ServerError", "reference_server", "server_command", "tree_pss"]
+__all__ = ["ServerError", "pss", "reference_server", "server_command", "tree_pss"]
 
 KV_CACHE_TOKENS = 1024
 """The servers' prefix KV cache bound: keeps their footprint near what was measured."""
@@ -28,7 +28,8 @@ class ServerError(Exception):
     """The reference server exited or did not answer in time; the message says why."""
 
 
-def _pss(pid: int) -> int:
+def pss(pid: int) -> int:
+    """PSS of one process in bytes (0 once gone)."""
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
@@ -44,7 +45,7 @@ def tree_pss(pid: int) -> int:
     total, queue = 0, [pid]
     while queue:
         current = queue.pop()
-        total += _pss(current)
+        total += pss(current)
         for task in Path(f"/proc/{current}/task").glob("*"):
             try:
                 queue += [int(c) for c in (task / "children").read_text().split()]

@@ -43,6 +43,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from loadtests.refprocess import pss, tree_pss
 from loadtests.scenarios import ZipfPicker
 from snapshots import CriuEngine, process_tree
 from tests.conftest import ROOT, free_port
@@ -62,23 +63,6 @@ MAX_TOKENS = 8
 
 
 # -- measuring ---------------------------------------------------------------------------
-
-
-def _pss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def tree_pss(pid: int) -> int:
-    """The PSS of ``pid`` and its descendants (0 once gone): shared pages are divided among
-    their sharers, so the figures of several trees add up to what they hold together."""
-    return sum(_pss(p) for p in process_tree(pid))
 
 
 def refservers(marker: str) -> list[int]:
@@ -196,7 +180,7 @@ class Sampler:
             if v.get("pid"):
                 self.pids.setdefault(v["name"], set()).add(v["pid"])
         procs = sum(
-            _pss(pid) for pid in {p for r in refservers(self.marker) for p in process_tree(r)}
+            pss(pid) for pid in {p for r in refservers(self.marker) for p in process_tree(r)}
         )
         self.samples += 1
         self.peak_resident = max(self.peak_resident, len(held))
