@@ -84,11 +84,12 @@ class Plan:
 class Progress:
     """One line per step on stderr, with the time since the bench started."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "bench") -> None:
+        self.name = name
         self.started = time.monotonic()
 
     def __call__(self, message: str) -> None:
-        print(f"[bench {time.monotonic() - self.started:6.1f}s] {message}", file=sys.stderr)
+        print(f"[{self.name} {time.monotonic() - self.started:6.1f}s] {message}", file=sys.stderr)
         sys.stderr.flush()
 
 

@@ -33,14 +33,13 @@ import os
 import re
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from loadtests.admin import AdminError
-from loadtests.bench import BenchError, default_weights_dir
+from loadtests.bench import BenchError, Progress, default_weights_dir
 from loadtests.launcher import StartError
 from loadtests.pool_parts import PoolBench
 from loadtests.pool_report import (
@@ -111,17 +110,6 @@ class Plan:
             budget=args.budget,
             engines=tuple(args.engines),
         )
-
-
-class Progress:
-    """One line per step on stderr, with the time since the bench started."""
-
-    def __init__(self) -> None:
-        self.started = time.monotonic()
-
-    def __call__(self, message: str) -> None:
-        print(f"[pool-bench {time.monotonic() - self.started:6.1f}s] {message}", file=sys.stderr)
-        sys.stderr.flush()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -196,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the bench; 0 when every part ran, 1 when a step failed."""
     args = parse_args(argv)
     plan = Plan.from_args(args)
-    say = Progress()
+    say = Progress("pool-bench")
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     weights = (args.weights_dir or default_weights_dir()).resolve()
