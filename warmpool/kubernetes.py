@@ -489,7 +489,8 @@ class KubernetesRuntime:
                 float(snap.get("at") or time.time()),
                 float(snap.get("seconds") or 0.0),
             )
-        why = f"the supervisor of pod {pod.pod} answered {code}: {self._error(body)}"
+        what = "is busy (409)" if code == 409 else f"answered {code}"
+        why = f"the supervisor of pod {pod.pod} {what}: {self._error(body)}"
         readyz, _ = await self._supervisor("GET", pod.ip, "/readyz", 2.0)
         if readyz == 200:  # busy (409), or the dump failed and CRIU resumed the server
             await self._route(ROUTE_PODS, pod.ip)
@@ -498,10 +499,14 @@ class KubernetesRuntime:
         raise CheckpointFailed(f"{why}; the server is gone, the pod is scaled down", None)
 
     async def _drop_kv_cache(self, pod: PodInstance) -> None:
-        """vLLM's sleep API: level 2 drops the KV cache (and reloads weights on wake)."""
+        """vLLM's sleep API: level 2 drops the KV cache (and reloads weights on wake). The
+        connections are closed at once, so the supervisor does not count them as traffic
+        still in its quiet period."""
         for call in ("/sleep?level=2", "/wake_up"):
             try:
-                answer = await self.client.post(pod.endpoint.url + call, timeout=60.0)
+                answer = await self.client.post(
+                    pod.endpoint.url + call, headers={"Connection": "close"}, timeout=60.0
+                )
                 ok = answer.status_code == 200
             except httpx.HTTPError as exc:
                 ok, answer = False, exc  # type: ignore[assignment]
