@@ -69,7 +69,9 @@ def deployment(
 
 
 def pods(kube: Rest, ns: str, app: str) -> list[dict[str, Any]]:
-    return list(kube.get(f"/api/v1/namespaces/{ns}/pods", labelSelector=f"app={app}")["items"])
+    """The pods labelled app=APP (or matching APP when it is a selector: `k=v,...`)."""
+    selector = app if "=" in app else f"app={app}"
+    return list(kube.get(f"/api/v1/namespaces/{ns}/pods", labelSelector=selector)["items"])
 
 
 def ready_pod(kube: Rest, ns: str, app: str, not_named: str = "") -> dict[str, Any] | None:
