@@ -244,11 +244,6 @@ def test_rbac_grants_each_identity_what_it_needs_and_no_more(
         m.delete(doc)
         m.create(doc)
     try:
-        wait_until(
-            "RBAC to take effect",
-            lambda: _can(kube, "dormant-activator", "patch", "deployments", "apps", "scale"),
-            timeout=30,
-        )
         needs = {
             "dormant-operator": [
                 ("watch", "scaletozeropolicies", "dormant.dev", ""),
@@ -302,9 +297,22 @@ def test_rbac_grants_each_identity_what_it_needs_and_no_more(
                 ("list", "scaletozeropolicies", "dormant.dev", ""),
             ],
         }
-        for sa, wants in needs.items():
-            for verb, res, group, sub in wants:
-                assert _can(kube, sa, verb, res, group, sub), f"{sa} cannot {verb} {res}/{sub}"
+
+        def missing() -> list[str]:
+            return [
+                f"{sa} cannot {verb} {res}/{sub}"
+                for sa, wants in needs.items()
+                for verb, res, group, sub in wants
+                if not _can(kube, sa, verb, res, group, sub)
+            ]
+
+        # Each role and binding reaches the authorizer on its own: wait for all of them.
+        wait_until(
+            "RBAC to take effect",
+            lambda: not missing(),
+            timeout=30,
+            diagnose=lambda: str(missing()),
+        )
         for sa, wants in refused.items():
             for verb, res, group, sub in wants:
                 assert not _can(kube, sa, verb, res, group, sub), f"{sa} may {verb} {res}/{sub}"
