@@ -21,9 +21,8 @@ is out of the registry before its successor is in.
 at the activator's start, after an eviction, a manual ``kubectl scale``) is woken; the wake
 finds the running pod, so the activator and the cluster agree again.
 
-The watch runs in a thread (the client blocks) and hands events to the event loop through a
-bounded queue; a watch that ends or fails is resumed from the last resourceVersion, or from
-a fresh list.
+The policies are followed by ``activator.policy_watch.PolicyWatch`` (a list, then a watch in
+a thread, events through a bounded queue).
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ import contextlib
 import ipaddress
 import logging
 import os
-import threading
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -47,7 +45,8 @@ from warmpool.kubernetes import KubeOptions, KubernetesRuntime, KubeTarget
 from warmpool.runtime import SnapshotInfo
 
 from .metrics import Metrics
-from .policies import GROUP, PLURAL, VERSION, Policy, PolicyError, parse_policy, serving
+from .policies import Policy, PolicyError, parse_policy, serving
+from .policy_watch import PolicyWatch
 from .resolve import Registry
 from .settings import ConfigError, Settings
 from .specs import spec_factory
@@ -60,8 +59,6 @@ log = logging.getLogger("dormant.cluster")
 
 TOKEN_ENV = "DORMANT_EXEC_TOKEN"
 _AT_REST = frozenset({State.COLD, State.HIBERNATED, State.FAILED})
-_QUEUE = 256
-"""Watch events waiting for the event loop (the watch thread blocks beyond that)."""
 
 
 @dataclass(frozen=True)
@@ -160,32 +157,18 @@ class ClusterWorkloads:
         self._objects: dict[str, dict[str, Any]] = {}
         self.refused: dict[str, str] = {}
         """Policies not served, and why (the operator reports the same in their status)."""
-        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(_QUEUE)
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._watch = PolicyWatch(setup.api, setup.namespace)
         self._tasks: list[asyncio.Task[None]] = []
         self._leaving: set[asyncio.Task[None]] = set()
         self._wakes: dict[str, asyncio.Task[Any]] = {}
-        self._watch: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    @property
-    def _path(self) -> str:
-        return f"/apis/{GROUP}/{VERSION}/namespaces/{self.setup.namespace}/{PLURAL}"
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         """List and serve the policies, then follow them."""
-        listed = await self.setup.api.get(self._path)
-        await self._apply_list(listed.get("items") or [])
-        version = str((listed.get("metadata") or {}).get("resourceVersion", ""))
-        self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(
-            target=self._watch_loop, args=(version,), name="policy-watch", daemon=True
-        )
-        self._thread.start()
+        items = await self._watch.start()
+        await self._apply_list(items)
         self._tasks = [
-            asyncio.create_task(self._consume(), name="policy-events"),
+            asyncio.create_task(self._consume(self._watch), name="policy-events"),
             asyncio.create_task(self._adopt_loop(), name="adopt"),
         ]
         log.info(
@@ -197,9 +180,7 @@ class ClusterWorkloads:
     async def stop(self, on_shutdown: str) -> None:
         """Stop following; 'hibernate' checkpoints the ready workloads, 'stop' leaves every
         pod as it is (they are the cluster's, not this process's)."""
-        self._stopping.set()
-        if self._watch is not None:
-            self._watch.stop()
+        await self._watch.stop()
         for task in [*self._tasks, *self._wakes.values()]:
             task.cancel()
         for task in [*self._tasks, *self._wakes.values()]:
@@ -216,8 +197,6 @@ class ClusterWorkloads:
         await asyncio.gather(*(s.runtime.close() for s in served), return_exceptions=True)
         for task in list(self._leaving):
             task.cancel()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 5.0)
         self.setup.api.close()
 
     # -- the policies --------------------------------------------------------------------------
@@ -357,10 +336,10 @@ class ClusterWorkloads:
 
         self._wakes[name] = asyncio.create_task(wake(), name=f"adopt-{name}")
 
-    # -- the watch (a thread) ------------------------------------------------------------------
-    async def _consume(self) -> None:
+    # -- following the policies ----------------------------------------------------------------
+    async def _consume(self, watch: PolicyWatch) -> None:
         while True:
-            kind, payload = await self._queue.get()
+            kind, payload = await watch.next()
             try:
                 if kind == "list":
                     await self._apply_list(payload)
@@ -368,72 +347,6 @@ class ClusterWorkloads:
                     await self._apply_event(kind, payload)
             except Exception:
                 log.exception("could not apply a policy %s", kind.lower())
-
-    def _post(self, kind: str, payload: Any) -> bool:
-        """Hand an event to the loop (blocks while the queue is full); False when stopping."""
-        loop = self._loop
-        if loop is None or loop.is_closed() or self._stopping.is_set():
-            return False
-        future = asyncio.run_coroutine_threadsafe(self._queue.put((kind, payload)), loop)
-        while not self._stopping.is_set():
-            try:
-                future.result(timeout=1.0)
-                return True
-            except TimeoutError:
-                continue
-            except Exception:
-                return False
-        future.cancel()
-        return False
-
-    def _watch_loop(self, version: str) -> None:
-        from kubernetes import client as k8s
-        from kubernetes import watch
-
-        custom = k8s.CustomObjectsApi(self.setup.api.client)
-        backoff = 1.0
-        while not self._stopping.is_set():
-            if not version:
-                try:
-                    listed = self.setup.api.call("GET", self._path)
-                except KubeError as exc:
-                    log.warning(
-                        "cannot list ScaleToZeroPolicies: %s (again in %.0fs)", exc, backoff
-                    )
-                    self._stopping.wait(backoff)
-                    backoff = min(backoff * 2, 30.0)
-                    continue
-                version = str((listed.get("metadata") or {}).get("resourceVersion", ""))
-                if not self._post("list", listed.get("items") or []):
-                    return
-            self._watch = watch.Watch()
-            try:
-                for event in self._watch.stream(
-                    custom.list_namespaced_custom_object,
-                    GROUP,
-                    VERSION,
-                    self.setup.namespace,
-                    PLURAL,
-                    resource_version=version,
-                    timeout_seconds=30,
-                    _request_timeout=60,
-                ):
-                    obj = event.get("raw_object") or event.get("object")
-                    if not isinstance(obj, dict) or "metadata" not in obj:
-                        continue
-                    version = str(obj["metadata"].get("resourceVersion") or version)
-                    if not self._post(str(event.get("type")), obj):
-                        return
-                backoff = 1.0
-            except Exception as exc:  # 410 Gone (too old), a dropped connection, ...
-                if self._stopping.is_set():
-                    return
-                status = getattr(exc, "status", 0)
-                log.info("policy watch ended (%s); %s", exc, "relisting" if status else "resuming")
-                if status == 410 or status:
-                    version = ""
-                self._stopping.wait(min(backoff, 5.0))
-                backoff = min(backoff * 2, 30.0)
 
 
 @contextlib.asynccontextmanager

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from activator.policies import API_VERSION, KIND, Policy
-from warmpool.kubernetes import ACTIVATOR_ANNOTATION, ROUTE_ANNOTATION, ROUTE_PODS, pod_ready
+from warmpool.pods import ACTIVATOR_ANNOTATION, ROUTE_ANNOTATION, ROUTE_PODS, pod_ready
 
 __all__ = ["POLICY_LABEL", "Event", "Observed", "Plan", "phase_of", "plan", "template_problems"]
 

@@ -39,8 +39,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -54,28 +54,23 @@ from .errors import (
     WarmpoolError,
 )
 from .kubeapi import KubeApi, KubeError
-from .runtime import Capabilities, Endpoint, Instance, InstanceSpec, SnapshotInfo
+from .podcontrol import PodControl
+from .pods import (
+    ACTIVATOR_ANNOTATION,
+    ROUTE_ACTIVATOR,
+    ROUTE_ANNOTATION,
+    ROUTE_PODS,
+    PodInstance,
+    describe_pods,
+    endpoint_ips,
+    pod_running,
+)
+from .runtime import Capabilities, Instance, InstanceSpec, SnapshotInfo
 
-__all__ = [
-    "ACTIVATOR_ANNOTATION",
-    "ROUTE_ACTIVATOR",
-    "ROUTE_ANNOTATION",
-    "ROUTE_PODS",
-    "KubeOptions",
-    "KubeTarget",
-    "KubernetesRuntime",
-    "PodInstance",
-    "endpoint_ips",
-    "pod_ready",
-]
+__all__ = ["KubeOptions", "KubeTarget", "KubernetesRuntime"]
 
 log = logging.getLogger("dormant.kubernetes")
 
-ROUTE_ANNOTATION = "dormant.dev/route"
-"""On the policy's Service: where the activator wants traffic (``pods`` or ``activator``)."""
-ACTIVATOR_ANNOTATION = "dormant.dev/activator"
-"""On the policy's Service: the activator's ``IP:PORT`` for the Endpoints."""
-ROUTE_PODS, ROUTE_ACTIVATOR = "pods", "activator"
 _PATHS = {"Deployment": "deployments", "StatefulSet": "statefulsets"}
 
 
@@ -109,57 +104,6 @@ class KubeOptions:
     route_timeout: float = 30.0
 
 
-def pod_ready(pod: Mapping[str, Any]) -> bool:
-    """Running, with an IP, not terminating, and its Ready condition True."""
-    status = pod.get("status") or {}
-    if pod.get("metadata", {}).get("deletionTimestamp") or not status.get("podIP"):
-        return False
-    conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
-    return status.get("phase") == "Running" and conditions.get("Ready") == "True"
-
-
-def endpoint_ips(endpoints: Mapping[str, Any] | None) -> set[str]:
-    """The ready addresses of a core/v1 Endpoints object."""
-    ips: set[str] = set()
-    for subset in (endpoints or {}).get("subsets") or []:
-        ips |= {a.get("ip", "") for a in subset.get("addresses") or []}
-    return ips
-
-
-@dataclass(eq=False)
-class PodInstance:
-    """A pod serving a workload. ``alive()`` turns false once the pod is deleted,
-    terminating or failed (noticed by the runtime's watch of it)."""
-
-    pod: str
-    uid: str
-    ip: str
-    port: int
-    node: str
-    restored_from: str | None
-    started: dict[str, Any] = field(default_factory=dict)
-    """The supervisor's account of the start (how, snapshot, seconds)."""
-    _alive: bool = True
-    _why: str = "running"
-
-    @property
-    def endpoint(self) -> Endpoint:
-        return Endpoint(self.ip, self.port)
-
-    def alive(self) -> bool:
-        return self._alive
-
-    def exit_reason(self) -> str:
-        return self._why
-
-    def gone(self, why: str) -> None:
-        if self._alive:
-            self._alive, self._why = False, why
-
-    def describe(self) -> dict[str, Any]:
-        return {"pod": self.pod, "ip": self.ip, "node": self.node, "started": self.started}
-
-
 def _seconds_left(deadline: float) -> float:
     return max(0.0, deadline - time.monotonic())
 
@@ -183,6 +127,7 @@ class KubernetesRuntime:
         self.client = client
         self.target = target
         self.options = options
+        self.control = PodControl(client, options.control_port, options.token)
         self._clock = clock
         self._snapshot = snapshot if target.engine != "restart" else None
         self._watchers: dict[PodInstance, asyncio.Task[None]] = {}
@@ -281,49 +226,19 @@ class KubernetesRuntime:
                 return False
             await asyncio.sleep(self.options.poll_interval)
 
-    # -- the supervisor ------------------------------------------------------------------------
-    def _control(self, ip: str, path: str) -> str:
-        host = f"[{ip}]" if ":" in ip else ip
-        return f"http://{host}:{self.options.control_port}{path}"
-
-    def _auth(self) -> dict[str, str]:
-        token = self.options.token
-        return {"Authorization": f"Bearer {token}"} if token else {}
-
-    async def _supervisor(
-        self, method: str, ip: str, path: str, timeout: float
-    ) -> tuple[int, dict[str, Any]]:
-        """(status, JSON body) of a control API call; KubeError when it was not reached."""
-        try:
-            answer = await self.client.request(
-                method, self._control(ip, path), headers=self._auth(), timeout=timeout
-            )
-        except httpx.HTTPError as exc:
-            raise KubeError(f"{method} {path} on {ip}: {type(exc).__name__}: {exc}") from exc
-        try:
-            body = answer.json()
-        except ValueError:
-            body = {}
-        return answer.status_code, body if isinstance(body, dict) else {}
-
-    @staticmethod
-    def _error(body: dict[str, Any]) -> str:
-        error = body.get("error") or {}
-        return str(error.get("message") or body)[:500]
-
     async def _probe(self, pod: dict[str, Any]) -> PodInstance | str:
         """The pod as an instance when its supervisor is ready, else why not."""
         ip = pod["status"]["podIP"]
         name = pod["metadata"]["name"]
         try:
-            code, body = await self._supervisor("GET", ip, "/readyz", 2.0)
+            code, body = await self.control.call("GET", ip, "/readyz", 2.0)
         except KubeError as exc:
             return f"pod {name}: {exc}"
         if code != 200:
             return f"pod {name}: /readyz {code} {(body.get('error') or {}).get('code', '')}"
-        code, status = await self._supervisor("GET", ip, "/status", 5.0)
+        code, status = await self.control.call("GET", ip, "/status", 5.0)
         if code != 200:
-            return f"pod {name}: /status answered {code}: {self._error(status)}"
+            return f"pod {name}: /status answered {code}: {self.control.error(status)}"
         self._learn(status)
         started = status.get("started") or {}
         return PodInstance(
@@ -370,14 +285,14 @@ class KubernetesRuntime:
             last = "no pod yet"
             while True:
                 pods = await self._pods(selector)
-                candidates = [p for p in pods if self._running(p)]
+                candidates = [p for p in pods if pod_running(p)]
                 for pod in candidates:
                     found = await self._probe(pod)
                     if isinstance(found, PodInstance):
                         return await self._serve(found)
                     last = found
                 if not candidates:
-                    last = self._describe_pods(pods) or last
+                    last = describe_pods(pods) or last
                 if time.monotonic() >= deadline:
                     raise StartFailed(
                         f"{spec.name}: no ready pod of {self._what()} after {timeout:.0f}s "
@@ -386,24 +301,6 @@ class KubernetesRuntime:
                 await asyncio.sleep(min(self.options.poll_interval, _seconds_left(deadline)))
         except KubeError as exc:
             raise StartFailed(f"{spec.name}: {exc}") from exc
-
-    @staticmethod
-    def _running(pod: dict[str, Any]) -> bool:
-        """Running with an IP and not terminating (Ready may lag: the supervisor decides)."""
-        status = pod.get("status") or {}
-        terminating = bool(pod.get("metadata", {}).get("deletionTimestamp"))
-        return not terminating and status.get("phase") == "Running" and bool(status.get("podIP"))
-
-    @staticmethod
-    def _describe_pods(pods: list[dict[str, Any]]) -> str:
-        parts = []
-        for pod in pods[:5]:
-            status = pod.get("status") or {}
-            state = (
-                "terminating" if pod["metadata"].get("deletionTimestamp") else status.get("phase")
-            )
-            parts.append(f"pod {pod['metadata']['name']} {state}")
-        return ", ".join(parts)
 
     async def _serve(self, instance: PodInstance) -> PodInstance:
         """Route to the pods (after our own probe passed) and watch the pod."""
@@ -480,7 +377,7 @@ class KubernetesRuntime:
         drain = self.target.drain_timeout
         timeout = drain + 600.0  # the supervisor bounds the dump itself (its --grace)
         path = f"/checkpoint?wait={drain:g}"
-        code, body = await self._supervisor("POST", pod.ip, path, timeout)
+        code, body = await self.control.call("POST", pod.ip, path, timeout)
         if code == 200:
             snap = body.get("snapshot") or {}
             return SnapshotInfo(
@@ -490,8 +387,8 @@ class KubernetesRuntime:
                 float(snap.get("seconds") or 0.0),
             )
         what = "is busy (409)" if code == 409 else f"answered {code}"
-        why = f"the supervisor of pod {pod.pod} {what}: {self._error(body)}"
-        readyz, _ = await self._supervisor("GET", pod.ip, "/readyz", 2.0)
+        why = f"the supervisor of pod {pod.pod} {what}: {self.control.error(body)}"
+        readyz, _ = await self.control.call("GET", pod.ip, "/readyz", 2.0)
         if readyz == 200:  # busy (409), or the dump failed and CRIU resumed the server
             await self._route(ROUTE_PODS, pod.ip)
             raise CheckpointFailed(f"{why}; the pod still serves", pod)
@@ -553,20 +450,20 @@ class KubernetesRuntime:
 
     async def _toggle(self, pod: PodInstance, what: str, error: type[WarmpoolError]) -> None:
         try:
-            code, body = await self._supervisor("POST", pod.ip, f"/{what}", 600.0)
+            code, body = await self.control.call("POST", pod.ip, f"/{what}", 600.0)
         except KubeError as exc:
             raise error(str(exc)) from exc
         if code == 501:
-            raise NotSupported(f"pod {pod.pod}: {self._error(body)}")
+            raise NotSupported(f"pod {pod.pod}: {self.control.error(body)}")
         if code != 200:
-            raise error(f"pod {pod.pod}: {what} answered {code}: {self._error(body)}")
+            raise error(f"pod {pod.pod}: {what} answered {code}: {self.control.error(body)}")
 
     async def idle_for(self, instance: Instance) -> float | None:
         """Seconds since the pod's served port carried data (0 while it is busy), from its
         supervisor; None when it cannot tell."""
         pod = self._own(instance)
         try:
-            code, body = await self._supervisor("GET", pod.ip, "/activity", 5.0)
+            code, body = await self.control.call("GET", pod.ip, "/activity", 5.0)
         except KubeError as exc:
             log.debug("%s: no activity reading: %s", self._what(), exc)
             return None
