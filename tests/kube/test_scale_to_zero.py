@@ -233,6 +233,7 @@ class Scene:
 
 @pytest.fixture
 def scene(
+    criu: Any,  # a usable CRIU, or skip (fail with DORMANT_REQUIRE_CRIU=1): the pods need it
     kube_cluster: Cluster,
     pod_network: PodNetwork,
     kube: Rest,
@@ -480,7 +481,12 @@ def test_a_model_scales_to_zero_restores_with_its_kv_cache_and_survives_an_evict
 
 
 def test_a_jobs_pod_evicted_mid_count_resumes_its_count(
-    kube_cluster: Cluster, kube: Rest, namespace: str, kubelet: FakeKubelet, tmp_path: Path
+    criu: Any,
+    kube_cluster: Cluster,
+    kube: Rest,
+    namespace: str,
+    kubelet: FakeKubelet,
+    tmp_path: Path,
 ) -> None:
     ns, t = namespace, Timings(tmp_path / "timings.json")
     kube.post(
