@@ -13,8 +13,11 @@ Layout, per test session (`PodNetwork.create()`):
   test, the activator, the API server) reach pods through it, and pods reach the host at it;
 * per pod (`take()`): a network namespace `dkN-I`, a veth pair whose host end `dkNhI` is a
   port of the bridge and whose other end is `eth0` in the namespace with 10.244.N.I/24,
-  loopback up, a default route via the gateway. The container's process runs in it through
-  `nsenter --net` (`PodAddress.wrap`), which changes nothing else (no mount namespace).
+  loopback up. The gateway is on-link; there is no default route, because nothing forwards
+  beyond the host: a packet to anywhere else (the machine's DNS resolver, when a server
+  resolves its own name at bind) fails at once instead of timing out. The container's
+  process runs in the namespace through `nsenter --net` (`PodAddress.wrap`), which changes
+  nothing else (no mount namespace).
 
 Everything is removed by name: a pod's namespace by `give()` (its veth goes with it), the
 bridge and what is left by `close()`. `create()` first removes what earlier sessions left
@@ -161,7 +164,10 @@ class PodNetwork:
             _ip("-n", name, "addr", "add", f"{address.ip}/24", "dev", "eth0")
             _ip("-n", name, "link", "set", "eth0", "up")
             _ip("-n", name, "link", "set", "lo", "up")
-            _ip("-n", name, "route", "add", "default", "via", self.gateway)
+            # No default route: the host (the gateway, on-link) is all a pod can reach here
+            # (nothing forwards further), and without one a packet elsewhere, e.g. to the
+            # machine's DNS resolver (a server's getfqdn at bind), fails at once instead of
+            # timing out silently.
         except NetworkUnavailable:
             self.give(address)
             _ip("link", "del", outer, check=False)
