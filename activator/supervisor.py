@@ -29,6 +29,7 @@ from warmpool import (
     Instance,
     InstanceSpec,
     NotSupported,
+    ProcessInstance,
     RestoreFailed,
     Runtime,
     StartFailed,
@@ -99,6 +100,8 @@ class Supervisor:
         self._bringup: asyncio.Task[Any] | None = None
         self.terminating = False
         self.died = asyncio.Event()
+        self.finished = False
+        """The served command exited by itself with status 0 (a Job's command completed)."""
         self.started: dict[str, Any] | None = None
         self.last_checkpoint: dict[str, Any] | None = None
         self.last_error: str | None = None
@@ -346,6 +349,8 @@ class Supervisor:
                 continue
             if self._instance is not None and not self._instance.alive():
                 why = self._instance.exit_reason()
+                if isinstance(self._instance, ProcessInstance):
+                    self.finished = self._instance.poll() == 0
                 await self._stop_quietly()  # releases what the runtime holds for it
                 self._to(P.FAILED, "the served command exited")
                 self._error(f"the served command exited by itself: {why}")

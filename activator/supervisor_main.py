@@ -250,6 +250,12 @@ async def _lifecycle(
         watch.cancel()
     if supervisor.died.is_set() and not term.is_set():
         stop.cancel()
+        if supervisor.finished:
+            # Its work is done (a Job's command completed): nothing is left to resume, and
+            # a snapshot taken before the end must not be restored by the next run.
+            pruned = await asyncio.to_thread(store.prune, options.name, 0)
+            log.info("the command finished (exit 0); snapshots removed: %s", pruned or "none")
+            return ExitCode.OK
         return ExitCode.SERVER_EXITED
     died.cancel()
     return await supervisor.terminate()

@@ -34,9 +34,10 @@ supervisor checks it on 127.0.0.1:PORT; a server that listens only elsewhere is 
 boot with that reason."""
 
 EXIT_NOTE = """\
-exit codes: 0 terminated as asked (snapshot committed, or stopped); 1 the checkpoint on SIGTERM
-failed (the server was stopped); 2 bad usage; 3 neither a restore nor a boot worked; 4 the served
-command exited by itself; 5 the snapshot volume stayed locked by another instance too long."""
+exit codes: 0 terminated as asked (snapshot committed, or stopped), or the command completed by
+itself with status 0 (its snapshots removed); 1 the checkpoint on SIGTERM failed (the server was
+stopped); 2 bad usage; 3 neither a restore nor a boot worked; 4 the served command exited by
+itself with a failure; 5 the snapshot volume stayed locked by another instance too long."""
 
 
 class UsageError(ValueError):

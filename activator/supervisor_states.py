@@ -47,9 +47,9 @@ SERVING = frozenset({P.READY, P.SUSPENDED})
 class ExitCode(IntEnum):
     """What ``dormant exec`` exits with (docs/exec.md)."""
 
-    OK = 0  # terminated as asked: snapshot committed (--on-term checkpoint) or stopped
+    OK = 0  # terminated as asked (snapshot committed, or stopped), or the command completed
     CHECKPOINT_FAILED = 1  # on SIGTERM the checkpoint failed (server stopped), or it had failed
     USAGE = 2  # bad arguments, token file, snapshot directory or control address
     START_FAILED = 3  # neither a restore nor a boot brought the server up
-    SERVER_EXITED = 4  # the served command exited by itself
+    SERVER_EXITED = 4  # the served command exited by itself with a failure
     LOCK_TIMEOUT = 5  # another instance kept the snapshot volume's lock too long

@@ -378,3 +378,36 @@ def test_suspend_hooks_on_the_reference_server_then_sigterm_and_restore(
     assert b.status()["started"]["how"] == "restored"
     assert text(b) == before
     assert b.terminate(120) == 0
+
+
+FINISHER = """
+import http.server, os, sys, threading
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers()
+        self.wfile.write(b"ok")
+    def do_POST(self):  # the work is done: answer, then exit 0
+        self.send_response(200); self.send_header("Content-Length", "4"); self.end_headers()
+        self.wfile.write(b"done"); threading.Timer(0.2, os._exit, (0,)).start()
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def test_a_command_that_finishes_exits_0_and_leaves_nothing_to_resume(
+    tmp_path: Path, execs: list[Exec], criu: CriuEngine
+) -> None:
+    """A Job's command that completes (exit 0 by itself) makes `dormant exec` exit 0, so the
+    Job succeeds, and removes its snapshots: the next run must not resume finished work."""
+    snaps = tmp_path / "volume"
+    a = Exec(tmp_path, snaps, [sys.executable, "-c", FINISHER, "{port}"]).start()
+    execs.append(a)
+    a.wait_ready()
+    assert a.api("POST", "/checkpoint").status_code == 200
+    assert SnapshotStore(snaps).list("server"), "a snapshot to resume from"
+    assert a.api("POST", "/restore").status_code == 200
+    assert httpx.post(a.url("/finish"), timeout=30).text == "done"
+    assert a.wait_exit(60) == 0, a.log()
+    assert "the command finished (exit 0)" in a.log()
+    assert SnapshotStore(snaps).list("server") == []
