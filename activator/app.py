@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING
 
 import httpx
 from fastapi import FastAPI, Request, WebSocket
@@ -54,6 +57,9 @@ from .settings import ConfigError, Settings, WorkloadSettings, pool_problems
 from .specs import spec_factory
 from .websocket import proxy_websocket, refuse
 from .workload import Lease, Workload
+
+if TYPE_CHECKING:
+    from .cluster import ClusterSetup, ClusterWorkloads
 
 __all__ = ["create_admin_app", "create_app"]
 
@@ -233,6 +239,79 @@ def _pool_metrics(pool: Pool, metrics: Metrics) -> None:
     metrics.pool_used.set(pool.used())
 
 
+@contextlib.asynccontextmanager
+async def _serve_local(
+    settings: Settings,
+    setup: EngineSetup,
+    store: SnapshotStore,
+    metrics: Metrics,
+    pool: Pool | None,
+    client: httpx.AsyncClient,
+) -> AsyncIterator[Registry]:
+    """runtime local: the configured workloads as process trees on this machine, their
+    idle reaper, and at the end ``on_shutdown`` for each."""
+    removed = store.clean_partial()
+    if removed:
+        log.warning("removed %d half-written snapshot(s) from an earlier crash", len(removed))
+    state_dir = settings.state_path
+    runtime = LocalRuntime(
+        store,
+        state_dir / "work",
+        setup.criu,
+        client,
+        CgroupTree(state_dir),
+        engine_why=setup.choice.reason,
+    )
+    await asyncio.to_thread(runtime.clean_leftovers)
+    workloads = [
+        Workload(w, runtime, metrics, spec_factory(w, state_dir), pool=pool)
+        for w in settings.workloads
+    ]
+    if pool is not None:
+        for workload in workloads:
+            pool.join(workload, declared=workload.settings.memory or 0)
+    reaper = Reaper(
+        workloads,
+        settings.reap_interval,
+        ActivityProbe(client, state_dir),
+        after_tick=(lambda: _pool_metrics(pool, metrics)) if pool is not None else None,
+    )
+    reaper.start()
+    log.info("engine: %s (%s)", setup.choice.name, setup.choice.reason)
+    if runtime.cgroups is not None and not runtime.cgroups.available():
+        log.warning(
+            "instances run without cgroups (%s): a killed Dormant may leave a "
+            "half-restored instance running until the next start",
+            runtime.cgroups.why_not,
+        )
+    for w in workloads:
+        log.info("workload %s: %s", w.name, w.state)
+    try:
+        yield Registry(workloads, pool)
+    finally:
+        await reaper.stop()
+        await asyncio.gather(*(w.shutdown(settings.on_shutdown) for w in workloads))
+
+
+@contextlib.asynccontextmanager
+async def _serve_cluster(
+    serve: Callable[..., AbstractAsyncContextManager[ClusterWorkloads]],
+    cluster_setup: ClusterSetup,
+    settings: Settings,
+    metrics: Metrics,
+    client: httpx.AsyncClient,
+) -> AsyncIterator[Registry]:
+    """runtime kubernetes (``activator.cluster.serve``, imported by name): the workloads are
+    the namespace's ScaleToZeroPolicies, kept current by a watch, with their idle reaper."""
+    async with serve(cluster_setup, settings, metrics, client) as served:
+        reaper = Reaper(served.registry, settings.reap_interval)
+        reaper.start()
+        try:
+            yield served.registry
+        finally:
+            await reaper.stop()
+
+
 def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI:
     """Build the activator for ``settings``. ``engine`` is probed when not given."""
     setup = engine or detect_engine(settings)
@@ -241,77 +320,32 @@ def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI
     metrics = Metrics()
     store = SnapshotStore(state_dir / "snapshots")
     started = time.time()
-    pool = make_pool(settings, metrics)
-    # runtime kubernetes: chosen by name, imported only then (the `kube` extra); its
-    # settings are checked and the cluster connected before anything starts.
-    cluster = (
-        importlib.import_module(".cluster", __package__)
-        if settings.runtime == "kubernetes"
-        else None
-    )
-    cluster_setup = cluster.prepare(settings) if cluster is not None else None
+    # The runtime, chosen by name. kubernetes is imported only then (the `kube` extra); its
+    # settings are checked and the cluster connected (or a pool's device opened) now,
+    # before anything starts: a problem is a config error.
+    serve_workloads: Callable[[httpx.AsyncClient], AbstractAsyncContextManager[Registry]]
+    if settings.runtime == "kubernetes":
+        cluster = importlib.import_module(".cluster", __package__)
+        serve_workloads = functools.partial(
+            _serve_cluster, cluster.serve, cluster.prepare(settings), settings, metrics
+        )
+    else:
+        serve_workloads = functools.partial(
+            _serve_local, settings, setup, store, metrics, make_pool(settings, metrics)
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        removed = store.clean_partial()
-        if removed:
-            log.warning("removed %d half-written snapshot(s) from an earlier crash", len(removed))
         # Two clients: aiohttp carries the proxied traffic (the hot path); httpx only
         # health checks and notebook probes, so its default pool is plenty.
         async with (
             upstream_session() as session,
             httpx.AsyncClient(timeout=None, trust_env=False) as client,
+            serve_workloads(client) as registry,
         ):
-            if cluster is not None:  # the workloads are the namespace's ScaleToZeroPolicies
-                async with cluster.serve(cluster_setup, settings, metrics, client) as served:
-                    app.state.registry = served.registry
-                    app.state.client = session
-                    cluster_reaper = Reaper(served.registry, settings.reap_interval)
-                    cluster_reaper.start()
-                    try:
-                        yield
-                    finally:
-                        await cluster_reaper.stop()
-                return
-            runtime = LocalRuntime(
-                store,
-                state_dir / "work",
-                setup.criu,
-                client,
-                CgroupTree(state_dir),
-                engine_why=setup.choice.reason,
-            )
-            await asyncio.to_thread(runtime.clean_leftovers)
-            workloads = [
-                Workload(w, runtime, metrics, spec_factory(w, state_dir), pool=pool)
-                for w in settings.workloads
-            ]
-            for workload in workloads:
-                if pool is not None:
-                    pool.join(workload, declared=workload.settings.memory or 0)
-            app.state.registry = Registry(workloads, pool)
+            app.state.registry = registry
             app.state.client = session
-            reaper = Reaper(
-                workloads,
-                settings.reap_interval,
-                ActivityProbe(client, state_dir),
-                after_tick=(lambda: _pool_metrics(pool, metrics)) if pool is not None else None,
-            )
-            reaper.start()
-            log.info("engine: %s (%s)", setup.choice.name, setup.choice.reason)
-            if runtime.cgroups is not None and not runtime.cgroups.available():
-                log.warning(
-                    "instances run without cgroups (%s): a killed Dormant may leave a "
-                    "half-restored instance running until the next start",
-                    runtime.cgroups.why_not,
-                )
-            for w in workloads:
-                log.info("workload %s: %s", w.name, w.state)
-            try:
-                yield
-            finally:
-                await reaper.stop()
-                await asyncio.gather(*(w.shutdown(settings.on_shutdown) for w in workloads))
+            yield
 
     app = TracedFastAPI(title="Dormant activator", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.access_metrics = metrics  # dormant_requests_total, counted with the access line
