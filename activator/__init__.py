@@ -2,9 +2,10 @@
 
 from .app import create_app
 from .errors import ActivatorError
+from .lease import Lease
 from .settings import ConfigError, Settings, WorkloadSettings, load_settings
 from .states import TRANSITIONS, State
-from .workload import Lease, Workload
+from .workload import Workload
 
 __all__ = [
     "TRANSITIONS",

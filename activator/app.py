@@ -42,6 +42,7 @@ from .errors import (
     error_response,
 )
 from .idle import Reaper
+from .lease import Lease
 from .limits import BodyClock
 from .metrics import Metrics
 from .notebooks import ActivityProbe
@@ -56,7 +57,7 @@ from .resolve import Registry, confined
 from .settings import ConfigError, Settings, WorkloadSettings, pool_problems
 from .specs import spec_factory
 from .websocket import proxy_websocket, refuse
-from .workload import Lease, Workload
+from .workload import Workload
 
 if TYPE_CHECKING:
     from .cluster import ClusterSetup, ClusterWorkloads

@@ -33,8 +33,8 @@ from yarl import URL
 
 from .access import AccessRecord, wake_header
 from .errors import ActivatorError, UpstreamError, UpstreamTimeout
+from .lease import Lease
 from .metrics import Metrics
-from .workload import Lease
 
 __all__ = [
     "HOP_BY_HOP",

@@ -19,8 +19,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 
 from .access import record
 from .errors import ActivatorError, UpstreamError, UpstreamTimeout, error_response
+from .lease import Connection
 from .proxy import clean_headers
-from .workload import Connection
 
 __all__ = ["proxy_websocket", "refuse"]
 

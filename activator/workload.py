@@ -23,7 +23,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from warmpool import (
@@ -40,12 +39,13 @@ from warmpool.pool import Pool, PoolBusy
 
 from .breaker import Slots
 from .errors import Conflict, QueueFull, WakeFailed, WakeTimeout
+from .lease import Connection, Lease, WakeRecord
 from .metrics import Metrics
 from .settings import WorkloadSettings
 from .specs import SpecFactory
 from .states import STABLE, State, check_transition
 
-__all__ = ["Connection", "Lease", "WakeRecord", "Workload"]
+__all__ = ["Workload"]
 
 log = logging.getLogger("dormant.workload")
 
@@ -57,63 +57,6 @@ _TIERS = {
     State.COLD: Tier.COLD,
     State.FAILED: Tier.COLD,
 }
-
-
-@dataclass(frozen=True)
-class WakeRecord:
-    """How a workload last became ready: ``path`` is boot, restore or resume."""
-
-    path: str
-    seconds: float
-    at: float
-
-    def header(self) -> str:
-        """The one format of a wake, in the ``X-Dormant-Wake`` header and the access log:
-        ``restore; 0.412``."""
-        return f"{self.path}; {self.seconds:.3f}"
-
-
-class Connection:
-    """A proxied WebSocket: counted apart from requests. Messages count as activity;
-    an open but silent connection does not keep the workload awake. Hibernation asks
-    every connection to close (``closing``) after the requests have drained."""
-
-    def __init__(self, workload: Workload, instance: Instance, waited: WakeRecord | None) -> None:
-        self._workload = workload
-        self.instance = instance
-        self.waited = waited
-        self.closing = asyncio.Event()
-
-    @property
-    def endpoint(self) -> Endpoint:
-        return self.instance.endpoint
-
-    def touch(self) -> None:
-        self._workload._last_activity = self._workload._clock()
-
-    def close(self) -> None:
-        self._workload._detach(self)
-
-
-class Lease:
-    """Permission to send one request to a ready instance; release exactly once."""
-
-    __slots__ = ("_released", "_workload", "instance", "waited")
-
-    def __init__(self, workload: Workload, instance: Instance, waited: WakeRecord | None) -> None:
-        self._workload = workload
-        self._released = False
-        self.instance = instance
-        self.waited = waited
-
-    @property
-    def endpoint(self) -> Endpoint:
-        return self.instance.endpoint
-
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._workload._release()
 
 
 class Workload:
@@ -297,17 +240,20 @@ class Workload:
         self._idle.clear()
         self._last_activity = self._clock()
         self._metrics.in_flight.labels(self.name).set(self._in_flight)
-        return Lease(self, self._instance, waited)
+        return Lease(self._instance, waited, self._release)
 
     async def connect(self, timeout: float | None = None) -> Connection:
         """Wake if needed (queued like a request), then register a WebSocket connection."""
         lease = await self.acquire(timeout)
         lease.release()  # a connection holds no request slot; nothing awaits in between
-        connection = Connection(self, lease.instance, lease.waited)
+        connection = Connection(lease.instance, lease.waited, self._touch, self._detach)
         self._connections.add(connection)
         self._connections_gone.clear()
         self._metrics.websockets.labels(self.name).set(len(self._connections))
         return connection
+
+    def _touch(self) -> None:
+        self._last_activity = self._clock()
 
     def _detach(self, connection: Connection) -> None:
         self._connections.discard(connection)

@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 
 from activator.errors import Conflict, QueueFull, WakeFailed, WakeTimeout
+from activator.lease import Lease
 from activator.metrics import Metrics
 from activator.settings import WorkloadSettings, parse_settings
 from activator.states import State
-from activator.workload import Lease, Workload
+from activator.workload import Workload
 from warmpool import CheckpointFailed, FakeRuntime, InstanceSpec, RestoreFailed, StartFailed
 
 pytestmark = pytest.mark.anyio

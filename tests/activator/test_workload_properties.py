@@ -21,8 +21,8 @@ import random
 import pytest
 
 from activator.errors import Conflict, QueueFull, WakeFailed, WakeTimeout
+from activator.lease import Lease
 from activator.states import State
-from activator.workload import Lease
 from tests.activator.test_workload import workload
 from warmpool import CheckpointFailed, FakeRuntime, RestoreFailed, StartFailed, WarmpoolError
 
