@@ -67,49 +67,14 @@ if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -
 fi
 mkdir -p "$DEPS"; mv -f "$DEPS.apt.log" "$DEPS/apt.log"
 
-# A private apt configuration that only knows sid's source index, built from the
-# mirror this machine already uses: the system's apt state is not touched.
-src="$DEPS/apt-src"
-rm -rf "$src"; mkdir -p "$src/lists/partial" "$src/dl"
-mirror=$(awk '/^URIs:/ {print $2}' /etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v security | grep '/debian' | head -n1)
-if [ -z "$mirror" ]; then
-    mirror=$(awk '$1 == "deb" && $0 !~ /security/ {print $2}' /etc/apt/sources.list 2>/dev/null | head -n1)
-fi
-if [ -z "$mirror" ]; then
-    say "cannot find this machine's Debian mirror in its apt sources; Dormant will use the 'restart' engine."
-    exit 0
-fi
-cat >"$src/sid-src.sources" <<EOF
-Types: deb-src
-URIs: $mirror
-Suites: sid
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-EOF
-apt_src=(-o "Dir::Etc::SourceList=$src/sid-src.sources" -o "Dir::Etc::SourceParts=/dev/null"
-    -o "Dir::State::Lists=$src/lists" -o "Dir::Cache=$src/cache")
 say "fetching the criu source package (sid)"
-if ! apt-get "${apt_src[@]}" update -qq >"$src/update.log" 2>&1; then
-    say "apt-get update for sources failed (log: .deps/apt-src/update.log); Dormant will use the 'restart' engine."
+# shellcheck source=scripts/debian-source.sh
+. "$ROOT/scripts/debian-source.sh"
+if ! debian_source "$DEPS/apt-src" sid criu; then
+    say "$DEBSRC_WHY; Dormant will use the 'restart' engine."
     exit 0
 fi
-# The .dsc names the .orig tarball and its sha256; .debian.tar.xz may 404 and is not needed.
-(cd "$src/dl" && apt-get "${apt_src[@]}" source --download-only criu >"$src/source.log" 2>&1)
-dsc=$(ls "$src"/dl/criu_*.dsc 2>/dev/null | head -n1)
-orig=$(ls "$src"/dl/criu_*.orig.tar.* 2>/dev/null | head -n1)
-if [ -z "$orig" ] && [ -n "$dsc" ]; then
-    say "source download incomplete; fetching the .orig tarball alone"
-fi
-if [ -z "$dsc" ] || [ -z "$orig" ]; then
-    say "could not download the criu source package (log: .deps/apt-src/source.log); Dormant will use the 'restart' engine."
-    exit 0
-fi
-want=$(awk '/^Checksums-Sha256:/ {f=1; next} f && /orig\.tar/ {print $1; exit}' "$dsc")
-have=$(sha256sum "$orig" | cut -d' ' -f1)
-if [ -z "$want" ] || [ "$want" != "$have" ]; then
-    say "sha256 of $(basename "$orig") does not match its .dsc; refusing to build it."
-    exit 0
-fi
+orig=$DEBSRC_ORIG
 ver=$(basename "$orig" | sed -E 's/^criu_([0-9.]+)\.orig.*/\1/')
 major=${ver%%.*}; minor=${ver#*.}; minor=${minor%%.*}
 if ! { [ "$major" -gt "$MIN_MAJOR" ] || { [ "$major" -eq "$MIN_MAJOR" ] && [ "$minor" -ge "$MIN_MINOR" ]; }; }; then

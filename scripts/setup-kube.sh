@@ -70,40 +70,12 @@ if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -
     give_up "apt-get install failed (log: .deps/kube/apt.log)."
 fi
 
-# A private apt configuration that only knows bookworm's source index, built from the
-# mirror this machine already uses: the system's apt state is not touched.
-src="$KUBE/apt-src"
-rm -rf "$src"; mkdir -p "$src/lists/partial" "$src/dl"
-mirror=$(awk '/^URIs:/ {print $2}' /etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v security | grep '/debian' | head -n1)
-if [ -z "$mirror" ]; then
-    mirror=$(awk '$1 == "deb" && $0 !~ /security/ {print $2}' /etc/apt/sources.list 2>/dev/null | head -n1)
-fi
-[ -n "$mirror" ] || give_up "cannot find this machine's Debian mirror in its apt sources."
-cat >"$src/bookworm-src.sources" <<EOF
-Types: deb-src
-URIs: $mirror
-Suites: bookworm
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-EOF
-apt_src=(-o "Dir::Etc::SourceList=$src/bookworm-src.sources" -o "Dir::Etc::SourceParts=/dev/null"
-    -o "Dir::State::Lists=$src/lists" -o "Dir::Cache=$src/cache")
 say "fetching the kubernetes source package (bookworm)"
-if ! apt-get "${apt_src[@]}" update -qq >"$src/update.log" 2>&1; then
-    give_up "apt-get update for sources failed (log: .deps/kube/apt-src/update.log)."
-fi
-(cd "$src/dl" && apt-get "${apt_src[@]}" source --download-only kubernetes >"$src/source.log" 2>&1)
-dsc=$(ls "$src"/dl/kubernetes_*.dsc 2>/dev/null | head -n1)
-orig=$(ls "$src"/dl/kubernetes_*.orig.tar.* 2>/dev/null | head -n1)
-if [ -z "$dsc" ] || [ -z "$orig" ]; then
-    give_up "could not download the kubernetes source package (log: .deps/kube/apt-src/source.log)."
-fi
+# shellcheck source=scripts/debian-source.sh
+. "$ROOT/scripts/debian-source.sh"
+debian_source "$KUBE/apt-src" bookworm kubernetes || give_up "$DEBSRC_WHY."
+orig=$DEBSRC_ORIG
 name=$(basename "$orig")
-want=$(awk -v f="$name" '/^Checksums-Sha256:/ {s=1; next} /^[^ ]/ {s=0} s && $3 == f {print $1; exit}' "$dsc")
-have=$(sha256sum "$orig" | cut -d' ' -f1)
-if [ -z "$want" ] || [ "$want" != "$have" ]; then
-    give_up "sha256 of $name does not match its .dsc; refusing to build it."
-fi
 # e.g. kubernetes_1.20.5+really1.20.2.orig.tar.gz: the real version is after "really".
 ver=$(printf '%s' "$name" | sed -E 's/^kubernetes_//; s/\.orig\.tar\..*$//; s/^.*really//')
 case "$ver" in
