@@ -5,9 +5,11 @@ operator observed (no clock, no I/O), so every rule is a row in a table test.
 Endpoints to write when they differ, the policy's status, and the Events to post.
 
 **The Endpoints rule** (the operator is their only writer): the target's ready pods (Running,
-with an IP, Ready, not terminating) while the Service's ``dormant.dev/route`` annotation
-says ``pods``; in every other case — route ``activator``, no annotation yet, or no ready pod
-(evicted, crashed, terminating) — the activator's address from ``dormant.dev/activator``.
+with an IP, Ready, not terminating) that the activator itself probed (``dormant.dev/pod-ips``)
+while the Service's ``dormant.dev/route`` annotation says ``pods``; in every other case —
+route ``activator``, no annotation yet, or no such pod (evicted, crashed, terminating, or a
+replacement the activator has not probed yet) — the activator's address from
+``dormant.dev/activator``.
 The activator's Kubernetes runtime sets the annotation and waits for the Endpoints to
 follow, so its lifecycle keeps one owner and the Endpoints one writer.
 
@@ -24,7 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from activator.policies import API_VERSION, KIND, Policy
-from warmpool.pods import ACTIVATOR_ANNOTATION, ROUTE_ANNOTATION, ROUTE_PODS, pod_ready
+from warmpool.pods import (
+    ACTIVATOR_ANNOTATION,
+    ROUTE_ANNOTATION,
+    ROUTE_PODS,
+    ROUTED_IPS_ANNOTATION,
+    pod_ready,
+)
 
 __all__ = ["POLICY_LABEL", "Event", "Observed", "Plan", "phase_of", "plan", "template_problems"]
 
@@ -145,7 +153,11 @@ def _subsets(o: Observed, p: Policy, service: Doc) -> tuple[list[dict[str, Any]]
     """The Endpoints' subsets by the one rule, and where they point (pods / activator)."""
     assert p.service is not None
     annotations = (service.get("metadata") or {}).get("annotations") or {}
-    ready = sorted((pod for pod in o.pods if pod_ready(pod)), key=lambda d: d["status"]["podIP"])
+    probed = {ip for ip in str(annotations.get(ROUTED_IPS_ANNOTATION, "")).split(",") if ip}
+    ready = sorted(
+        (pod for pod in o.pods if pod_ready(pod) and pod["status"]["podIP"] in probed),
+        key=lambda d: d["status"]["podIP"],
+    )
     if annotations.get(ROUTE_ANNOTATION) == ROUTE_PODS and ready:
         addresses = [
             {

@@ -60,6 +60,7 @@ from .pods import (
     ROUTE_ACTIVATOR,
     ROUTE_ANNOTATION,
     ROUTE_PODS,
+    ROUTED_IPS_ANNOTATION,
     PodInstance,
     describe_pods,
     endpoint_ips,
@@ -204,7 +205,11 @@ class KubernetesRuntime:
     async def _route(self, route: str, pod_ip: str = "") -> bool:
         """Ask for ``route`` (the Service's annotation) and wait, bounded by route_timeout,
         until the Endpoints reflect it; False when they did not in time."""
-        annotations = {ROUTE_ANNOTATION: route, ACTIVATOR_ANNOTATION: self.options.advertise}
+        annotations = {
+            ROUTE_ANNOTATION: route,
+            ACTIVATOR_ANNOTATION: self.options.advertise,
+            ROUTED_IPS_ANNOTATION: pod_ip if route == ROUTE_PODS else "",
+        }
         await self.api.merge(self._service_path, {"metadata": {"annotations": annotations}})
         activator = self.options.advertise.rpartition(":")[0].strip("[]")
         deadline = time.monotonic() + self.options.route_timeout

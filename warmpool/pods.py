@@ -13,6 +13,7 @@ from .runtime import Endpoint
 
 __all__ = [
     "ACTIVATOR_ANNOTATION",
+    "ROUTED_IPS_ANNOTATION",
     "ROUTE_ACTIVATOR",
     "ROUTE_ANNOTATION",
     "ROUTE_PODS",
@@ -27,6 +28,10 @@ ROUTE_ANNOTATION = "dormant.dev/route"
 """On the policy's Service: where the activator wants traffic (``pods`` or ``activator``)."""
 ACTIVATOR_ANNOTATION = "dormant.dev/activator"
 """On the policy's Service: the activator's ``IP:PORT`` for the Endpoints."""
+ROUTED_IPS_ANNOTATION = "dormant.dev/pod-ips"
+"""On the policy's Service, with route ``pods``: the pod IPs the activator itself probed
+(comma-separated). Only those become endpoints: a replacement pod (after an eviction) is
+not, however Ready, until the activator's own probe of it passed."""
 ROUTE_PODS, ROUTE_ACTIVATOR = "pods", "activator"
 
 

@@ -45,10 +45,16 @@ def target(claim: str = "ref-model-state", command: list[str] | None = None) -> 
     }
 
 
-def service(route: str | None = "pods", selector: Doc | None = None) -> Doc:
+def service(
+    route: str | None = "pods",
+    selector: Doc | None = None,
+    probed: str = "10.244.1.2,10.244.1.3",
+) -> Doc:
     annotations = {"dormant.dev/activator": ACTIVATOR}
     if route is not None:
         annotations["dormant.dev/route"] = route
+    if route == "pods":
+        annotations["dormant.dev/pod-ips"] = probed
     spec: Doc = {"ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}
     if selector:
         spec["selector"] = selector
@@ -115,6 +121,20 @@ def routed(result: Plan) -> set[str] | None:
 
 
 # -- the Endpoints rule ----------------------------------------------------------------------
+
+
+def test_a_replacement_pod_waits_for_the_activators_own_probe() -> None:
+    """After an eviction the replacement is Ready, but the activator has not probed it yet:
+    the Endpoints stay on the activator until it has (and names the pod's IP)."""
+    replacement = [pod("b", "10.244.1.9")]
+    evicted = endpoints("10.244.1.2:8000")
+    before = plan(
+        observe(service=service("pods", probed="10.244.1.2"), pods=replacement, endpoints=evicted)
+    )
+    assert routed(before) == {ACTIVATOR} and before.status["route"] == "activator"
+    probed = service("pods", probed="10.244.1.9")
+    after = plan(observe(service=probed, pods=replacement, endpoints=endpoints(ACTIVATOR)))
+    assert routed(after) == {"10.244.1.9:8000"} and after.status["route"] == "pods"
 
 
 @pytest.mark.parametrize(

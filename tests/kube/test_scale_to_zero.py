@@ -436,7 +436,14 @@ def test_a_model_scales_to_zero_restores_with_its_kv_cache_and_survives_an_evict
         lambda: s.endpoints() == {f"{third_ip}:8000"},
         120,
     )
-    started = s.workload()["instance"]["started"]
+    # The operator routes to a pod only once the activator probed it, and the activator's
+    # workload is ready a moment after asking for that route.
+    view = s.until(
+        "the activator's workload to be ready on the replacement",
+        lambda: (w := s.workload())["state"] == "ready" and w["instance"] and w,
+        30,
+    )
+    started = view["instance"]["started"]
     assert started["how"] == "restored" and started["snapshot"] != snapshot["id"], started
     answer = s.complete(s.url, PROMPT + "And then?")
     assert answer.status_code == 200, answer.text
