@@ -114,7 +114,7 @@ cp "$out/kube-apiserver" "$out/kube-controller-manager" "$BIN.tmp/" ||
 printf '%s\n' "$RECIPE" >"$BIN.tmp/RECIPE"
 rm -rf "$BIN"; mv "$BIN.tmp" "$BIN"
 # The source tree (about 1 GB with its Go build cache) is not needed once the binaries exist.
-rm -rf "$tree" "$src/dl"
+rm -rf "$tree" "$KUBE/apt-src/dl"
 have_build || give_up "the built kube-apiserver does not run (log: .deps/kube/build.log)."
 rm -f "$KUBE/unavailable"
 say "built $("$BIN/kube-apiserver" --version) in $(($(date +%s) - start)) s"
