@@ -246,14 +246,11 @@ class Workload:
         """Wake if needed (queued like a request), then register a WebSocket connection."""
         lease = await self.acquire(timeout)
         lease.release()  # a connection holds no request slot; nothing awaits in between
-        connection = Connection(lease.instance, lease.waited, self._touch, self._detach)
+        connection = Connection(lease.instance, lease.waited, self.note_activity, self._detach)
         self._connections.add(connection)
         self._connections_gone.clear()
         self._metrics.websockets.labels(self.name).set(len(self._connections))
         return connection
-
-    def _touch(self) -> None:
-        self._last_activity = self._clock()
 
     def _detach(self, connection: Connection) -> None:
         self._connections.discard(connection)
