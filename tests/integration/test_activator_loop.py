@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from snapshots import CriuEngine, SnapshotStore
+from snapshots import CriuEngine, Snapshot, SnapshotStore
 from tests.conftest import TESTS
 from tests.integration.harness import Dormant, pid_alive
 
@@ -96,18 +96,24 @@ def test_hibernate_then_one_restore_for_many_concurrent_requests(dormant: Dorman
     assert view["restored_from"] == snapshot.id
 
 
+def _corrupt_latest(d: Dormant, name: str, offset: int) -> Snapshot:
+    """Flip one byte at ``offset`` of the largest pages image of ``name``'s newest snapshot."""
+    snapshot = SnapshotStore(d.state / "snapshots").latest(name)
+    assert snapshot is not None
+    pages = max((snapshot.path / "images").glob("pages-*.img"), key=lambda p: p.stat().st_size)
+    with open(pages, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    return snapshot
+
+
 def test_corrupted_snapshot_is_caught_marked_bad_and_cold_booted(dormant: Dormant) -> None:
     d = dormant
     assert _complete(d, "model-a").status_code == 200
     d.admin("POST", "/workloads/a/hibernate")
-    snapshot = SnapshotStore(d.state / "snapshots").latest("a")
-    assert snapshot is not None
-    pages = max((snapshot.path / "images").glob("pages-*.img"), key=lambda p: p.stat().st_size)
-    with open(pages, "r+b") as f:
-        f.seek(4096)
-        byte = f.read(1)
-        f.seek(4096)
-        f.write(bytes([byte[0] ^ 0xFF]))
+    snapshot = _corrupt_latest(d, "a", 4096)
 
     response = _complete(d, "model-a")
     assert response.status_code == 200
@@ -141,14 +147,7 @@ def test_a_corrupted_snapshot_never_runs(tmp_path: Path, criu: CriuEngine) -> No
         assert d.admin("POST", "/workloads/a/hibernate").json()["state"] == "hibernated"
         old = beats.read_text().split()[-1]
         before = beats.read_text().split().count(old)
-        snapshot = SnapshotStore(d.state / "snapshots").latest("a")
-        assert snapshot is not None
-        pages = max((snapshot.path / "images").glob("pages-*.img"), key=lambda p: p.stat().st_size)
-        with open(pages, "r+b") as f:
-            f.seek(8192)
-            byte = f.read(1)
-            f.seek(8192)
-            f.write(bytes([byte[0] ^ 0xFF]))
+        _corrupt_latest(d, "a", 8192)
         response = _complete(d, "a")
         assert response.headers["x-dormant-wake"].startswith("boot; ")
         time.sleep(0.2)  # a restored (corrupt) heartbeat would have written by now
