@@ -45,6 +45,13 @@ def workload(runtime: FakeRuntime, clock: Any = None, **overrides: Any) -> Workl
     return Workload(s, runtime, Metrics(), lambda: spec, **kwargs)
 
 
+async def serve_after_a_restore(w: Workload) -> None:
+    """Boot, hibernate, then restore ``w``: it serves with a committed snapshot behind it."""
+    (await w.acquire()).release()
+    await w.hibernate()
+    (await w.acquire()).release()
+
+
 async def test_concurrent_waiters_share_exactly_one_restore() -> None:
     runtime = FakeRuntime(latency={"restore": 0.05})
     runtime.add_snapshot("w")
@@ -131,9 +138,7 @@ async def test_start_failure_fails_fast_for_retry_backoff() -> None:
 async def test_crash_retries_at_once_and_restores_the_snapshot() -> None:
     runtime = FakeRuntime()
     w = workload(runtime)
-    (await w.acquire()).release()
-    await w.hibernate()
-    (await w.acquire()).release()
+    await serve_after_a_restore(w)
     runtime.live["w"].crash()
     w.check_alive()
     assert w.state is State.FAILED
@@ -146,9 +151,7 @@ async def test_hibernate_of_a_crashed_workload_with_a_snapshot_rests_hibernated(
     """Issue 8 item 4: it became `cold` and every request got IllegalTransition."""
     runtime = FakeRuntime()
     w = workload(runtime)
-    (await w.acquire()).release()
-    await w.hibernate()
-    (await w.acquire()).release()
+    await serve_after_a_restore(w)
     runtime.live["w"].crash()
     w.check_alive()
     assert await w.hibernate() is State.HIBERNATED
@@ -244,9 +247,7 @@ async def test_commit_failure_serves_from_the_replacement() -> None:
 async def test_checkpoint_that_loses_the_process_says_so_and_the_next_request_restores() -> None:
     runtime = FakeRuntime()
     w = workload(runtime)
-    (await w.acquire()).release()
-    await w.hibernate()
-    (await w.acquire()).release()
+    await serve_after_a_restore(w)
     runtime.fail_next("checkpoint", CheckpointFailed("state lost"), keep_instance=False)
     with pytest.raises(CheckpointFailed):
         await w.hibernate()
