@@ -33,8 +33,8 @@ from fastapi import FastAPI
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .lease import WakeRecord
-from .metrics import Metrics
+from activator.lease import WakeRecord
+from activator.metrics import Metrics
 
 __all__ = [
     "AccessLog",

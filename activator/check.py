@@ -12,19 +12,16 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from snapshots import CriuEngine, CriuInfo, EngineUnavailable, find_criu, probe_criu
-from warmpool import EngineChoice, choose_engine, device_findings, pid_namespaces_work
-
-from . import notebooks
-from .settings import ConfigError, Settings, WorkloadSettings, format_command
+import activator.notebooks as notebooks
+from activator.config.settings import ConfigError, Settings, WorkloadSettings, format_command
+from warmpool import device_findings
+from warmpool.system import EngineSetup, probe_engine
 
 __all__ = [
-    "EngineSetup",
     "Finding",
     "check_state_dir",
     "detect_engine",
     "machine_report",
-    "probe_engine",
     "state_dir_finding",
     "workload_findings",
 ]
@@ -42,15 +39,6 @@ class Finding:
     detail: str
 
 
-@dataclass(frozen=True)
-class EngineSetup:
-    choice: EngineChoice
-    criu: CriuEngine | None
-    criu_info: CriuInfo | None
-    criu_problem: str
-    pidns: tuple[bool, str]
-
-
 def detect_engine(settings: Settings) -> EngineSetup:
     """Probe CRIU and PID namespaces and apply the engine policy.
     Raises ConfigError when ``engine: criu`` is configured but cannot work."""
@@ -58,37 +46,6 @@ def detect_engine(settings: Settings) -> EngineSetup:
         return probe_engine(settings.engine, settings.criu_path or None)
     except ValueError as exc:
         raise ConfigError(f"engine: {exc}") from exc
-
-
-def probe_engine(requested: str, criu_path: str | None = None) -> EngineSetup:
-    """``requested`` ('auto', 'criu', 'restart') on this machine: CRIU (``criu_path``, else
-    searched) and PID namespaces probed, the engine policy applied. Raises ValueError
-    saying why when 'criu' is requested but cannot work."""
-    info: CriuInfo | None = None
-    problem = ""
-    pidns = pid_namespaces_work()
-    if requested != "restart":
-        path = find_criu(criu_path)
-        if path is None:
-            problem = (
-                "no criu found (looked at criu_path, $DORMANT_CRIU, next to python, PATH); "
-                "run `make setup`"
-            )
-        else:
-            try:
-                info = probe_criu(path)
-            except EngineUnavailable as exc:
-                problem = str(exc)
-    choice = choose_engine(
-        requested,
-        privileged=os.geteuid() == 0,
-        criu=info,
-        criu_problem=problem,
-        pidns_ok=pidns[0],
-        pidns_problem=pidns[1],
-    )
-    engine = CriuEngine(info) if choice.name == "criu" and info is not None else None
-    return EngineSetup(choice, engine, info, problem, pidns)
 
 
 def _device() -> list[Finding]:

@@ -1,4 +1,4 @@
-"""The activator's exception tree, and its one mapping to HTTP.
+"""The activator's exception tree (``activator.edge`` maps it to HTTP, once).
 
 Every error answers with one JSON shape, OpenAI-style, because most clients are
 OpenAI clients::
@@ -9,8 +9,6 @@ OpenAI clients::
 from __future__ import annotations
 
 from typing import Any
-
-from fastapi.responses import JSONResponse
 
 __all__ = [
     "ActivatorError",
@@ -30,7 +28,6 @@ __all__ = [
     "UpstreamTimeout",
     "WakeFailed",
     "WakeTimeout",
-    "error_response",
 ]
 
 
@@ -142,7 +139,3 @@ class OperationFailed(ActivatorError):
     """An admin operation (hibernate, wake) failed; the message says what state remains."""
 
     status, code, type = 500, "operation_failed", "server_error"
-
-
-def error_response(exc: ActivatorError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)

@@ -31,8 +31,8 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from .access import AccessRecord, access_line, fresh_request_id
-from .errors import ActivatorError, BadRequest, HeadersTooLarge, RequestTimeout
+from activator.access import AccessRecord, access_line, fresh_request_id
+from activator.errors import ActivatorError, BadRequest, HeadersTooLarge, RequestTimeout
 
 __all__ = [
     "BODY_IDLE_TIMEOUT",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from .states import State
+from activator.states import State
 
 __all__ = ["Metrics"]
 

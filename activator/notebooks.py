@@ -1,7 +1,7 @@
 """Notebook servers: how Dormant runs `jupyter server`, and how it asks one what it is doing.
 
 A ``kind: jupyter`` workload is an ``http`` workload whose command Dormant builds
-(``jupyter_command``: pure, in ``activator.jupyter``, re-exported here), routed under
+(``jupyter_command``: pure, in ``activator.config.jupyter``, re-exported here), routed under
 ``/notebooks/NAME`` without stripping the prefix (Jupyter's ``base_url`` includes it).
 At every start or restore, ``prepare`` makes the directories the server needs and hands
 it its token through the environment, never on the command line (where ``ps`` shows it)
@@ -10,7 +10,7 @@ and never in a URL.
 Before the idle reaper hibernates a notebook server it asks the server itself
 (``ActivityProbe``): a kernel that is busy computing keeps it awake however long it
 runs, even with no client connected. The answer is reduced to a ``JupyterActivity``;
-what to do with it is a pure rule in ``activator.idle``.
+what to do with it is a pure rule in ``activator.reaper``.
 """
 
 from __future__ import annotations
@@ -30,12 +30,17 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from activator.config.jupyter import (
+    BASE_PATH,
+    DEFAULT_ROOT_DIR,
+    JUPYTER_OPTIONS,
+    base_path,
+    jupyter_command,
+)
 from warmpool import Endpoint
 
-from .jupyter import BASE_PATH, DEFAULT_ROOT_DIR, JUPYTER_OPTIONS, base_path, jupyter_command
-
 if TYPE_CHECKING:
-    from .settings import WorkloadSettings
+    from activator.config.settings import WorkloadSettings
 
 __all__ = [
     "BASE_PATH",

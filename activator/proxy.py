@@ -31,14 +31,15 @@ from starlette.background import BackgroundTask
 from starlette.responses import StreamingResponse
 from yarl import URL
 
-from .access import AccessRecord, wake_header
-from .errors import ActivatorError, UpstreamError, UpstreamTimeout
-from .lease import Lease
-from .metrics import Metrics
+from activator.access import AccessRecord, wake_header
+from activator.errors import ActivatorError, UpstreamError, UpstreamTimeout
+from activator.lease import Lease
+from activator.metrics import Metrics
 
 __all__ = [
     "HOP_BY_HOP",
     "Call",
+    "Session",
     "Timeouts",
     "clean_headers",
     "forward",
@@ -125,6 +126,10 @@ class Call:
     workload: str
     record: AccessRecord
     metrics: Metrics
+
+
+Session = aiohttp.ClientSession
+"""The one upstream session the activator forwards through (``upstream_session``)."""
 
 
 def upstream_session(max_connections: int = 1000) -> aiohttp.ClientSession:

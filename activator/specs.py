@@ -10,11 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import activator.notebooks as notebooks
+from activator.config.settings import WorkloadSettings, format_command
+from activator.errors import WakeFailed
 from warmpool import PORT_PLACEHOLDER, InstanceSpec
-
-from . import notebooks
-from .errors import WakeFailed
-from .settings import WorkloadSettings, format_command
 
 __all__ = ["SpecFactory", "spec_factory"]
 

@@ -17,10 +17,11 @@ from starlette.websockets import WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from .access import record
-from .errors import ActivatorError, UpstreamError, UpstreamTimeout, error_response
-from .lease import Connection
-from .proxy import clean_headers
+from activator.access import record
+from activator.edge import error_response
+from activator.errors import ActivatorError, UpstreamError, UpstreamTimeout
+from activator.lease import Connection
+from activator.proxy import clean_headers
 
 __all__ = ["proxy_websocket", "refuse"]
 

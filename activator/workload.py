@@ -25,6 +25,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from activator.breaker import Slots
+from activator.config.settings import WorkloadSettings
+from activator.errors import Conflict, QueueFull, WakeFailed, WakeTimeout
+from activator.lease import Connection, Lease, WakeRecord
+from activator.metrics import Metrics
+from activator.specs import SpecFactory
+from activator.states import STABLE, State, check_transition
 from warmpool import (
     CheckpointFailed,
     Endpoint,
@@ -36,14 +43,6 @@ from warmpool import (
 )
 from warmpool.placement import Member, Tier
 from warmpool.pool import Pool, PoolBusy
-
-from .breaker import Slots
-from .errors import Conflict, QueueFull, WakeFailed, WakeTimeout
-from .lease import Connection, Lease, WakeRecord
-from .metrics import Metrics
-from .settings import WorkloadSettings
-from .specs import SpecFactory
-from .states import STABLE, State, check_transition
 
 __all__ = ["Workload"]
 

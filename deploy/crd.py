@@ -2,12 +2,12 @@
 
     python -m deploy.crd > deploy/base/crd.yaml
 
-The spec's workload settings are ``activator.settings_schema.workload_crd_schema()``'s
-properties for the keys a policy carries (``activator.policies.SPEC_KEYS``, camelCased), so
+The spec's workload settings are ``activator.config.schema.workload_crd_schema()``'s
+properties for the keys a policy carries (``activator.config.policy.SPEC_KEYS``, camelCased), so
 the API server checks them with the same types, ranges, patterns and enums as the YAML file;
 the rest (targetRef, service, checkpoint, kvCache, onEviction, status) is stated here. What a
 structural schema cannot say (a Deployment needs a Service, a claim with a checkpoint engine,
-models unique in a namespace) is checked by ``activator.policies.parse_policy`` and reported
+models unique in a namespace) is checked by ``activator.config.policy.parse_policy`` and reported
 in the policy's status (Degraded, with the message). tests/deploy/test_crd.py fails when
 deploy/base/crd.yaml is stale.
 """
@@ -20,18 +20,9 @@ from typing import Any
 
 import yaml
 
-from activator.policies import (
-    ENGINES,
-    GROUP,
-    KIND,
-    KV_CACHE,
-    ON_EVICTION,
-    PLURAL,
-    SPEC_KEYS,
-    TARGET_KINDS,
-    VERSION,
-)
-from activator.settings_schema import workload_crd_schema
+from activator.config.policy import ENGINES, KV_CACHE, ON_EVICTION, SPEC_KEYS, TARGET_KINDS
+from activator.config.schema import workload_crd_schema
+from warmpool.kube.resource import GROUP, KIND, PLURAL, VERSION
 
 __all__ = ["CONDITIONS", "PHASES", "crd", "main", "render"]
 

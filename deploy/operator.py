@@ -29,10 +29,9 @@ from typing import Any
 
 import httpx
 
-from activator.policies import GROUP, PLURAL, VERSION
-from warmpool.kubeapi import KubeApi, KubeError, connect, default_namespace
-
-from .reconcile import OperatorSettings, Reconciler
+from deploy.reconcile import OperatorSettings, Reconciler
+from warmpool.kube.api import KubeApi, KubeError, connect, default_namespace
+from warmpool.kube.resource import GROUP, PLURAL, VERSION
 
 __all__ = ["OperatorSettings", "Reconciler", "build_registry", "main", "run"]
 

@@ -25,14 +25,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from activator.policies import API_VERSION, KIND, Policy
-from warmpool.pods import (
+from activator.config.policy import Policy
+from warmpool.kube.pods import (
     ACTIVATOR_ANNOTATION,
     ROUTE_ANNOTATION,
     ROUTE_PODS,
     ROUTED_IPS_ANNOTATION,
     pod_ready,
 )
+from warmpool.kube.resource import API_VERSION, KIND
 
 __all__ = ["POLICY_LABEL", "Event", "Observed", "Plan", "phase_of", "plan", "template_problems"]
 

@@ -22,10 +22,15 @@ from typing import Any
 
 import httpx
 
-from activator.policies import GROUP, PLURAL, VERSION, Policy, PolicyError, parse_policy, serving
-from warmpool.kubeapi import KubeApi, KubeError
-
-from .plan import Event, Observed, Plan, plan
+from activator.config.policy import (
+    Policy,
+    PolicyError,
+    parse_policy,
+    serving,
+)
+from deploy.plan import Event, Observed, Plan, plan
+from warmpool.kube.api import KubeApi, KubeError
+from warmpool.kube.resource import GROUP, VERSION, collection_path
 
 __all__ = ["OperatorSettings", "Reconciler"]
 
@@ -77,7 +82,7 @@ class Reconciler:
         self._failures: dict[tuple[str, str], int] = {}
 
     def _policies(self, namespace: str) -> str:
-        return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
+        return collection_path(namespace)
 
     # -- triggers ------------------------------------------------------------------------------
     def policies_for_pod(self, namespace: str, labels: Mapping[str, str] | None) -> list[str]:

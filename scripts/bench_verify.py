@@ -47,7 +47,7 @@ from snapshots import (  # noqa: E402 - after the path is set, so the script run
     probe_criu,
 )
 from snapshots.manifest import digest_files  # noqa: E402
-from warmpool.seccomp import block_io_uring  # noqa: E402
+from warmpool.process.seccomp import block_io_uring  # noqa: E402
 
 
 def _free_port() -> int:

@@ -1,7 +1,7 @@
 """State plane: checkpoint engines and the snapshot store."""
 
-from .criu import MIN_VERSION, CriuEngine, CriuInfo, find_criu, kill_leftovers, probe_criu
-from .errors import (
+from snapshots.criu import MIN_VERSION, CriuEngine, CriuInfo, find_criu, kill_leftovers, probe_criu
+from snapshots.errors import (
     CheckpointFailed,
     CommitFailed,
     EngineUnavailable,
@@ -12,9 +12,9 @@ from .errors import (
     SnapshotNotFound,
     StoreFailed,
 )
-from .manifest import FileEntry, Manifest
-from .procfs import changed_files, mapped_files, process_tree, stdio_pipe_inode
-from .store import Entry, PendingSnapshot, Snapshot, SnapshotStore
+from snapshots.manifest import FileEntry, Manifest
+from snapshots.procfs import changed_files, mapped_files, process_tree, stdio_pipe_inode
+from snapshots.store import Entry, PendingSnapshot, Snapshot, SnapshotStore
 
 __all__ = [
     "MIN_VERSION",

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CheckpointFailed, EngineUnavailable, RestoreFailed
+from snapshots.errors import CheckpointFailed, EngineUnavailable, RestoreFailed
 
 __all__ = [
     "CUDA_DUMP_OPTIONS",

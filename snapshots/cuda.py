@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from .errors import CheckpointFailed, EngineUnavailable, RestoreFailed
+from snapshots.errors import CheckpointFailed, EngineUnavailable, RestoreFailed
 
 __all__ = [
     "MIN_DRIVER",

@@ -31,10 +31,10 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from .criu import CUDA_DUMP_OPTIONS, CUDA_RESTORE_OPTIONS, CriuEngine, CriuInfo
-from .cuda import CudaCheckpoint, CudaDriver, gpu_refusal, resume_tree, suspend_tree
-from .errors import CheckpointFailed, EngineUnavailable, RestoreFailed
-from .procfs import process_tree
+from snapshots.criu import CUDA_DUMP_OPTIONS, CUDA_RESTORE_OPTIONS, CriuEngine, CriuInfo
+from snapshots.cuda import CudaCheckpoint, CudaDriver, gpu_refusal, resume_tree, suspend_tree
+from snapshots.errors import CheckpointFailed, EngineUnavailable, RestoreFailed
+from snapshots.procfs import process_tree
 
 __all__ = [
     "CUDA_PIDS_FILE",

@@ -31,7 +31,7 @@ from typing import Any
 
 import blake3
 
-from .errors import ManifestInvalid
+from snapshots.errors import ManifestInvalid
 
 __all__ = [
     "CHUNK_BYTES",

@@ -42,8 +42,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from .errors import CommitFailed, ManifestInvalid, SnapshotCorrupt, SnapshotNotFound, StoreFailed
-from .manifest import (
+from snapshots.errors import (
+    CommitFailed,
+    ManifestInvalid,
+    SnapshotCorrupt,
+    SnapshotNotFound,
+    StoreFailed,
+)
+from snapshots.manifest import (
     CHUNK_BYTES,
     DEFAULT_DIGEST,
     MANIFEST_NAME,

@@ -128,7 +128,7 @@ def test_no_import_cycles_inside_a_package(package: str) -> None:
 
 def test_the_cycle_check_can_fail() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
-    assert "activator.settings" in _runtime_imports("activator")["activator.workload"]
+    assert "activator.config.settings" in _runtime_imports("activator")["activator.workload"]
 
 
 def test_settings_stand_alone() -> None:

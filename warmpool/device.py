@@ -21,8 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 from snapshots import EngineUnavailable, process_tree
 from snapshots.cuda import CudaCheckpoint, checkpoint_support
 from snapshots.cuda_criu import ns_pids
-
-from .errors import DeviceUnavailable
+from warmpool.errors import DeviceUnavailable
 
 __all__ = [
     "Accounting",

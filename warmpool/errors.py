@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .runtime import Instance
+    from warmpool.runtime import Instance
 
 __all__ = [
     "CheckpointFailed",

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .units import format_size
+from warmpool.units import format_size
 
 __all__ = [
     "Blocker",

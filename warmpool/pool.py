@@ -26,9 +26,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from .device import Device
-from .errors import WarmpoolError
-from .placement import (
+from warmpool.device import Device
+from warmpool.errors import WarmpoolError
+from warmpool.placement import (
     Demotion,
     Member,
     Plan,
@@ -38,8 +38,8 @@ from .placement import (
     is_thrash,
     should_defer,
 )
-from .runtime import Instance
-from .units import format_size
+from warmpool.runtime import Instance
+from warmpool.units import format_size
 
 __all__ = ["Pool", "PoolBusy", "PoolFull", "PoolMember", "host_ram_available"]
 

@@ -28,9 +28,8 @@ import httpx
 from snapshots import CheckpointFailed, EngineUnavailable, RestoreFailed, process_tree
 from snapshots.cuda import CudaCheckpoint, CudaDriver, gpu_refusal, resume_tree, suspend_tree
 from snapshots.cuda_criu import device_files
-
-from .errors import NotSupported, ResumeFailed, SuspendFailed
-from .runtime import Endpoint, Instance
+from warmpool.errors import NotSupported, ResumeFailed, SuspendFailed
+from warmpool.runtime import Endpoint, Instance
 
 __all__ = [
     "DEFAULT_SLEEP",

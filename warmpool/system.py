@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 
-from snapshots import CriuInfo
+from snapshots import CriuEngine, CriuInfo, EngineUnavailable, find_criu, probe_criu
 
-__all__ = ["EngineChoice", "choose_engine", "pid_namespaces_work"]
+__all__ = ["EngineChoice", "EngineSetup", "choose_engine", "pid_namespaces_work", "probe_engine"]
 
 
 @dataclass(frozen=True)
@@ -66,3 +67,45 @@ def choose_engine(
     if requested == "criu":
         raise ValueError(f"engine 'criu' was requested but cannot work here: {why}")
     return EngineChoice("restart", f"falling back to stop + cold boot: {why}")
+
+
+@dataclass(frozen=True)
+class EngineSetup:
+    """The engine chosen for this machine, and what was found on the way."""
+
+    choice: EngineChoice
+    criu: CriuEngine | None
+    criu_info: CriuInfo | None
+    criu_problem: str
+    pidns: tuple[bool, str]
+
+
+def probe_engine(requested: str, criu_path: str | None = None) -> EngineSetup:
+    """``requested`` ('auto', 'criu', 'restart') on this machine: CRIU (``criu_path``, else
+    searched) and PID namespaces probed, the engine policy applied. Raises ValueError
+    saying why when 'criu' is requested but cannot work."""
+    info: CriuInfo | None = None
+    problem = ""
+    pidns = pid_namespaces_work()
+    if requested != "restart":
+        path = find_criu(criu_path)
+        if path is None:
+            problem = (
+                "no criu found (looked at criu_path, $DORMANT_CRIU, next to python, PATH); "
+                "run `make setup`"
+            )
+        else:
+            try:
+                info = probe_criu(path)
+            except EngineUnavailable as exc:
+                problem = str(exc)
+    choice = choose_engine(
+        requested,
+        privileged=os.geteuid() == 0,
+        criu=info,
+        criu_problem=problem,
+        pidns_ok=pidns[0],
+        pidns_problem=pidns[1],
+    )
+    engine = CriuEngine(info) if choice.name == "criu" and info is not None else None
+    return EngineSetup(choice, engine, info, problem, pidns)

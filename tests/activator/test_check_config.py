@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from activator.check import workload_findings
-from activator.settings import load_settings
+from activator.config.settings import load_settings
 
 
 def _config(tmp_path: Path) -> Path:

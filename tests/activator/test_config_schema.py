@@ -16,14 +16,14 @@ import yaml
 from pydantic import TypeAdapter
 from pydantic.dataclasses import dataclass
 
-from activator.settings import (
+from activator.config.schema import config_reference, config_schema, workload_crd_schema
+from activator.config.settings import (
     GROUPS,
     ConfigError,
     Settings,
     WorkloadSettings,
     parse_settings,
 )
-from activator.settings_schema import config_reference, config_schema, workload_crd_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = [ROOT / "activator" / "default.yaml", ROOT / "examples" / "notebooks.yaml"]

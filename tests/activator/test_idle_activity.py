@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from activator.idle import Reaper
+from activator.config.settings import parse_settings
 from activator.metrics import Metrics
-from activator.settings import parse_settings
+from activator.reaper import Reaper
 from activator.states import State
 from activator.workload import Workload
 from warmpool import FakeRuntime, Instance, InstanceSpec

@@ -15,6 +15,13 @@ from typing import Any
 import httpx
 import pytest
 
+from activator.config.settings import (
+    ConfigError,
+    WorkloadSettings,
+    format_command,
+    load_settings,
+    parse_settings,
+)
 from activator.notebooks import (
     ActivityProbe,
     JupyterActivity,
@@ -25,13 +32,6 @@ from activator.notebooks import (
     runtime_dir,
     terminal_shell,
     token_path,
-)
-from activator.settings import (
-    ConfigError,
-    WorkloadSettings,
-    format_command,
-    load_settings,
-    parse_settings,
 )
 from tests.conftest import ROOT, free_port
 from warmpool import Endpoint

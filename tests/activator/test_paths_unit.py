@@ -1,5 +1,5 @@
 """The pure parts of routing and request limits, table-tested: the path a routing
-decision is made on (activator.resolve) and the body clock (activator.limits).
+decision is made on (activator.registry) and the body clock (activator.limits).
 The same rules end to end, through a real `dormant up`: tests/integration/test_paths.py."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 
 from activator.errors import BadPath
 from activator.limits import BODY_IDLE_TIMEOUT, MIN_BODY_RATE, BodyClock
-from activator.resolve import confined, decision_path
+from activator.registry import confined, decision_path
 
 
 @pytest.mark.parametrize(

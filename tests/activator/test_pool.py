@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from activator.config.settings import parse_settings
 from activator.errors import WakeFailed
 from activator.metrics import Metrics
-from activator.settings import parse_settings
 from activator.states import State
 from activator.workload import Workload
 from warmpool import CheckpointFailed, FakeRuntime, InstanceSpec
@@ -198,7 +198,7 @@ async def test_a_swap_that_cannot_happen_answers_503_and_keeps_both_serving() ->
 
 
 def test_a_workload_that_can_never_fit_is_a_config_error() -> None:
-    from activator.settings import ConfigError
+    from activator.config.settings import ConfigError
 
     with pytest.raises(ConfigError, match="can never be resident"):
         parse_settings(

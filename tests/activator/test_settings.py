@@ -12,8 +12,8 @@ import yaml
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from activator.settings import ConfigError, _config_error, load_settings, parse_settings
-from activator.settings_types import Count
+from activator.config.settings import ConfigError, _config_error, load_settings, parse_settings
+from activator.config.types import Count
 
 GOOD = {"workloads": [{"name": "a", "models": ["m-a"], "command": ["srv", "--port", "{port}"]}]}
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from activator.settings import Settings, WorkloadSettings
+from activator.config.settings import Settings, WorkloadSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS_MODULES = {"settings.py", "settings_types.py", "settings_schema.py"}
@@ -54,8 +54,8 @@ def _used_names() -> set[str]:
 
 
 def _settings_functions() -> dict[str, tuple[set[str], set[str]]]:
-    """Each function of activator/settings.py: (attributes it reads, fields it sets at load)."""
-    tree = ast.parse((ROOT / "activator" / "settings.py").read_text())
+    """Each function of activator/config/settings.py: (attributes read, fields set at load)."""
+    tree = ast.parse((ROOT / "activator" / "config" / "settings.py").read_text())
     out: dict[str, tuple[set[str], set[str]]] = {}
     for node in ast.walk(tree):
         if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
@@ -111,7 +111,7 @@ ALL_FIELDS = sorted(
 def test_every_setting_is_read_outside_the_settings_module(field: str) -> None:
     assert field in _acting(set(ALL_FIELDS)), (
         f"setting {field!r} is accepted and documented but nothing outside "
-        "activator/settings.py reads it: make it act, or remove it"
+        "activator/config/settings.py reads it: make it act, or remove it"
     )
 
 

@@ -1,5 +1,5 @@
 """runtime kubernetes in the settings: the section, what it excludes, and the checks made
-before the activator starts (activator.cluster.prepare), all without a cluster."""
+before the activator starts (activator.sources.kubernetes.prepare), all without a cluster."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import jsonschema
 import pytest
 import yaml
 
-from activator.cluster import prepare
-from activator.settings import ConfigError, KubernetesSettings, load_settings, parse_settings
-from activator.settings_schema import config_schema
+from activator.config.schema import config_schema
+from activator.config.settings import ConfigError, KubernetesSettings, load_settings, parse_settings
+from activator.sources.kubernetes import prepare
 
 WORKLOAD = {"name": "a", "models": ["m"], "command": ["srv"]}
 

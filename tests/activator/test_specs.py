@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from activator.settings import parse_settings
+from activator.config.settings import parse_settings
 from activator.specs import spec_factory
 from warmpool import PORT_PLACEHOLDER
 

@@ -13,14 +13,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from activator.cli import build_parser, main
-from activator.supervisor import Supervisor, SupervisorSettings
-from activator.supervisor_api import create_control_app
-from activator.supervisor_main import VolumeLock
-from activator.supervisor_options import ExecOptions, UsageError
-from activator.supervisor_states import SERVING, TRANSITIONS, ExitCode, Phase
+from activator.cli.main import build_parser, main
+from activator.supervisor.api import create_control_app
+from activator.supervisor.lifecycle import Supervisor, SupervisorSettings
+from activator.supervisor.main import VolumeLock
+from activator.supervisor.options import ExecOptions, UsageError
+from activator.supervisor.states import SERVING, TRANSITIONS, ExitCode, Phase
 from warmpool import CheckpointFailed, FakeRuntime, InstanceSpec, RestoreFailed, StartFailed
-from warmpool.sockets import PortActivity, TcpSocket
+from warmpool.process.sockets import PortActivity, TcpSocket
 
 # -- options -----------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """The workload lifecycle on the fake runtime: every case in milliseconds, no process.
 
-The fake (warmpool.fake) stands in for the real runtime only here, where the point is
+The fake (warmpool.runtimes.fake) stands in for the real runtime only here, where the point is
 the state machine's decisions; the same cases run against CRIU and real servers in
 tests/integration.
 """
@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from activator.config.settings import WorkloadSettings, parse_settings
 from activator.errors import Conflict, QueueFull, WakeFailed, WakeTimeout
 from activator.lease import Lease
 from activator.metrics import Metrics
-from activator.settings import WorkloadSettings, parse_settings
 from activator.states import State
 from activator.workload import Workload
 from warmpool import CheckpointFailed, FakeRuntime, InstanceSpec, RestoreFailed, StartFailed

@@ -1,6 +1,6 @@
 """The ScaleToZeroPolicy CRD comes from the settings definition: the committed file is
 current, its schema is structural, and a policy means the same to the API server's schema
-and to the loader (activator.policies)."""
+and to the loader (activator.config.policy)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import jsonschema
 import pytest
 import yaml
 
-from activator.policies import LEFT_OUT, SPEC_KEYS, PolicyError, parse_policy
-from activator.settings import WorkloadSettings
+from activator.config.policy import LEFT_OUT, SPEC_KEYS, PolicyError, parse_policy
+from activator.config.settings import WorkloadSettings
 from deploy.crd import crd, render
 from tests.activator.test_config_schema import _structural_problems
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from activator.policies import parse_policy
+from activator.config.policy import parse_policy
 from deploy.plan import Observed, Plan, plan, template_problems
 
 ROOT = Path(__file__).resolve().parents[2]

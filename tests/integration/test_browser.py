@@ -31,8 +31,8 @@ from typing import Any
 import httpx
 import pytest
 
+from activator.config.settings import load_settings
 from activator.notebooks import runtime_dir
-from activator.settings import load_settings
 from snapshots import CriuEngine, SnapshotStore
 from tests.conftest import ROOT
 from tests.integration.harness import Dormant

@@ -22,8 +22,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from activator.config.settings import load_settings
 from activator.notebooks import runtime_dir
-from activator.settings import load_settings
 from loadtests.notebook import execute_request
 from snapshots import CriuEngine
 from tests.integration.harness import Dormant, pid_alive

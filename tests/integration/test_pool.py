@@ -50,7 +50,7 @@ from tests.conftest import ROOT, free_port
 from tests.integration.harness import Dormant, ref_workload
 from warmpool import CgroupTree
 from warmpool.device import CpuDevice, memory_accounting
-from warmpool.instance import join_cgroup
+from warmpool.process.instance import join_cgroup
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]
 

@@ -329,7 +329,7 @@ def test_rbac_grants_each_identity_what_it_needs_and_no_more(
 
 
 def test_activator_config_matches_its_deployment() -> None:
-    from activator.settings import Settings
+    from activator.config.settings import Settings
 
     docs = render(BASE)
     config = yaml.safe_load(

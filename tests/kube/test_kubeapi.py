@@ -1,4 +1,4 @@
-"""warmpool.kubeapi against the real API server: answers are the objects as sent, and every
+"""warmpool.kube.api against the real API server: answers are the objects as sent, and every
 failure — a missing object, a refusal, a server that does not answer, a bad kubeconfig — is a
 KubeError with the HTTP status (0 when nothing answered), never the client's own exception."""
 
@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from warmpool.errors import WarmpoolError
-from warmpool.kubeapi import KubeApi, KubeError, connect
+from warmpool.kube.api import KubeApi, KubeError, connect
 
 from .cluster import Cluster, free_port
 

@@ -24,7 +24,7 @@ from warmpool import (
     RestoreFailed,
     StartFailed,
 )
-from warmpool.cgroup import procs as cgroup_procs
+from warmpool.process.cgroup import procs as cgroup_procs
 
 pytestmark = pytest.mark.anyio
 

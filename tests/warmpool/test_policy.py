@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from warmpool.policy import server_keeps_awake, should_hibernate
+from warmpool.idle import server_keeps_awake, should_hibernate
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from warmpool.quiet import bind_problem, busy_reasons, last_data_age
-from warmpool.sockets import (
+from warmpool.process.quiet import bind_problem, busy_reasons, last_data_age
+from warmpool.process.sockets import (
     TcpSocket,
     build_diag_request,
     parse_diag_messages,

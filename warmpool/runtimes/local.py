@@ -1,0 +1,405 @@
+"""The local runtime: instances are process trees on this machine, snapshots are CRIU
+images in the state directory. Implements ``warmpool.runtime.Runtime``.
+
+Every instance runs in its own PID namespace and, where cgroup v2 is writable, in its
+own cgroup (``warmpool.process.cgroup``): the next start ends whatever a killed Dormant left.
+Foreign errors (OSError, CRIU, the snapshot store) are translated here into warmpool's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from snapshots import CheckpointFailed as DumpFailed
+from snapshots import (
+    CriuEngine,
+    Snapshot,
+    SnapshotCorrupt,
+    SnapshotError,
+    SnapshotStore,
+    changed_files,
+    kill_leftovers,
+    mapped_files,
+    process_tree,
+    stdio_pipe_inode,
+)
+from snapshots.cuda_criu import CUDA_PIDS_FILE, CudaCriu
+from snapshots.errors import CommitFailed
+from warmpool.errors import CheckpointFailed, NotSupported, RestoreFailed, StartFailed
+from warmpool.process.cgroup import CgroupTree
+from warmpool.process.cgroup import remove as remove_cgroup
+from warmpool.process.health import wait_healthy
+from warmpool.process.instance import ProcessInstance, adopt_restored, spawn
+from warmpool.runtime import Capabilities, Instance, InstanceSpec, SnapshotInfo
+from warmpool.suspend import SuspendEngine, SuspendTarget, make_engine
+
+__all__ = ["LocalRuntime", "free_port"]
+
+log = logging.getLogger("dormant.warmpool")
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A port nothing listens on right now, on loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _info(snapshot: Snapshot) -> SnapshotInfo:
+    m = snapshot.manifest
+    return SnapshotInfo(m.id, m.total_bytes, m.created, m.checkpoint_seconds)
+
+
+async def _in_thread(work: Callable[[], T], undo: Callable[[T], None]) -> T:
+    """Run blocking ``work`` in a thread. If the caller is cancelled meanwhile (Dormant
+    shutting down), wait for the thread and ``undo`` what it made: a process tree that
+    finished starting after nobody wanted it must not be left running."""
+    task = asyncio.ensure_future(asyncio.to_thread(work))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):  # the work failed by itself: nothing to undo
+            undo(await task)
+        raise
+
+
+class LocalRuntime:
+    """Local processes. ``engine`` is None when no checkpoint engine is usable (the
+    ``restart`` engine): then ``checkpoint`` is not supported and ``restore`` finds nothing.
+    CRIU is used through ``snapshots.cuda_criu.CudaCriu`` (GPU processes included)."""
+
+    def __init__(
+        self,
+        store: SnapshotStore,
+        work_dir: Path,
+        engine: CriuEngine | None,
+        client: httpx.AsyncClient,
+        cgroups: CgroupTree | None = None,
+        engine_why: str = "",
+    ) -> None:
+        self.store = store
+        self.work_dir = Path(work_dir)
+        # CUDA-aware CRIU: a tree with CUDA processes has its device memory parked through
+        # the driver API around the dump (no NVIDIA binaries); any other tree, or a machine
+        # without the driver, is dumped exactly as plain CRIU would.
+        self.engine = CudaCriu(engine) if engine is not None else None
+        self.client = client
+        self.cgroups = cgroups
+        why = engine_why or "no usable checkpoint engine (see `dormant check`)"
+        self._capabilities = Capabilities(
+            engine=engine.name if engine else "restart",
+            checkpoint=engine is not None,
+            checkpoint_why="" if engine else why,
+            suspend=True,
+            suspend_why="",
+        )
+        self._engines: dict[str, SuspendEngine] = {}
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    def clean_leftovers(self) -> list[str]:
+        """At start: end what a killed predecessor left — criu processes (by their
+        markers) and instance trees (by their cgroups). Returns what was ended."""
+        ended = (
+            [f"criu pid {p}" for p in kill_leftovers(self.work_dir)]
+            if self.work_dir.exists()
+            else []
+        )
+        if self.cgroups is not None:
+            ended += [f"cgroup {g}" for g in self.cgroups.clean()]
+        if ended:
+            log.warning("ended what an earlier Dormant left running: %s", ", ".join(ended))
+        return ended
+
+    # -- snapshots -------------------------------------------------------------------------
+
+    def latest(self, name: str) -> SnapshotInfo | None:
+        if self.engine is None:
+            return None
+        try:
+            snapshot = self.store.latest(name)
+        except SnapshotError as exc:
+            log.warning("%s: cannot read the snapshot store: %s", name, exc)
+            return None
+        return _info(snapshot) if snapshot else None
+
+    def _retire(self, snapshot: Snapshot, reason: str) -> None:
+        try:
+            self.store.mark_bad(snapshot, reason)
+        except (SnapshotError, OSError) as exc:
+            log.error("%s: could not mark snapshot %s bad: %s", snapshot.workload, snapshot.id, exc)
+
+    # -- boot --------------------------------------------------------------------------------
+
+    def _group(self, name: str) -> Path | None:
+        return self.cgroups.create(name) if self.cgroups is not None else None
+
+    async def boot(self, spec: InstanceSpec) -> ProcessInstance:
+        """Start the command (on a free port when ``spec.port`` is 0) and wait until it
+        is healthy, or fail with its output."""
+        spec = spec.with_port(spec.port or free_port())
+        group = self._group(spec.name)
+        try:
+            instance = spawn(spec, group)
+        except OSError as exc:
+            if group is not None:
+                remove_cgroup(group)
+            raise StartFailed(f"{spec.name}: cannot run {spec.command[0]!r}: {exc}") from exc
+        try:
+            await wait_healthy(instance, spec, self.client, spec.start_timeout)
+        except BaseException:
+            await asyncio.to_thread(instance.stop)
+            raise
+        return instance
+
+    async def stop(self, instance: Instance) -> None:
+        await asyncio.to_thread(self._own(instance).stop)
+
+    async def idle_for(self, instance: Instance) -> float | None:
+        """Local servers are reached only through the activator: None (its view stands)."""
+        return None
+
+    @staticmethod
+    def _own(instance: Instance) -> ProcessInstance:
+        if not isinstance(instance, ProcessInstance):
+            raise TypeError(f"not a local instance: {instance!r}")
+        return instance
+
+    # -- checkpoint --------------------------------------------------------------------------
+
+    async def checkpoint(self, instance: Instance) -> SnapshotInfo:
+        """Dump the (drained) instance into a committed snapshot; it is gone afterwards.
+
+        When the dump fails CRIU resumes the tree, which keeps serving. When the dump
+        succeeded but the commit failed (disk full, I/O error), the tree is already gone:
+        it is restored at once from the uncommitted images, which are then discarded;
+        ``CheckpointFailed.instance`` is that replacement (or None, and the message says
+        the state was lost, when even that fails)."""
+        if self.engine is None:
+            raise NotSupported(f"cannot checkpoint: {self._capabilities.checkpoint_why}")
+        local = self._own(instance)
+        spec = local.spec
+        outcome = await asyncio.to_thread(self._checkpoint, local, self.engine)
+        if isinstance(outcome, Snapshot):
+            await asyncio.to_thread(self._prune, spec)
+            return _info(outcome)
+        replacement, why = outcome
+        if replacement is not None:
+            try:
+                await wait_healthy(replacement, replacement.spec, self.client, spec.restore_timeout)
+            except StartFailed as exc:
+                await asyncio.to_thread(replacement.stop)
+                replacement = None
+                why += f"; the restored copy did not answer ({exc})"
+        if replacement is None:
+            raise CheckpointFailed(
+                f"{why}; the process state is lost (the last committed snapshot, if any, "
+                "stays usable)"
+            )
+        raise CheckpointFailed(
+            f"{why}; restored from the uncommitted images, still serving", replacement
+        )
+
+    def _checkpoint(
+        self, instance: ProcessInstance, engine: CudaCriu
+    ) -> Snapshot | tuple[ProcessInstance | None, str]:
+        spec = instance.spec
+        try:
+            files = mapped_files(process_tree(instance.pid))
+            pipe = stdio_pipe_inode(instance.pid)
+            with self.store.begin(spec.name) as pending:
+                try:
+                    seconds = engine.dump(
+                        instance.pid,
+                        pending.path / "images",
+                        self.work_dir / spec.name / "dump",
+                        spec.checkpoint_timeout,
+                    )
+                except DumpFailed as exc:
+                    raise CheckpointFailed(
+                        str(exc), instance if instance.alive() else None
+                    ) from exc
+                instance.forget()
+                meta = {
+                    "port": spec.port,
+                    "stdio_pipe": pipe,
+                    "files": files,
+                    "health_path": spec.health_path,
+                }
+                try:
+                    return self.store.commit(
+                        pending,
+                        engine=engine.name,
+                        engine_version=engine.version,
+                        checkpoint_seconds=seconds,
+                        meta=meta,
+                    )
+                except CommitFailed as exc:
+                    log.error("%s: %s; restoring from the uncommitted images", spec.name, exc)
+                    try:
+                        replacement: ProcessInstance | None = self._criu_restore(
+                            pending.path / "images", meta, spec, f"uncommitted {pending.id}"
+                        )
+                    except (SnapshotError, OSError) as restore_exc:
+                        log.error(
+                            "%s: restore from uncommitted images failed: %s", spec.name, restore_exc
+                        )
+                        replacement = None
+                    finally:
+                        self.store.discard(pending)
+                    return replacement, f"the snapshot could not be committed: {exc}"
+        except (SnapshotError, OSError) as exc:
+            raise CheckpointFailed(
+                f"checkpoint of {spec.name} failed: {exc}", instance if instance.alive() else None
+            ) from exc
+
+    def _prune(self, spec: InstanceSpec) -> None:
+        try:
+            pruned = self.store.prune(spec.name, spec.keep_snapshots)
+        except (SnapshotError, OSError) as exc:
+            log.warning("%s: pruning old snapshots failed: %s", spec.name, exc)
+            return
+        if pruned:
+            log.info("%s: pruned snapshots %s", spec.name, ", ".join(pruned))
+
+    # -- restore ------------------------------------------------------------------------------
+
+    async def restore(self, spec: InstanceSpec) -> ProcessInstance | None:
+        """Restore the newest usable snapshot and wait until it answers; None when there
+        is none. On any failure the snapshot is marked bad and RestoreFailed raised."""
+        if self.engine is None:
+            return None
+        try:
+            snapshot = await asyncio.to_thread(self.store.latest, spec.name)
+        except SnapshotError as exc:
+            log.warning("%s: cannot read the snapshot store: %s", spec.name, exc)
+            return None
+        if snapshot is None:
+            return None
+        started = time.monotonic()
+        try:
+            instance = await _in_thread(
+                lambda: self._verified_restore(snapshot, spec), lambda inst: inst.stop()
+            )
+            remaining = spec.restore_timeout - (time.monotonic() - started)
+            try:
+                await wait_healthy(instance, instance.spec, self.client, max(remaining, 0.0))
+            except BaseException:
+                await asyncio.to_thread(instance.stop)
+                raise
+        except (SnapshotError, StartFailed, OSError) as exc:
+            await asyncio.to_thread(self._retire, snapshot, str(exc))
+            raise RestoreFailed(
+                f"restore of snapshot {snapshot.id} failed: {exc}", snapshot.id
+            ) from exc
+        return instance
+
+    def _verified_restore(self, snapshot: Snapshot, spec: InstanceSpec) -> ProcessInstance:
+        """Check the files the process had mapped (before CRIU runs: CRIU would refuse them
+        less clearly), then restore while the images' digests are verified beside it.
+
+        CRIU leaves the restored tree stopped (``--leave-stopped``): not one instruction
+        of it runs before every digest matched; then it is continued, else killed and
+        SnapshotCorrupt raised. Verification thus costs almost nothing of the wake without
+        a corrupt image ever running (docs/measurements.md). Snapshots of CUDA processes
+        are verified first, then restored (their device memory is resumed by the restore)."""
+        started = time.monotonic()
+        meta = snapshot.manifest.meta
+        problems = changed_files(dict(meta.get("files", {})))
+        if problems:
+            raise SnapshotCorrupt(snapshot.id, [f"changed since checkpoint: {p}" for p in problems])
+        images = snapshot.path / "images"
+        if (images / CUDA_PIDS_FILE).exists():
+            self.store.verify(snapshot)
+            instance = self._criu_restore(images, meta, spec, snapshot.id)
+        else:
+            instance = self.store.verify_during(
+                snapshot,
+                lambda: self._criu_restore(images, meta, spec, snapshot.id, leave_stopped=True),
+                lambda stopped: stopped.kill(),
+            )
+            instance.continue_stopped()
+        log.info(
+            "%s: restored snapshot %s as pid %d (verified and restored in %.3fs)",
+            spec.name,
+            snapshot.id,
+            instance.pid,
+            time.monotonic() - started,
+        )
+        return instance
+
+    def _criu_restore(
+        self,
+        images: Path,
+        meta: Mapping[str, Any],
+        spec: InstanceSpec,
+        label: str,
+        *,
+        leave_stopped: bool = False,
+    ) -> ProcessInstance:
+        """CRIU-restore ``images`` (a snapshot's or uncommitted ones) into a new cgroup;
+        ``leave_stopped``: every task of the tree stays stopped (see continue_stopped)."""
+        assert self.engine is not None
+        spec = spec.with_port(int(str(meta.get("port", spec.port))))
+        group = self._group(spec.name)
+        read_fd, write_fd = os.pipe()
+        try:
+            pipe = meta.get("stdio_pipe")
+            pid = self.engine.restore(
+                images,
+                self.work_dir / spec.name / "restore",
+                write_fd,
+                pipe if isinstance(pipe, str) else None,
+                spec.restore_timeout,
+                group,
+                ("--leave-stopped",) if leave_stopped else (),
+            )
+        except BaseException:
+            os.close(read_fd)
+            if group is not None:
+                remove_cgroup(group)
+            raise
+        finally:
+            os.close(write_fd)
+        return adopt_restored(spec, pid, read_fd, label, group)
+
+    # -- suspend -----------------------------------------------------------------------------
+
+    def _engine(self, spec: InstanceSpec) -> SuspendEngine:
+        """The suspend engine the instance's spec names (one per workload, kept)."""
+        engine = self._engines.get(spec.name)
+        if engine is None:
+            try:
+                made = make_engine(spec.suspend, client=self.client, hooks=spec.hooks)
+            except ValueError as exc:
+                raise NotSupported(f"{spec.name}: {exc}") from exc
+            if made is None:
+                raise NotSupported(f"{spec.name}: its suspend engine is 'none'")
+            engine = self._engines[spec.name] = made
+        return engine
+
+    async def suspend(self, instance: Instance) -> None:
+        """Park the instance's device memory in host RAM with its suspend engine; raises
+        SuspendFailed (it still serves where the engine could leave it so) or NotSupported."""
+        local = self._own(instance)
+        toggle = await self._engine(local.spec).suspend(SuspendTarget.of(local.spec.name, local))
+        log.info("%s: suspended by %s in %.3fs", local.spec.name, toggle.engine, toggle.seconds)
+
+    async def resume(self, instance: Instance) -> None:
+        local = self._own(instance)
+        toggle = await self._engine(local.spec).resume(SuspendTarget.of(local.spec.name, local))
+        log.info("%s: resumed by %s in %.3fs", local.spec.name, toggle.engine, toggle.seconds)
