@@ -1,5 +1,5 @@
 import sys
 
-from activator.cli.main import main
+from activator.cli import main
 
 sys.exit(main())

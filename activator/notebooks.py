@@ -37,6 +37,7 @@ from activator.config.jupyter import (
     base_path,
     jupyter_command,
 )
+from activator.config.secrets import read_token_file
 from warmpool import Endpoint
 
 if TYPE_CHECKING:
@@ -149,10 +150,7 @@ def _private_dir(path: Path) -> None:
 def read_token(path: Path) -> str:
     """The token in ``path`` (surrounding whitespace removed); OSError when unreadable,
     ValueError when empty."""
-    token = path.read_text().strip()
-    if not token:
-        raise ValueError(f"{path} is empty; a notebook server needs a token")
-    return token
+    return read_token_file(path, "the notebook's token file", "a notebook server needs a token")
 
 
 def _ensure_token(path: Path) -> str:

@@ -24,11 +24,11 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import httpx
 
+from activator.config.secrets import read_token_file
 from deploy.reconcile import OperatorSettings, Reconciler
 from warmpool.kube.api import KubeApi, KubeError, connect, default_namespace
 from warmpool.kube.resource import GROUP, PLURAL, VERSION
@@ -125,10 +125,7 @@ def run(settings: OperatorSettings) -> int:
 def _read_token(path: str | None) -> str:
     if not path:
         return os.environ.get("DORMANT_ADMIN_TOKEN", "").strip()
-    token = Path(path).read_text().strip()
-    if not token:
-        raise ValueError(f"--admin-token-file {path} is empty")
-    return token
+    return read_token_file(path, "--admin-token-file")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -41,6 +41,8 @@ from pydantic.dataclasses import dataclass
 from pydantic_core import ArgsKwargs
 
 import activator.config.jupyter as jupyter
+from activator.config.errors import ConfigError
+from activator.config.secrets import read_token_file
 from activator.config.types import (
     KINDS,
     REJECTED,
@@ -121,10 +123,6 @@ GROUPS: dict[str, str] = {
 """Concerns, in the order docs/config.md lists them; every field names one."""
 
 _WILDCARD_HOSTS = ("0.0.0.0", "::", "")
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the key path and the problem."""
 
 
 def _group(group: str, default: Any = dataclasses.MISSING, **extra: Any) -> Any:
@@ -545,7 +543,9 @@ class Settings:
         """The admin API's bearer token: admin_token_file's content, else admin_token, else
         $DORMANT_ADMIN_TOKEN; empty = none. ConfigError when the file is unreadable or empty."""
         if self.admin_token_file:
-            return _read_token(self.admin_token_file, "admin_token_file")
+            return read_token_file(
+                self.admin_token_file, "admin_token_file", _EMPTY.format(key="admin_token_file")
+            )
         return self.admin_token or os.environ.get("DORMANT_ADMIN_TOKEN", "")
 
     def check_token_files(self) -> None:
@@ -559,8 +559,15 @@ class Settings:
         metrics_token, else $DORMANT_METRICS_TOKEN; empty = none (then /metrics asks for the
         admin token, if one is set). ConfigError when the file is unreadable or empty."""
         if self.metrics_token_file:
-            return _read_token(self.metrics_token_file, "metrics_token_file")
+            return read_token_file(
+                self.metrics_token_file,
+                "metrics_token_file",
+                _EMPTY.format(key="metrics_token_file"),
+            )
         return self.metrics_token or os.environ.get("DORMANT_METRICS_TOKEN", "")
+
+
+_EMPTY = "put the token in it (or remove {key} to run without one)"
 
 
 def pool_problems(workloads: Iterable[WorkloadSettings], budget: int) -> list[str]:
@@ -570,18 +577,6 @@ def pool_problems(workloads: Iterable[WorkloadSettings], budget: int) -> list[st
         Member(w.name, Tier.COLD, w.memory or 0, pin=w.pin, priority=w.priority) for w in workloads
     ]
     return fits_ever(members, budget)
-
-
-def _read_token(path: str, key: str) -> str:
-    try:
-        token = Path(path).expanduser().read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"{key}: cannot read {path!r} ({exc.strerror or exc})") from exc
-    if not token:
-        raise ConfigError(
-            f"{key}: {path!r} is empty; put the token in it (or remove {key} to run without one)"
-        )
-    return token
 
 
 def _port_of(address: str) -> int:

@@ -35,12 +35,12 @@ import os
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from activator.config.policy import Policy, PolicyError, parse_policy, serving
+from activator.config.secrets import read_token_file
 from activator.config.settings import ConfigError, Settings
 from activator.metrics import Metrics
 from activator.registry import Registry
@@ -76,12 +76,7 @@ class ClusterSetup:
 def _token(settings: Settings) -> str:
     path = settings.cluster.control_token_file
     if path:
-        try:
-            token = Path(path).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"kubernetes.control_token_file: cannot read {path!r}: {exc}"
-            ) from exc
+        token = read_token_file(path, "kubernetes.control_token_file")
     else:
         token = os.environ.get(TOKEN_ENV, "").strip()
     if not token:

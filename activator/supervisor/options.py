@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from activator.config.errors import ConfigError
+from activator.config.secrets import read_token_file
 from activator.supervisor.lifecycle import SupervisorSettings
 from warmpool import InstanceSpec
 from warmpool.suspend import DEFAULT_SLEEP, DEFAULT_WAKE, Hook
@@ -231,9 +233,6 @@ def _token(path: str | None) -> str:
     if not path:
         return os.environ.get(TOKEN_ENV, "").strip()
     try:
-        token = Path(path).read_text().strip()
-    except OSError as exc:
-        raise UsageError(f"--token-file {path}: cannot read ({exc.strerror or exc})") from exc
-    if not token:
-        raise UsageError(f"--token-file {path} is empty")
-    return token
+        return read_token_file(path, "--token-file")
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from exc

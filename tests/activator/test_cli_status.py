@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from activator.cli.main import status_text
+from activator.cli.status import status_text
 
 ENGINE = {"name": "criu", "reason": "ok"}
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from activator.cli.main import build_parser, main
+from activator.cli import main
+from activator.cli.parser import build_parser
 from activator.supervisor.api import create_control_app
 from activator.supervisor.lifecycle import Supervisor, SupervisorSettings
 from activator.supervisor.main import VolumeLock

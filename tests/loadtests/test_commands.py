@@ -104,7 +104,7 @@ def test_bench_proxy_says_when_its_port_is_taken(tmp_path: Path) -> None:
 
 
 def test_status_answers_quickly_and_lifecycle_calls_wait_for_the_operation() -> None:
-    from activator.cli.main import build_parser  # here: the other tests need only loadtests
+    from activator.cli.parser import build_parser  # here: the other tests need only loadtests
 
     parser = build_parser()
     assert parser.parse_args(["status"]).timeout == 10.0

@@ -1,0 +1,119 @@
+"""`dormant status`, `hibernate`, `wake`: the running activator's admin API, as tables."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from activator.cli.common import admin_token, table
+
+if TYPE_CHECKING:
+    pass
+
+__all__ = ["cmd_lifecycle", "cmd_status", "status_text"]
+
+
+def _admin(args: argparse.Namespace, method: str, path: str) -> dict[str, Any]:
+    token = admin_token(args)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    url = args.url.rstrip("/") + path
+    try:
+        response = httpx.request(
+            method, url, headers=headers, timeout=args.timeout, trust_env=False
+        )
+    except httpx.HTTPError as exc:
+        raise RuntimeError(
+            f"cannot reach the activator at {args.url} ({exc}); is `dormant up` running?"
+        ) from exc
+    try:
+        data = response.json()
+    except ValueError:
+        data = {"error": {"message": response.text[:300]}}
+    if response.status_code >= 400:
+        message = data.get("error", {}).get("message", response.reason_phrase)
+        if response.status_code == 401:
+            message += (
+                "; pass the admin token with --token-file FILE or $DORMANT_ADMIN_TOKEN"
+                if not token
+                else "; the token given (--token-file or $DORMANT_ADMIN_TOKEN) is not this "
+                "activator's admin token"
+            )
+        raise RuntimeError(f"{method} {path}: {response.status_code}: {message}")
+    result: dict[str, Any] = data
+    return result
+
+
+def _describe(w: dict[str, Any], pooled: bool = False) -> list[str]:
+    wake = w.get("last_wake") or {}
+    snap = w.get("snapshot") or {}
+    why = w.get("last_error") if w["state"] == "failed" else w.get("reason", "")
+    if w["state"] != "failed" and w.get("last_error"):
+        # it recovered (a restore that failed and fell back to a cold boot, a checkpoint
+        # that failed and kept serving): still say what went wrong, and when
+        at = w.get("last_error_at")
+        when = time.strftime(" at %H:%M:%S", time.localtime(at)) if at else ""
+        why = f"{why}; last error{when}: {w['last_error']}" if why else w["last_error"]
+    memory = w.get("memory") or {}
+    pool_columns = [
+        w.get("tier") or "-",
+        _size(
+            memory.get("held_bytes") or memory.get("measured_bytes") or memory.get("declared_bytes")
+        ),
+    ]
+    return [
+        w["name"],
+        w["state"],
+        *(pool_columns if pooled else []),
+        ",".join(w["models"]),
+        str(w.get("pid") or "-"),
+        str(w["in_flight"]),
+        str(w["waiting"]),
+        f"{wake['path']} {wake['seconds']:.2f}s" if wake else "-",
+        f"{snap['bytes'] / 1e6:.0f} MB" if snap else "-",
+        (why or "")[:200],
+    ]
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    data = _admin(args, "GET", "/-/workloads")
+    print(json.dumps(data, indent=2) if args.json else status_text(data))
+    return 0
+
+
+def status_text(data: dict[str, Any]) -> str:
+    """The `dormant status` table for an activator's ``GET /-/workloads`` answer."""
+    header = [
+        "NAME",
+        "STATE",
+        "MODELS",
+        "PID",
+        "INFLIGHT",
+        "QUEUED",
+        "LAST WAKE",
+        "SNAPSHOT",
+        "WHY",
+    ]
+    lines = [f"engine: {data['engine']['name']} ({data['engine']['reason']})"]
+    pool = data.get("pool")
+    if pool:
+        used, budget = _size(pool["used_bytes"]), _size(pool["budget_bytes"])
+        lines.append(f"pool: {pool['kind']}, {used} of {budget} in use")
+        header[1:2] = ["STATE", "TIER", "MEMORY"]
+    rows = [_describe(w, pooled=bool(pool)) for w in data["workloads"]]
+    return "\n".join([*lines, table([header, *rows])])
+
+
+def _size(value: int | None) -> str:
+    from warmpool.units import format_size
+
+    return format_size(value) if value else "-"
+
+
+def cmd_lifecycle(args: argparse.Namespace) -> int:
+    data = _admin(args, "POST", f"/-/workloads/{args.name}/{args.command}")
+    print(table([["NAME", "STATE", "WHY"], [data["name"], data["state"], data.get("reason", "")]]))
+    return 0

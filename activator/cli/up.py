@@ -1,0 +1,91 @@
+"""`dormant up`: the activator (and its admin listener), served by uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from typing import TYPE_CHECKING, Any
+
+from activator.cli.common import load
+from activator.config.settings import ConfigError, Settings
+
+if TYPE_CHECKING:
+    pass
+
+__all__ = ["cmd_up"]
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from activator.app import create_admin_app, create_app
+    from activator.check import check_state_dir, detect_engine
+    from activator.limits import BoundedHttpToolsProtocol
+
+    settings = load(args)
+    # Config errors that need the filesystem, before anything starts (exit 2, one line):
+    check_state_dir(settings.state_path)
+    settings.check_token_files()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request is noise
+    try:
+        token = settings.resolved_admin_token()
+    except OSError as exc:
+        raise ConfigError(f"admin_token_file: cannot read ({exc})") from exc
+    setup = detect_engine(settings)
+    print(
+        f"dormant: engine {setup.choice.name} — {setup.choice.reason}", file=sys.stderr, flush=True
+    )
+    app = create_app(settings, setup)
+    _print_addresses(settings, token)
+    # The upstream's own Server and Date headers pass through unchanged.
+    options: dict[str, Any] = {
+        # bounded request heads (431 over 64 KiB, 408 after 30 s): activator/limits.py
+        "http": BoundedHttpToolsProtocol,
+        "log_level": "warning",
+        "access_log": False,
+        "server_header": False,
+        "date_header": False,
+        "timeout_graceful_shutdown": 30,
+        # the client address is the socket's: never X-Forwarded-For
+        "proxy_headers": False,
+    }
+    main_server = uvicorn.Server(
+        uvicorn.Config(app, host=settings.host, port=settings.port, **options)
+    )
+    if not settings.admin_listen:
+        main_server.run()
+        return 0
+    host, port = settings.admin_listen.rsplit(":", 1)
+    admin_app = create_admin_app(app)
+    admin_server = uvicorn.Server(
+        uvicorn.Config(admin_app, host=host.strip("[]"), port=int(port), lifespan="off", **options)
+    )
+
+    async def serve_both() -> None:
+        # One loop; uvicorn's signal handlers (on the main server) stop both.
+        admin = asyncio.ensure_future(admin_server._serve())
+        try:
+            await main_server.serve()
+        finally:
+            admin_server.should_exit = True
+            await admin
+
+    asyncio.run(serve_both())
+    return 0
+
+
+def _print_addresses(settings: Settings, token: str) -> None:
+    """Where Dormant serves, and where its admin API is (one line each, on stderr)."""
+    access = "token required" if token else "no admin token: open to anyone who can reach it"
+    serving = f"dormant: serving on http://{settings.listen}"
+    if settings.admin_listen:
+        lines = [serving, f"dormant: admin API on http://{settings.admin_listen} ({access})"]
+    else:
+        lines = [f"{serving} (admin API on the same address, {access})"]
+    for line in lines:
+        print(line, file=sys.stderr, flush=True)
