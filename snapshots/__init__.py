@@ -4,6 +4,8 @@ from snapshots.criu import MIN_VERSION, CriuEngine, CriuInfo, find_criu, kill_le
 from snapshots.errors import (
     CheckpointFailed,
     CommitFailed,
+    EngineDumpFailed,
+    EngineRestoreFailed,
     EngineUnavailable,
     ManifestInvalid,
     RestoreFailed,
@@ -22,6 +24,8 @@ __all__ = [
     "CommitFailed",
     "CriuEngine",
     "CriuInfo",
+    "EngineDumpFailed",
+    "EngineRestoreFailed",
     "EngineUnavailable",
     "Entry",
     "FileEntry",

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from snapshots.errors import CheckpointFailed, EngineUnavailable, RestoreFailed
+from snapshots.errors import EngineDumpFailed, EngineRestoreFailed, EngineUnavailable
 
 __all__ = [
     "CUDA_DUMP_OPTIONS",
@@ -267,11 +267,11 @@ class CriuEngine:
                 timeout,
             )
         except subprocess.TimeoutExpired as exc:
-            raise CheckpointFailed(
+            raise EngineDumpFailed(
                 f"criu dump of pid {pid} timed out after {timeout:.0f}s"
             ) from exc
         except subprocess.CalledProcessError as exc:
-            raise CheckpointFailed(
+            raise EngineDumpFailed(
                 f"criu dump of pid {pid} failed (exit {exc.returncode}): "
                 f"{_log_errors(work / 'dump.log')}"
             ) from exc
@@ -325,10 +325,10 @@ class CriuEngine:
             self._run(args, work, timeout, fds, cgroup)
             return int(pidfile.read_text().strip())
         except subprocess.TimeoutExpired as exc:
-            raise RestoreFailed(f"criu restore timed out after {timeout:.0f}s") from exc
+            raise EngineRestoreFailed(f"criu restore timed out after {timeout:.0f}s") from exc
         except subprocess.CalledProcessError as exc:
-            raise RestoreFailed(
+            raise EngineRestoreFailed(
                 f"criu restore failed (exit {exc.returncode}): {_log_errors(work / 'restore.log')}"
             ) from exc
         except (OSError, ValueError) as exc:
-            raise RestoreFailed(f"criu restore left no pid file: {exc}") from exc
+            raise EngineRestoreFailed(f"criu restore left no pid file: {exc}") from exc

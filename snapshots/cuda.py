@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from snapshots.errors import CheckpointFailed, EngineUnavailable, RestoreFailed
+from snapshots.errors import EngineDumpFailed, EngineRestoreFailed, EngineUnavailable
 
 __all__ = [
     "MIN_DRIVER",
@@ -141,22 +141,22 @@ class CudaCheckpoint:
         """Block the process's CUDA calls, waiting up to ``timeout`` s for running work."""
         args = _LockArgs(timeoutMs=int(timeout * 1000))
         code = self._cuda.cuCheckpointProcessLock(pid, ctypes.byref(args))
-        self._check(code, "cuCheckpointProcessLock", CheckpointFailed, pid)
+        self._check(code, "cuCheckpointProcessLock", EngineDumpFailed, pid)
 
     def checkpoint(self, pid: int) -> None:
         """Move a locked process's device memory to host RAM; its GPU memory is freed."""
         code = self._cuda.cuCheckpointProcessCheckpoint(pid, None)
-        self._check(code, "cuCheckpointProcessCheckpoint", CheckpointFailed, pid)
+        self._check(code, "cuCheckpointProcessCheckpoint", EngineDumpFailed, pid)
 
     def restore(self, pid: int) -> None:
         """Bring a checkpointed process's memory back onto the device (still locked)."""
         code = self._cuda.cuCheckpointProcessRestore(pid, None)
-        self._check(code, "cuCheckpointProcessRestore", RestoreFailed, pid)
+        self._check(code, "cuCheckpointProcessRestore", EngineRestoreFailed, pid)
 
     def unlock(self, pid: int) -> None:
         """Let a locked process make CUDA calls again."""
         code = self._cuda.cuCheckpointProcessUnlock(pid, None)
-        self._check(code, "cuCheckpointProcessUnlock", RestoreFailed, pid)
+        self._check(code, "cuCheckpointProcessUnlock", EngineRestoreFailed, pid)
 
     def state(self, pid: int) -> str:
         """'running', 'locked', 'checkpointed' or 'failed'."""
@@ -164,7 +164,7 @@ class CudaCheckpoint:
         self._check(
             self._cuda.cuCheckpointProcessGetState(pid, ctypes.byref(state)),
             "cuCheckpointProcessGetState",
-            CheckpointFailed,
+            EngineDumpFailed,
             pid,
         )
         return _STATES.get(state.value, f"unknown({state.value})")
@@ -177,7 +177,7 @@ class CudaCheckpoint:
         locked = time.perf_counter()
         try:
             self.checkpoint(pid)
-        except CheckpointFailed:
+        except EngineDumpFailed:
             self._cuda.cuCheckpointProcessUnlock(pid, None)  # leave it running, as it was
             raise
         return ToggleTiming(locked - started, time.perf_counter() - locked)
@@ -193,8 +193,8 @@ class CudaCheckpoint:
 
 class CudaDriver(Protocol):
     """The per-process checkpoint calls ``suspend_tree`` and ``resume_tree`` sequence
-    (``CudaCheckpoint`` implements them). Failures raise CheckpointFailed (lock,
-    checkpoint) or RestoreFailed (restore, unlock)."""
+    (``CudaCheckpoint`` implements them). Failures raise EngineDumpFailed (lock,
+    checkpoint) or EngineRestoreFailed (restore, unlock)."""
 
     def is_cuda(self, pid: int) -> bool: ...
 
@@ -228,12 +228,12 @@ def suspend_tree(driver: CudaDriver, pids: Iterable[int], lock_timeout: float) -
 
     Locks all of them first (so none waits on a peer's GPU work), then checkpoints each.
     Processes already checkpointed are left so. On a failure everything done is undone
-    (restored, unlocked) and CheckpointFailed says so: the tree keeps running."""
+    (restored, unlocked) and EngineDumpFailed says so: the tree keeps running."""
     cuda = [pid for pid in pids if driver.is_cuda(pid)]
     states = {pid: driver.state(pid) for pid in cuda}
     broken = [pid for pid, st in states.items() if st not in ("running", "locked", "checkpointed")]
     if broken:
-        raise CheckpointFailed(
+        raise EngineDumpFailed(
             f"CUDA processes {broken} are in state {states[broken[0]]!r}: the driver cannot "
             "checkpoint them; restart the workload"
         )
@@ -250,14 +250,14 @@ def suspend_tree(driver: CudaDriver, pids: Iterable[int], lock_timeout: float) -
             if states[pid] != "checkpointed":
                 driver.checkpoint(pid)
                 parked.append(pid)
-    except CheckpointFailed as exc:
+    except EngineDumpFailed as exc:
         problems = _undo(driver, parked, locked)
         after = (
             "; the tree was left running"
             if not problems
             else f"; undoing it failed too, the workload must be restarted: {'; '.join(problems)}"
         )
-        raise CheckpointFailed(f"{exc}{after}") from exc
+        raise EngineDumpFailed(f"{exc}{after}") from exc
     return TreeTiming(tuple(cuda), middle - started, time.perf_counter() - middle)
 
 
@@ -266,12 +266,12 @@ def _undo(driver: CudaDriver, parked: Sequence[int], locked: Sequence[int]) -> l
     for pid in reversed(parked):
         try:
             driver.restore(pid)
-        except RestoreFailed as exc:
+        except EngineRestoreFailed as exc:
             problems.append(str(exc))
     for pid in reversed(locked):
         try:
             driver.unlock(pid)
-        except RestoreFailed as exc:
+        except EngineRestoreFailed as exc:
             problems.append(str(exc))
     return problems
 
@@ -279,7 +279,7 @@ def _undo(driver: CudaDriver, parked: Sequence[int], locked: Sequence[int]) -> l
 def resume_tree(driver: CudaDriver, pids: Iterable[int]) -> TreeTiming:
     """Bring back the device memory of every CUDA process among ``pids``: restore each
     checkpointed one, then unlock each locked one (running ones are left alone, so this
-    is safe to repeat). Raises RestoreFailed naming every process that failed; the
+    is safe to repeat). Raises EngineRestoreFailed naming every process that failed; the
     others are unlocked all the same."""
     cuda = [pid for pid in pids if driver.is_cuda(pid)]
     problems: list[str] = []
@@ -289,7 +289,7 @@ def resume_tree(driver: CudaDriver, pids: Iterable[int]) -> TreeTiming:
         if driver.state(pid) == "checkpointed":
             try:
                 driver.restore(pid)
-            except RestoreFailed as exc:
+            except EngineRestoreFailed as exc:
                 problems.append(str(exc))
                 failed.add(pid)
     middle = time.perf_counter()
@@ -297,10 +297,10 @@ def resume_tree(driver: CudaDriver, pids: Iterable[int]) -> TreeTiming:
         if pid not in failed and driver.state(pid) == "locked":
             try:
                 driver.unlock(pid)
-            except RestoreFailed as exc:
+            except EngineRestoreFailed as exc:
                 problems.append(str(exc))
     if problems:
-        raise RestoreFailed("; ".join(problems))
+        raise EngineRestoreFailed("; ".join(problems))
     return TreeTiming(tuple(cuda), middle - started, time.perf_counter() - middle)
 
 

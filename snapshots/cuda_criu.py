@@ -33,7 +33,7 @@ from pathlib import Path
 
 from snapshots.criu import CUDA_DUMP_OPTIONS, CUDA_RESTORE_OPTIONS, CriuEngine, CriuInfo
 from snapshots.cuda import CudaCheckpoint, CudaDriver, gpu_refusal, resume_tree, suspend_tree
-from snapshots.errors import CheckpointFailed, EngineUnavailable, RestoreFailed
+from snapshots.errors import EngineDumpFailed, EngineRestoreFailed, EngineUnavailable
 from snapshots.procfs import process_tree
 
 __all__ = [
@@ -175,7 +175,7 @@ class CudaCriu:
         assert driver is not None
         refusal = gpu_refusal({p: device_files(p) for p in cuda})
         if refusal:
-            raise CheckpointFailed(f"cannot hibernate the GPU processes of pid {pid}: {refusal}")
+            raise EngineDumpFailed(f"cannot hibernate the GPU processes of pid {pid}: {refusal}")
         inner = [ns_pids(p)[-1] for p in cuda]
         work.mkdir(parents=True, exist_ok=True)
         flags = [*options, *self._no_plugins(work), *CUDA_DUMP_OPTIONS]
@@ -191,17 +191,17 @@ class CudaCriu:
             images.mkdir(parents=True, exist_ok=True)
             (images / CUDA_PIDS_FILE).write_text(json.dumps({"pids": inner}))
             self.criu.dump(pid, images, work, timeout, flags)
-        except (CheckpointFailed, OSError) as exc:
+        except (EngineDumpFailed, OSError) as exc:
             # CRIU leaves the tree running when a dump fails: give it its GPU memory back.
             try:
                 resume_tree(driver, cuda)
-            except RestoreFailed as again:
-                raise CheckpointFailed(
+            except EngineRestoreFailed as again:
+                raise EngineDumpFailed(
                     f"{exc}; and its GPU memory could not be brought back ({again}): "
                     "the workload must be restarted"
                 ) from exc
             if isinstance(exc, OSError):
-                raise CheckpointFailed(f"cannot write {images / CUDA_PIDS_FILE}: {exc}") from exc
+                raise EngineDumpFailed(f"cannot write {images / CUDA_PIDS_FILE}: {exc}") from exc
             raise
         return time.monotonic() - started
 
@@ -222,10 +222,10 @@ class CudaCriu:
         except FileNotFoundError:
             return self.criu.restore(images, work, pipe_fd, pipe_inode, timeout, cgroup, options)
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise RestoreFailed(f"{images / CUDA_PIDS_FILE} is unreadable: {exc}") from exc
+            raise EngineRestoreFailed(f"{images / CUDA_PIDS_FILE} is unreadable: {exc}") from exc
         driver = self.driver()
         if driver is None:
-            raise RestoreFailed(
+            raise EngineRestoreFailed(
                 f"this snapshot holds CUDA processes but they cannot be resumed here: "
                 f"{self._driver_problem}"
             )
@@ -242,7 +242,7 @@ class CudaCriu:
         found = inner_to_outer(root, inner)
         missing = sorted(set(inner) - set(found))
         if missing:
-            raise RestoreFailed(
+            raise EngineRestoreFailed(
                 f"restored tree {root} lacks the CUDA processes {missing} (PIDs inside its "
                 "namespace) recorded at checkpoint"
             )

@@ -21,6 +21,8 @@ from pathlib import Path
 __all__ = [
     "CheckpointFailed",
     "CommitFailed",
+    "EngineDumpFailed",
+    "EngineRestoreFailed",
     "EngineUnavailable",
     "ManifestInvalid",
     "RestoreFailed",
@@ -76,9 +78,16 @@ class EngineUnavailable(SnapshotError):
     """The checkpoint engine cannot run on this machine (e.g. no usable CRIU)."""
 
 
-class CheckpointFailed(SnapshotError):
-    """A checkpoint did not complete; the process it targeted was left running if possible."""
+class EngineDumpFailed(SnapshotError):
+    """The engine's dump did not complete; the process it targeted was left running if
+    possible."""
 
 
-class RestoreFailed(SnapshotError):
-    """A restore did not produce a running process."""
+class EngineRestoreFailed(SnapshotError):
+    """The engine's restore did not produce a running process."""
+
+
+CheckpointFailed = EngineDumpFailed
+"""Alias kept for the package face (see the module's docstring)."""
+RestoreFailed = EngineRestoreFailed
+"""Alias kept for the package face (see the module's docstring)."""

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import errno
 import logging
 import os
 import re
@@ -42,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import snapshots.files as disk
 from snapshots.errors import (
     CommitFailed,
     ManifestInvalid,
@@ -134,30 +134,6 @@ class Entry:
         }
 
 
-# Every write step of a commit goes through one of these three (fault-injection tests
-# hook them to pick the moment a filesystem fails).
-
-
-def _sync(fd: int) -> None:
-    os.fsync(fd)
-
-
-def _create(path: Path) -> int:
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-
-
-def _rename(src: Path, dst: Path) -> None:
-    os.rename(src, dst)
-
-
-def _fsync_path(path: Path, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else os.O_NOFOLLOW))
-    try:
-        _sync(fd)
-    finally:
-        os.close(fd)
-
-
 def _new_id() -> str:
     # Sortable by creation time, unique across processes.
     return (
@@ -165,106 +141,6 @@ def _new_id() -> str:
         + f"-{time.time_ns() % 10**9:09d}-"
         + secrets.token_hex(2)
     )
-
-
-def _mount_point(path: Path) -> Path:
-    path = path.resolve()
-    try:
-        dev = path.stat().st_dev
-        while path.parent != path and path.parent.stat().st_dev == dev:
-            path = path.parent
-    except OSError:
-        pass
-    return path
-
-
-def explain(exc: OSError, what: str, path: Path, needed: int = 0) -> str:
-    """'WHAT failed: WHY; WHAT TO DO', for an OSError from the store's filesystem."""
-    code = exc.errno
-    fs = f"the filesystem mounted at {_mount_point(path)}"
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        try:
-            try:
-                st = os.statvfs(path)
-            except FileNotFoundError:
-                st = os.statvfs(path.parent)
-            free = f"{st.f_bavail * st.f_frsize} bytes free"
-            if st.f_files and not st.f_favail:
-                free += ", no inodes free"
-        except OSError:
-            free = "free space unknown"
-        need = f", {needed} bytes needed" if needed else ""
-        limit = "disk quota exceeded" if code == errno.EDQUOT else "no space left"
-        hint = (
-            "raise the quota" if code == errno.EDQUOT else "free space there"
-        ) + " or point state_dir at a larger filesystem"
-        return f"{what} failed: {limit} on {fs} ({free}{need}); {hint}"
-    if code == errno.EFBIG:
-        return (
-            f"{what} failed: file too large ({exc.strerror}): a file size limit "
-            f"(ulimit -f, RLIMIT_FSIZE) or {fs}'s maximum; raise the limit"
-        )
-    if code == errno.EIO:
-        return f"{what} failed: I/O error on {fs}: the disk may be failing; check `dmesg`"
-    if code == errno.EROFS:
-        return f"{what} failed: {fs} is read-only; remount it read-write or move state_dir"
-    if code in (errno.EACCES, errno.EPERM):
-        return (
-            f"{what} failed: permission denied on {exc.filename or path} ({exc.strerror}); "
-            "run Dormant as the owner of state_dir (and check `lsattr` for immutable files)"
-        )
-    return f"{what} failed on {fs}: {exc.strerror or exc} ({exc.filename or path})"
-
-
-def _lexists(path: Path) -> bool:
-    """Whether anything is at ``path``; True when that cannot be told (EIO, EACCES)."""
-    try:
-        os.lstat(path)
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
-def _is_dir(path: Path) -> bool:
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except OSError:
-        return False
-
-
-def _rmtree(path: Path) -> list[str]:
-    """Remove a directory tree without following links; returns what could not be removed."""
-    problems: list[str] = []
-
-    def record(exc: OSError) -> None:
-        # a directory left non-empty by an earlier problem says nothing new
-        if not isinstance(exc, FileNotFoundError) and not (
-            problems and exc.errno == errno.ENOTEMPTY
-        ):
-            problems.append(explain(exc, f"removing {exc.filename}", path))
-
-    for dirpath, dirs, files in os.walk(path, topdown=False, onerror=record):
-        for name in files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
-            try:
-                os.unlink(os.path.join(dirpath, name))
-            except OSError as exc:
-                record(exc)
-        try:
-            os.rmdir(dirpath)
-        except OSError as exc:
-            record(exc)
-    return problems
-
-
-def _disk_bytes(path: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-    return total
 
 
 class SnapshotStore:
@@ -296,7 +172,7 @@ class SnapshotStore:
             os.chmod(self.root, 0o700)
         except OSError as exc:
             what = f"creating the snapshot store {self.root}"
-            raise StoreFailed(explain(exc, what, self.root)) from exc
+            raise StoreFailed(disk.explain(exc, what, self.root)) from exc
 
     def _workload_dir(self, workload: str) -> Path:
         if not _NAME_RE.match(workload):
@@ -304,7 +180,7 @@ class SnapshotStore:
         path = self.root / workload
         if not path.is_dir():
             path.mkdir(mode=0o700, exist_ok=True)
-            _fsync_path(self.root, directory=True)
+            disk.fsync_path(self.root, directory=True)
         return path
 
     # -- writing -----------------------------------------------------------------
@@ -325,7 +201,7 @@ class SnapshotStore:
         except OSError as exc:
             where = self.root / workload
             raise StoreFailed(
-                explain(exc, f"creating a snapshot directory for {workload}", where)
+                disk.explain(exc, f"creating a snapshot directory for {workload}", where)
             ) from exc
         pending = PendingSnapshot(snap_id, workload, path)
         try:
@@ -338,7 +214,7 @@ class SnapshotStore:
             self.discard(pending)
             raise
         else:
-            if _lexists(path):
+            if disk.lexists(path):
                 self.discard(pending)
 
     def discard(self, pending: PendingSnapshot) -> None:
@@ -380,10 +256,10 @@ class SnapshotStore:
                         )
                     needed += info.st_size
                     os.chmod(full, 0o600)
-                    _fsync_path(full)
+                    disk.fsync_path(full)
                     names.append(str(full.relative_to(pending.path)))
                 os.chmod(dirpath, 0o700)
-                _fsync_path(Path(dirpath), directory=True)
+                disk.fsync_path(Path(dirpath), directory=True)
             step = "digesting the images"
             manifest = Manifest(
                 id=pending.id,
@@ -400,36 +276,36 @@ class SnapshotStore:
             step = "writing the manifest"
             text = manifest.to_json().encode()
             needed = len(text)
-            fd = _create(manifest_path)
+            fd = disk.create(manifest_path)
             wrote_manifest = True
             with os.fdopen(fd, "wb") as f:
                 f.write(text)
                 f.flush()
                 step = "syncing the manifest"
-                _sync(f.fileno())
+                disk.sync(f.fileno())
             step = "syncing the snapshot directory"
-            _fsync_path(pending.path, directory=True)
+            disk.fsync_path(pending.path, directory=True)
             step = "renaming the snapshot into place"
             final = pending.path.parent / pending.id
-            _rename(pending.path, final)
+            disk.rename(pending.path, final)
         except OSError as exc:
             if wrote_manifest:
                 with contextlib.suppress(OSError):
                     manifest_path.unlink()
             raise self._commit_failed(pending, exc, step, needed) from exc
         try:
-            _fsync_path(final.parent, directory=True)
+            disk.fsync_path(final.parent, directory=True)
         except OSError as exc:
             # The rename may not survive a crash: undo it, so that the caller is told
             # the truth (not committed) and finds the images where it expects them.
             try:
-                _rename(final, pending.path)
+                disk.rename(final, pending.path)
             except OSError:
                 log.error(
                     "snapshot %s committed but its directory entry may not be durable "
                     "(%s); keeping it: its manifest is complete",
                     pending.id,
-                    explain(exc, "syncing the workload directory", final.parent),
+                    disk.explain(exc, "syncing the workload directory", final.parent),
                 )
             else:
                 with contextlib.suppress(OSError):
@@ -449,7 +325,7 @@ class SnapshotStore:
     def _commit_failed(
         self, pending: PendingSnapshot, exc: OSError, step: str, needed: int
     ) -> CommitFailed:
-        reason = explain(exc, step, pending.path, needed)
+        reason = disk.explain(exc, step, pending.path, needed)
         return CommitFailed(
             f"commit of snapshot {pending.id} ({pending.workload}): {reason}; "
             f"nothing was committed, the images are intact in {pending.path}",
@@ -497,7 +373,7 @@ class SnapshotStore:
             created = path.stat().st_mtime
         except OSError:
             created = 0.0
-        return Entry(snap_id, workload, path, status, why, _disk_bytes(path), created)
+        return Entry(snap_id, workload, path, status, why, disk.disk_bytes(path), created)
 
     def _bad(self, path: Path, workload: str) -> Entry:
         try:
@@ -518,7 +394,7 @@ class SnapshotStore:
         except (FileNotFoundError, NotADirectoryError):
             return []
         except OSError as exc:
-            raise StoreFailed(explain(exc, f"listing {wdir}", wdir)) from exc
+            raise StoreFailed(disk.explain(exc, f"listing {wdir}", wdir)) from exc
         found = []
         for name in names:
             path = wdir / name
@@ -545,7 +421,7 @@ class SnapshotStore:
                 entry = self._bad(path, workload)
             else:
                 entry = self._committed(path, workload)
-            if _lexists(path):  # not renamed or removed meanwhile
+            if disk.lexists(path):  # not renamed or removed meanwhile
                 found.append(entry)
         return found
 
@@ -555,10 +431,10 @@ class SnapshotStore:
             return sorted(
                 name
                 for name in os.listdir(self.root)
-                if _NAME_RE.match(name) and _is_dir(self.root / name)
+                if _NAME_RE.match(name) and disk.is_dir(self.root / name)
             )
         except OSError as exc:
-            raise StoreFailed(explain(exc, f"listing {self.root}", self.root)) from exc
+            raise StoreFailed(disk.explain(exc, f"listing {self.root}", self.root)) from exc
 
     def entries(self, workload: str | None = None) -> builtins.list[Entry]:
         """Every snapshot directory with its status, newest first (all workloads when
@@ -676,11 +552,11 @@ class SnapshotStore:
         path = snapshot.path
         bad = path.with_name(path.name + _BAD_SUFFIX)
         try:
-            if _lexists(bad):
+            if disk.lexists(bad):
                 self._remove_tree(bad, f"old {bad.name}")
-            _rename(path, bad)
+            disk.rename(path, bad)
         except OSError as exc:
-            log.error("%s", explain(exc, f"marking snapshot {snapshot.id} bad", path))
+            log.error("%s", disk.explain(exc, f"marking snapshot {snapshot.id} bad", path))
             self._quarantined[path] = reason
             try:
                 (path / MANIFEST_NAME).unlink()
@@ -693,7 +569,7 @@ class SnapshotStore:
             with os.fdopen(fd, "w") as f:
                 f.write(reason + "\n")
         except OSError as exc:
-            log.error("%s", explain(exc, f"recording why {snapshot.id} is bad", bad))
+            log.error("%s", disk.explain(exc, f"recording why {snapshot.id} is bad", bad))
         log.warning("snapshot %s marked bad: %s", snapshot.id, reason)
         self._bound_bad(snapshot.workload)
         return bad
@@ -715,14 +591,14 @@ class SnapshotStore:
         doomed = path.with_name(_DEL_PREFIX + name)
         if path != doomed:
             try:
-                _rename(path, doomed)
+                disk.rename(path, doomed)
             except FileNotFoundError:
                 return
             except OSError as exc:
                 with contextlib.suppress(OSError):
                     (path / MANIFEST_NAME).unlink()
-                raise StoreFailed(explain(exc, f"deleting {path}", path)) from exc
-        problems = _rmtree(doomed)
+                raise StoreFailed(disk.explain(exc, f"deleting {path}", path)) from exc
+        problems = disk.rmtree(doomed)
         if problems:
             raise StoreFailed(
                 f"deleting {path} failed: {'; '.join(problems[:3])}; "
@@ -738,7 +614,7 @@ class SnapshotStore:
             return False
 
     def _remove_tree(self, path: Path, what: str) -> bool:
-        problems = _rmtree(path)
+        problems = disk.rmtree(path)
         if problems:
             log.error(
                 "could not remove %s at %s: %s (left for the next start)",
@@ -775,13 +651,13 @@ class SnapshotStore:
     def _retire_invalid(self, entry: Entry) -> None:
         bad = entry.path.with_name(entry.path.name + _BAD_SUFFIX)
         try:
-            if _lexists(bad):
+            if disk.lexists(bad):
                 self._remove_tree(bad, f"old {bad.name}")
-            _rename(entry.path, bad)
+            disk.rename(entry.path, bad)
             (bad / BAD_REASON).write_text(entry.reason + "\n")
             log.warning("snapshot %s marked bad: %s", entry.id, entry.reason)
         except OSError as exc:
-            log.error("%s", explain(exc, f"retiring unusable snapshot {entry.id}", entry.path))
+            log.error("%s", disk.explain(exc, f"retiring unusable snapshot {entry.id}", entry.path))
 
     def clean_partial(self) -> builtins.list[Path]:
         """Remove temp directories left by a crash during a checkpoint or a deletion.
@@ -796,7 +672,7 @@ class SnapshotStore:
             try:
                 children = sorted(os.listdir(self.root / name))
             except OSError as exc:
-                log.error("%s", explain(exc, f"listing {self.root / name}", self.root / name))
+                log.error("%s", disk.explain(exc, f"listing {self.root / name}", self.root / name))
                 continue
             for child in children:
                 path = self.root / name / child

@@ -25,7 +25,7 @@ from typing import Protocol
 
 import httpx
 
-from snapshots import CheckpointFailed, EngineUnavailable, RestoreFailed, process_tree
+from snapshots import EngineDumpFailed, EngineRestoreFailed, EngineUnavailable, process_tree
 from snapshots.cuda import CudaCheckpoint, CudaDriver, gpu_refusal, resume_tree, suspend_tree
 from snapshots.cuda_criu import device_files
 from warmpool.errors import NotSupported, ResumeFailed, SuspendFailed
@@ -212,7 +212,7 @@ class CudaEngine:
             raise SuspendFailed(f"{target.name}: {refusal}")
         try:
             timing = suspend_tree(driver, cuda, self.lock_timeout)
-        except CheckpointFailed as exc:
+        except EngineDumpFailed as exc:
             raise SuspendFailed(f"{target.name}: {exc}") from exc
         return Toggle(
             self.name,
@@ -224,7 +224,7 @@ class CudaEngine:
         driver = self.driver()
         try:
             timing = resume_tree(driver, self._tree(target, ResumeFailed))
-        except RestoreFailed as exc:
+        except EngineRestoreFailed as exc:
             raise ResumeFailed(f"{target.name}: {exc}") from exc
         return Toggle(
             self.name,

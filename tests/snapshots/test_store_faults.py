@@ -27,9 +27,10 @@ from typing import Any
 
 import pytest
 
+import snapshots.files as disk_module
 import snapshots.store as store_module
 from snapshots import CommitFailed, Snapshot, SnapshotError, SnapshotStore, StoreFailed
-from snapshots.store import explain
+from snapshots.files import explain
 from tests.conftest import ROOT
 
 from .faultfs import Ext4, Tmpfs, immutable, read_only, require_root_mounts
@@ -189,14 +190,15 @@ def _commit_steps(tmp_path: Path) -> list[tuple[str, int]]:
     calls: list[tuple[str, int]] = []
     store = SnapshotStore(tmp_path / "reference")
     with pytest.MonkeyPatch.context() as patch:
-        for name in ("_sync", "_create", "_rename", "digest_files"):
-            real = getattr(store_module, name)
+        for name in ("sync", "create", "rename", "digest_files"):
+            module = store_module if name == "digest_files" else disk_module
+            real = getattr(module, name)
 
             def record(*args: Any, _name: str = name, _real: Callable[..., Any] = real) -> Any:
                 calls.append((_name, sum(1 for n, _ in calls if n == _name)))
                 return _real(*args)
 
-            patch.setattr(store_module, name, record)
+            patch.setattr(module, name, record)
         _commit_in(store)
     return calls
 
@@ -220,9 +222,9 @@ def test_the_commit_steps_are_all_covered(tmp_path: Path) -> None:
     manifest's creation, its fsync, the pending directory's, the rename, the parent's."""
     steps = [name for name, _ in _commit_steps(tmp_path)]
     # root; 2 image files + images/ + the pending dir; manifest; pending dir; parent
-    assert steps == ["_sync"] * 5 + ["digest_files", "_create"] + ["_sync"] * 2 + [
-        "_rename",
-        "_sync",
+    assert steps == ["sync"] * 5 + ["digest_files", "create"] + ["sync"] * 2 + [
+        "rename",
+        "sync",
     ]
 
 
@@ -238,10 +240,11 @@ def test_io_error_at_every_commit_step(tmp_path: Path, mounts: list[Any], sync: 
         fs = Ext4(tmp_path / f"{step}{index}")
         mounts.append(fs)
         store = SnapshotStore(fs.mnt / "snapshots")
-        hooked = _fail_at(getattr(store_module, step), index, lambda fs=fs: fs.shutdown(sync))
+        module = store_module if step == "digest_files" else disk_module
+        hooked = _fail_at(getattr(module, step), index, lambda fs=fs: fs.shutdown(sync))
 
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(store_module, step, hooked)
+            patch.setattr(module, step, hooked)
             snap, failed, pending = _commit_in(store)
             # the filesystem is dead now: reading must still only raise SnapshotErrors
             with contextlib.suppress(SnapshotError):
@@ -310,14 +313,14 @@ def test_mark_bad_when_the_disk_dies(tmp_path: Path, mounts: list[Any]) -> None:
     mounts.append(fs)
     store = SnapshotStore(fs.mnt / "snapshots")
     snap = _committed(store)
-    real = store_module._rename
+    real = disk_module.rename
 
     def dying(src: Path, dst: Path) -> None:
         fs.shutdown()
         real(src, dst)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(store_module, "_rename", dying)
+        patch.setattr(disk_module, "rename", dying)
         store.mark_bad(snap, "restore failed")
     assert store.latest("m") is None
     assert [(e.status, e.reason) for e in store.entries()] == [("bad", "restore failed")]

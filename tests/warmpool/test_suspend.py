@@ -27,7 +27,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from snapshots import CheckpointFailed, CriuEngine, EngineUnavailable, RestoreFailed, process_tree
+from snapshots import (
+    CriuEngine,
+    EngineDumpFailed,
+    EngineRestoreFailed,
+    EngineUnavailable,
+    process_tree,
+)
 from snapshots.cuda import checkpoint_support, gpu_refusal, resume_tree, suspend_tree
 from snapshots.cuda_criu import CUDA_PIDS_FILE, CudaCriu, ns_pids, without_plugins
 from tests.conftest import free_port
@@ -79,7 +85,7 @@ class RecordingDriver:
         return self.states.get(self.key(pid), "running")
 
     def _act(self, call: str, pid: int) -> None:
-        error = CheckpointFailed if call in ("lock", "checkpoint") else RestoreFailed
+        error = EngineDumpFailed if call in ("lock", "checkpoint") else EngineRestoreFailed
         self.calls.append((call, pid))
         if not self.is_cuda(pid):
             raise error(f"{call}: pid {pid} is not a CUDA process")
@@ -121,7 +127,7 @@ def test_suspend_locks_every_cuda_process_before_checkpointing_any() -> None:
 
 def test_a_failed_checkpoint_undoes_everything_and_leaves_the_tree_running() -> None:
     driver = RecordingDriver(lambda pid: pid in (1, 2, 3), fail=("checkpoint", 2))
-    with pytest.raises(CheckpointFailed, match=r"out of memory.*the tree was left running"):
+    with pytest.raises(EngineDumpFailed, match=r"out of memory.*the tree was left running"):
         suspend_tree(driver, [1, 2, 3], lock_timeout=5)
     assert driver.calls == [
         *[("lock", p) for p in (1, 2, 3)],
@@ -135,7 +141,7 @@ def test_a_failed_checkpoint_undoes_everything_and_leaves_the_tree_running() -> 
 
 def test_a_failed_lock_unlocks_what_was_locked() -> None:
     driver = RecordingDriver(lambda pid: pid in (1, 2), fail=("lock", 2))
-    with pytest.raises(CheckpointFailed, match="left running"):
+    with pytest.raises(EngineDumpFailed, match="left running"):
         suspend_tree(driver, [1, 2], lock_timeout=5)
     assert driver.calls == [("lock", 1), ("lock", 2), ("unlock", 1)]
     assert driver.state(1) == driver.state(2) == "running"
@@ -154,7 +160,7 @@ def test_suspend_and_resume_are_safe_to_repeat() -> None:
 def test_a_failed_restore_names_the_process_and_unlocks_the_others() -> None:
     driver = RecordingDriver(lambda pid: pid in (1, 2), fail=("restore", 1))
     suspend_tree(driver, [1, 2], lock_timeout=5)
-    with pytest.raises(RestoreFailed, match="restore failed for pid 1"):
+    with pytest.raises(EngineRestoreFailed, match="restore failed for pid 1"):
         resume_tree(driver, [1, 2])
     assert driver.state(2) == "running" and driver.state(1) == "checkpointed"
 
@@ -162,7 +168,7 @@ def test_a_failed_restore_names_the_process_and_unlocks_the_others() -> None:
 def test_a_process_in_a_failed_cuda_state_is_refused() -> None:
     driver = RecordingDriver(lambda pid: pid == 4)
     driver.states[4] = "failed"
-    with pytest.raises(CheckpointFailed, match=r"state 'failed'.*restart the workload"):
+    with pytest.raises(EngineDumpFailed, match=r"state 'failed'.*restart the workload"):
         suspend_tree(driver, [4], lock_timeout=5)
     assert driver.calls == []
 
@@ -385,7 +391,7 @@ def test_a_failed_dump_gives_the_gpu_memory_back(
     gpu = next(p for p in process_tree(ns_tree) if _marked(p))
     driver = RecordingDriver(_marked, key=_inner)
     engine = CudaCriu(criu, driver, plugin_dir=tmp_path / "lib")
-    with pytest.raises(CheckpointFailed, match="criu dump"):
+    with pytest.raises(EngineDumpFailed, match="criu dump"):
         engine.dump(ns_tree, tmp_path / "i", tmp_path / "w", 60, options=["--no-such-option"])
     assert driver.calls == [("lock", gpu), ("checkpoint", gpu), ("restore", gpu), ("unlock", gpu)]
     assert driver.state(gpu) == "running" and Path(f"/proc/{gpu}").exists()

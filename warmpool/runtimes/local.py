@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 
 import httpx
 
-from snapshots import CheckpointFailed as DumpFailed
 from snapshots import (
     CriuEngine,
+    EngineDumpFailed,
     Snapshot,
     SnapshotCorrupt,
     SnapshotError,
@@ -229,7 +229,7 @@ class LocalRuntime:
                         self.work_dir / spec.name / "dump",
                         spec.checkpoint_timeout,
                     )
-                except DumpFailed as exc:
+                except EngineDumpFailed as exc:
                     raise CheckpointFailed(
                         str(exc), instance if instance.alive() else None
                     ) from exc
