@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import warmpool.lifecycle as lifecycle
 from activator.breaker import Slots
 from activator.config.settings import WorkloadSettings
 from activator.errors import Conflict, QueueFull, WakeFailed, WakeTimeout
@@ -33,12 +34,12 @@ from activator.metrics import Metrics
 from activator.specs import SpecFactory
 from activator.states import STABLE, State, check_transition
 from warmpool import (
-    CheckpointFailed,
     Endpoint,
     Instance,
     InstanceSpec,
     NotSupported,
     Runtime,
+    SnapshotInfo,
     WarmpoolError,
 )
 from warmpool.placement import Member, Tier
@@ -331,38 +332,32 @@ class Workload:
         instance = self._instance
         assert instance is not None
         self._transition(State.RESUMING)
-        try:
-            await self._runtime.resume(instance)
-        except WarmpoolError as exc:
-            self._error(f"resume failed: {exc}")
-            log.error("%s: %s; stopping it to restore or cold boot", self.name, self.last_error)
-            await self._runtime.stop(instance)
+        failed = await lifecycle.resume_or_stop(self._runtime, instance)
+        if failed is not None:
+            self._error(f"resume failed: {failed}")
+            log.error("%s: %s; stopped it to restore or cold boot", self.name, self.last_error)
             self._instance = None
             return None
         self.counters["resumes"] += 1
         return self._became_ready(instance, started, "resume")
 
+    # -- what lifecycle.restore_or_boot reports ---------------------------------------------
+
+    def _restoring(self, snapshot: SnapshotInfo) -> None:
+        self._transition(State.RESTORING, f"snapshot {snapshot.id}")
+
+    def _restore_failed(self, exc: WarmpoolError) -> None:
+        self.counters["restore_failures"] += 1
+        self._error(f"restore failed: {exc}")
+        log.error("%s: %s; cold booting instead", self.name, self.last_error)
+
+    def _booting(self, why: str) -> None:
+        self._transition(State.STARTING, why)
+
     async def _restore_or_boot(self, spec: InstanceSpec) -> Instance:
-        instance: Instance | None = None
-        snapshot = self._runtime.latest(self.name)
-        if snapshot is not None:
-            self._transition(State.RESTORING, f"snapshot {snapshot.id}")
-            try:
-                instance = await self._runtime.restore(spec)
-            except WarmpoolError as exc:
-                self.counters["restore_failures"] += 1
-                self._error(f"restore failed: {exc}")
-                log.error("%s: %s; cold booting instead", self.name, self.last_error)
-                self._transition(State.STARTING, "restore failed; cold boot")
-            else:
-                if instance is None:
-                    self._transition(State.STARTING, "no usable snapshot; cold boot")
-        else:
-            self._transition(State.STARTING, "cold boot")
-        if instance is not None:
-            return instance
         try:
-            return await self._runtime.boot(spec)
+            steps = lifecycle.Steps(self._restoring, self._restore_failed, self._booting)
+            return await lifecycle.restore_or_boot(self._runtime, spec, steps)
         except WarmpoolError as exc:
             self.counters["start_failures"] += 1
             self._fail(f"start failed: {exc}", backoff=True)
@@ -531,8 +526,8 @@ class Workload:
         """After a failed checkpoint: serve again with whichever instance survived it."""
         self.counters["checkpoint_failures"] += 1
         self._error(f"checkpoint failed: {exc}")
-        serving = exc.instance if isinstance(exc, CheckpointFailed) else instance
-        if serving is not None and serving.alive():
+        serving = lifecycle.survivor(exc, instance)
+        if serving is not None:
             self._instance = serving
             self._transition(State.READY, f"checkpoint failed, still serving: {exc}")
         else:

@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+import warmpool.lifecycle as rules
 from activator.errors import ActivatorError, Conflict, OperationFailed
 from activator.supervisor.activity import PortWatch
 from activator.supervisor.states import SERVING, TRANSITIONS, ExitCode, Phase
@@ -33,7 +34,6 @@ from warmpool import (
     InstanceSpec,
     NotSupported,
     ProcessInstance,
-    RestoreFailed,
     Runtime,
     StartFailed,
     WarmpoolError,
@@ -157,33 +157,29 @@ class Supervisor:
             )
             return
         started = self._clock()
-        for _ in range(max(1, self.settings.restore_attempts)):
-            latest = await asyncio.to_thread(self.runtime.latest, self.spec.name)
-            if latest is None:
-                break
-            self._to(P.RESTORING, f"restoring snapshot {latest.id}")
-            try:
-                instance = await self.runtime.restore(self.spec)
-            except RestoreFailed as exc:
-                self._error(f"restore failed, snapshot marked bad: {exc}")
-                continue
-            if instance is None:
-                break
-            await self._up(instance, "restored", started)
-            return
         command = " ".join(self.spec.with_port(self.spec.port).command)
-        self._to(P.BOOTING, f"booting {command[:200]}")
+        steps = rules.Steps(
+            restoring=lambda latest: self._to(P.RESTORING, f"restoring snapshot {latest.id}"),
+            restore_failed=lambda exc: self._error(f"restore failed, snapshot marked bad: {exc}"),
+            booting=lambda why: self._to(P.BOOTING, f"booting {command[:200]}"),
+        )
         try:
-            instance = await self._boot()
+            instance = await rules.restore_or_boot(
+                self.runtime,
+                self.spec,
+                steps,
+                attempts=self.settings.restore_attempts,
+                boot=self._boot,
+            )
         except WarmpoolError as exc:
             self._to(P.FAILED, "the boot failed")
             self._error(f"boot failed: {exc}")
             return
-        await self._up(instance, "booted", started)
+        await self._up(instance, "restored" if instance.restored_from else "booted", started)
 
-    async def _boot(self) -> Instance:
+    async def _boot(self, spec: InstanceSpec) -> Instance:
         """Boot, failing fast when the server listens where the supervisor cannot reach it."""
-        boot = asyncio.ensure_future(self.runtime.boot(self.spec))
+        boot = asyncio.ensure_future(self.runtime.boot(spec))
         try:
             while True:
                 done, _ = await asyncio.wait({boot}, timeout=0.25)
@@ -244,11 +240,10 @@ class Supervisor:
             self._to(P.READY, "still serving: this runtime cannot checkpoint")
             raise Unsupported(f"cannot checkpoint here: {exc}") from exc
         except CheckpointFailed as exc:
-            self._instance = exc.instance
-            if exc.instance is not None and exc.instance.alive():
+            self._instance = rules.survivor(exc, self._instance)
+            if self._instance is not None:
                 self._to(P.READY, "the checkpoint failed; still serving")
             else:
-                self._instance = None
                 self._to(P.FAILED, "the checkpoint failed and the server is gone")
             self._error(f"checkpoint failed: {exc}")
             raise OperationFailed(f"checkpoint failed: {exc}; state now {self.phase}") from exc
@@ -314,10 +309,9 @@ class Supervisor:
         assert self._instance is not None
         self._to(P.RESUMING, f"engine {self.spec.suspend}")
         started = self._clock()
-        try:
-            await self.runtime.resume(self._instance)
-        except WarmpoolError as exc:
-            await self._stop_quietly()
+        exc = await rules.resume_or_stop(self.runtime, self._instance)
+        if exc is not None:
+            self._instance = None
             self._to(P.FAILED, "the resume failed; the server was stopped (POST /restore)")
             self._error(f"resume failed: {exc}")
             raise OperationFailed(f"resume failed, server stopped: {exc}") from exc

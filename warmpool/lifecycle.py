@@ -1,0 +1,94 @@
+"""The rules every owner of an instance's lifecycle applies, written once.
+
+Two owners drive a ``Runtime``: the activator's ``Workload`` (one per workload, behind the
+proxy) and ``dormant exec``'s ``Supervisor`` (PID 1's companion in a model pod). They differ
+in what they tell the world (states, metrics, the control API) and agree on these rules:
+
+1. **Restore the newest snapshot, else boot** (``restore_or_boot``): a snapshot the runtime
+   cannot restore is retired by the runtime and the next newest is tried, up to
+   ``attempts``; then the command boots.
+2. **After a failed checkpoint, the survivor serves** (``survivor``): the replacement a
+   ``CheckpointFailed`` names (restored from images that could not be committed), else the
+   instance itself if it was never stopped; None when nothing alive is left.
+3. **A failed resume stops the process** (``resume_or_stop``): an instance whose device
+   memory could not come back cannot serve; it is stopped so that a restore or a boot can
+   take its place.
+
+Each owner reports the steps through ``Steps`` (three callbacks); nothing here keeps state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from warmpool.errors import CheckpointFailed, WarmpoolError
+from warmpool.runtime import Instance, InstanceSpec, Runtime, SnapshotInfo
+
+__all__ = ["Steps", "restore_or_boot", "resume_or_stop", "survivor"]
+
+log = logging.getLogger("dormant.warmpool")
+
+
+@dataclass(frozen=True)
+class Steps:
+    """What an owner says at each step of ``restore_or_boot``."""
+
+    restoring: Callable[[SnapshotInfo], None]
+    """A restore of this snapshot begins."""
+    restore_failed: Callable[[WarmpoolError], None]
+    """That restore failed (the runtime has retired the snapshot)."""
+    booting: Callable[[str], None]
+    """No restore served: the command boots; the argument says which case."""
+
+
+async def restore_or_boot(
+    runtime: Runtime,
+    spec: InstanceSpec,
+    steps: Steps,
+    *,
+    attempts: int = 1,
+    boot: Callable[[InstanceSpec], Awaitable[Instance]] | None = None,
+) -> Instance:
+    """Rule 1. Returns the running instance; a failed boot raises its ``WarmpoolError``
+    (``boot`` defaults to ``runtime.boot``)."""
+    why = "cold boot"
+    for _ in range(max(1, attempts)):
+        latest = await asyncio.to_thread(runtime.latest, spec.name)
+        if latest is None:
+            break
+        steps.restoring(latest)
+        try:
+            instance = await runtime.restore(spec)
+        except WarmpoolError as exc:
+            steps.restore_failed(exc)
+            why = "restore failed; cold boot"
+            continue
+        if instance is None:
+            why = "no usable snapshot; cold boot"
+            break
+        return instance
+    steps.booting(why)
+    return await (boot or runtime.boot)(spec)
+
+
+def survivor(exc: WarmpoolError, instance: Instance) -> Instance | None:
+    """Rule 2: which instance serves after ``instance``'s checkpoint failed with ``exc``."""
+    serving = exc.instance if isinstance(exc, CheckpointFailed) else instance
+    return serving if serving is not None and serving.alive() else None
+
+
+async def resume_or_stop(runtime: Runtime, instance: Instance) -> WarmpoolError | None:
+    """Rule 3. None when ``instance`` is serving again; else the resume's error, and the
+    instance has been stopped (a failure to stop it is logged)."""
+    try:
+        await runtime.resume(instance)
+    except WarmpoolError as exc:
+        try:
+            await runtime.stop(instance)
+        except WarmpoolError as stop_error:
+            log.warning("after a failed resume, stopping the instance failed: %s", stop_error)
+        return exc
+    return None
