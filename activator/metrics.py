@@ -68,7 +68,7 @@ class Metrics:
             ["workload", "from_state", "to_state"],
             registry=r,
         )
-        # The warm pool (issue 10): swaps between tiers, device memory, thrash.
+        # The warm pool: swaps between tiers, device memory, thrash.
         self.swaps = Counter(
             "dormant_swaps_total",
             "Moves between tiers (resident, suspended, hibernated, cold) by the engine used",

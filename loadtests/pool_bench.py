@@ -33,7 +33,6 @@ import os
 import re
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -42,6 +41,7 @@ from loadtests.admin import AdminError
 from loadtests.bench import BenchError, Progress, default_weights_dir
 from loadtests.launcher import StartError
 from loadtests.pool_parts import PoolBench
+from loadtests.pool_plan import Plan
 from loadtests.pool_report import (
     ChurnResult,
     SwapRow,
@@ -74,42 +74,6 @@ def parse_sizes(text: str) -> list[int]:
     if not sizes:
         raise argparse.ArgumentTypeError("give at least one size, e.g. 0,512MiB")
     return sizes
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How much to measure."""
-
-    size: str
-    users: int
-    requests: int
-    zipf_s: float
-    seed: int
-    holds: tuple[int, ...]
-    swap_samples: int
-    max_tokens: int
-    prompt_length: int
-    max_seconds: float
-    budget: int | None
-    engines: tuple[str, ...]
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> Plan:
-        quick = args.quick
-        return cls(
-            size=args.size or ("tiny" if quick else "small"),
-            users=args.users,
-            requests=args.requests or (24 if quick else 60),
-            zipf_s=args.zipf_s,
-            seed=args.seed,
-            holds=tuple(args.hold if args.hold is not None else ([0] if quick else [0, 512 << 20])),
-            swap_samples=args.swap_samples or (2 if quick else 3),
-            max_tokens=args.max_tokens or (8 if quick else 16),
-            prompt_length=args.prompt_length,
-            max_seconds=args.max_seconds,
-            budget=args.budget,
-            engines=tuple(args.engines),
-        )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -26,7 +26,7 @@ from loadtests.scenarios import ZipfPicker
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from loadtests.pool_bench import Plan
+    from loadtests.pool_plan import Plan
 
 __all__ = ["WORKLOADS", "PoolBench", "swap_seconds", "zipf_plans"]
 

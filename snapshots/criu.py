@@ -35,7 +35,7 @@ __all__ = [
 
 MIN_VERSION = (4, 2)
 _VERSION_RE = re.compile(r"Version:\s*(\d+)\.(\d+)(?:\.(\d+))?")
-# Printed on every run on these machines and harmless (FACTS.md).
+# Printed on every run on these machines (root without CAP_SYS_RESOURCE) and harmless.
 _HARMLESS = ("RLIMIT_NOFILE",)
 
 CUDA_DUMP_OPTIONS = ("--link-remap", "--ext-unix-sk", "--ghost-limit", "512M")

@@ -5,7 +5,7 @@ Plain frozen values in, a ``Plan`` out; no asyncio, no clock reads (the caller p
 ``Workload`` (drain, then suspend or hibernate), and only then lets the incoming
 workload become resident.
 
-Rules (issue 10 item 5), in order:
+Rules, in order:
 
 1. Never a pinned workload, and none within its ``min_resident`` (anti-thrash).
 2. Never one with requests in flight or queued — unless the incoming workload has
@@ -47,7 +47,7 @@ __all__ = [
 
 
 class Tier(StrEnum):
-    """Where a workload's state lives now (see ARCHITECTURE.md: Words)."""
+    """Where a workload's state lives now: resident, suspended, hibernated or cold."""
 
     RESIDENT = "resident"
     """Running, its memory on the device."""

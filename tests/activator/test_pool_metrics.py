@@ -1,4 +1,4 @@
-"""The warm pool's metrics (issue 10 item 8) render under their documented names."""
+"""The warm pool's metrics render under their documented names."""
 
 from __future__ import annotations
 

@@ -128,7 +128,7 @@ def test_cli_unreadable_or_invalid_yaml(tmp_path: Path) -> None:
     )
 
 
-# -- values that make no sense (issue 8 item 10) ----------------------------------------------
+# -- values that make no sense ----------------------------------------------
 
 TIMEOUTS = [
     "wake_timeout",
@@ -179,7 +179,7 @@ def test_reap_interval_has_a_floor(value: object) -> None:
     assert parse_settings(_bad({"reap_interval": "50ms"})).reap_interval == 0.05
 
 
-# -- ports (issue 8 item 7) --------------------------------------------------------------------
+# -- ports --------------------------------------------------------------------
 
 
 def _two(port_a: int, port_b: int) -> dict:
@@ -238,7 +238,7 @@ def test_admin_listen_must_not_collide_with_listen(listen: str, admin: str, clas
         assert parse_settings(data).admin_listen == admin
 
 
-# -- token files and the state directory (issue 8 items 10, 12) ---------------------------------
+# -- token files and the state directory ---------------------------------
 
 
 def test_an_empty_admin_token_file_refuses_to_start(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """A workload's settings become a runtime's InstanceSpec: every setting a runtime needs
-is passed through (issue 9: checkpoint_timeout and restore_timeout used to be dropped)."""
+is passed through (checkpoint_timeout and restore_timeout used to be dropped)."""
 
 from __future__ import annotations
 

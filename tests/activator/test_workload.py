@@ -148,7 +148,7 @@ async def test_crash_retries_at_once_and_restores_the_snapshot() -> None:
 
 
 async def test_hibernate_of_a_crashed_workload_with_a_snapshot_rests_hibernated() -> None:
-    """Issue 8 item 4: it became `cold` and every request got IllegalTransition."""
+    """It used to become `cold` and every request got IllegalTransition."""
     runtime = FakeRuntime()
     w = workload(runtime)
     await serve_after_a_restore(w)
@@ -229,7 +229,7 @@ async def test_checkpoint_failure_keeps_serving_the_same_instance() -> None:
 
 
 async def test_commit_failure_serves_from_the_replacement() -> None:
-    """Issue 8 item 3: disk full after a successful dump left no process, no snapshot and
+    """Disk full after a successful dump left no process, no snapshot and
     a workload stuck in `checkpointing`."""
     runtime = FakeRuntime()
     w = workload(runtime)

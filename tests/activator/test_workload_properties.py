@@ -1,7 +1,7 @@
 """A state-machine property test: random interleavings of requests, wakes, hibernations,
 crashes, and checkpoint / commit / restore / boot failures, on the fake runtime.
 
-Invariants (issue 8, "make the classes impossible"):
+Invariants (the classes of failure made impossible):
 - no IllegalTransition (or any error outside the documented trees) ever reaches a caller;
 - every request is answered: a lease on a READY workload's live instance, or a defined
   error (QueueFull, WakeTimeout, WakeFailed) — none hangs;

@@ -1,4 +1,4 @@
-"""The warm pool's engines on a real GPU (issue 10's acceptance): two reference servers,
+"""The warm pool's engines on a real GPU: two reference servers,
 each holding more than half of the device's memory, served alternately — first through
 the ``cuda`` engine (the driver's checkpoint API, by PID), then through ``hooks`` (the
 server's own sleep API) — with greedy outputs identical after every swap and NVML showing

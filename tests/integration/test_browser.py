@@ -1,4 +1,4 @@
-"""Issue 12.4: JupyterLab in a real browser, through Dormant, across a hibernation.
+"""JupyterLab in a real browser, through Dormant, across a hibernation.
 
 Headless Chromium (Debian's ``chromium``, installed by ``scripts/setup-browser.sh``; driven
 by Playwright over its pipe, which never downloads a browser of its own here) opens

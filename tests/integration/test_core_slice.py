@@ -1,4 +1,4 @@
-"""Issue 2's acceptance story with the real reference LLM server and real CRIU.
+"""The core story with the real reference LLM server and real CRIU.
 
 Two reference models behind a real `dormant up`: stream from each; hibernate one
 (its process tree is gone, a verified snapshot exists); 20 concurrent streaming

@@ -1,8 +1,8 @@
-"""Issue 3: the activator as a data plane, against real upstream servers on loopback:
+"""The activator as a data plane, against real upstream servers on loopback:
 routing by path and Host, header hygiene, WebSockets across a wake, admin auth,
 keep-alive while waking, timeouts, client disconnects, and a 1,000-request burst.
 
-Issue 8 (items 6, 8, 11, 12) and issue 12 (items 1, 2, 5): upstreams that break
+Upstreams that break
 mid-stream, Expect: 100-continue, bounded request heads and bodies, 405s, /metrics
 auth, every answer traceable, and failures while a stream waits for a wake."""
 
@@ -327,7 +327,7 @@ def test_burst_of_1000_at_a_hibernated_workload(plane: Dormant) -> None:
     assert rss_after - rss_before < 200 * 1024, "activator memory must stay bounded"
 
 
-# -- issue 8.6: an upstream that breaks mid-body is not a success ---------------------------
+# -- an upstream that breaks mid-body is not a success ---------------------------
 
 
 def _metric(d: Dormant, series: str) -> float:
@@ -419,7 +419,7 @@ def test_client_leaving_mid_response_is_client_gone(plane: Dormant) -> None:
     assert _admin(plane, "GET", "/workloads/raw").json()["in_flight"] == 0, "lease released"
 
 
-# -- issue 8.8: Expect: 100-continue ---------------------------------------------------------
+# -- Expect: 100-continue ---------------------------------------------------------
 
 
 def test_expect_100_continue_with_an_upstream_that_never_answers_100(plane: Dormant) -> None:
@@ -440,7 +440,7 @@ def test_expect_100_continue_with_an_upstream_that_never_answers_100(plane: Dorm
     assert "expect" not in seen["headers"], "the body was read already: Expect is dropped"
 
 
-# -- issue 8.11: bounded request heads and bodies --------------------------------------------
+# -- bounded request heads and bodies --------------------------------------------
 
 
 def _client_sockets(pid: int, port: int) -> int:
@@ -557,7 +557,7 @@ def test_trickling_clients_are_cut_off(plane: Dormant) -> None:
     assert "status=408 " in line and "outcome=request_timeout " in line
 
 
-# -- issue 8.12, 12.5: 405, client disconnects -----------------------------------------------
+# -- 405, client disconnects -----------------------------------------------
 
 
 def test_wrong_methods_on_the_openai_surface_get_405(plane: Dormant) -> None:
@@ -586,7 +586,7 @@ def test_client_leaving_mid_body_is_one_info_line(plane: Dormant) -> None:
     assert "ClientDisconnect" not in log and "Exception in ASGI application" not in log
 
 
-# -- issue 12.1: every answer is traceable ---------------------------------------------------
+# -- every answer is traceable ---------------------------------------------------
 
 
 def test_every_answer_is_traceable(plane: Dormant) -> None:
@@ -647,7 +647,7 @@ def test_every_answer_is_traceable(plane: Dormant) -> None:
         assert "workload=narrow " in line and f"outcome={outcome} " in line
 
 
-# -- issue 12.2: failures while a stream waits for a wake ------------------------------------
+# -- failures while a stream waits for a wake ------------------------------------
 
 
 def _waking_stream(d: Dormant, model: str, rid: str) -> list[str]:
@@ -679,7 +679,7 @@ def test_wake_failures_while_streaming_are_error_events(plane: Dormant) -> None:
     assert _metric(plane, 'dormant_requests_total{outcome="wake_failed",workload="broken"}') >= 1
 
 
-# -- issue 8.12, 12.5: /metrics token, the admin listener, what `dormant up` says ------------
+# -- /metrics token, the admin listener, what `dormant up` says ------------
 
 
 def test_metrics_token_admin_listener_and_startup_lines(tmp_path: Path) -> None:

@@ -133,7 +133,7 @@ def _assert_serving_once(d: Dormant) -> httpx.Response:
 
 
 def test_restore_timeout_falls_back_to_a_cold_boot(tmp_path: Path, criu: CriuEngine) -> None:
-    """Issue 9 acceptance: restore_timeout 1ms on a hibernated workload → the restore fails,
+    """restore_timeout 1ms on a hibernated workload → the restore fails,
     the snapshot is marked bad, the request is answered by a cold boot; status says why."""
     d = _dormant(tmp_path, restore_timeout="1ms").start()
     try:

@@ -1,4 +1,4 @@
-"""Issue 4: idle notebook hibernation that keeps kernel state.
+"""Idle notebook hibernation that keeps kernel state.
 
 Real jupyter_server and ipykernel behind the activator, under /notebooks/NAME/: kernels
 are created over HTTP and driven over their WebSocket (Jupyter messaging protocol v5,

@@ -1,4 +1,4 @@
-"""Issue 8 items 1 and 2: the path table. What an upstream receives for each request
+"""The path table. What an upstream receives for each request
 target a client may send, through a real `dormant up`, over HTTP and WebSocket.
 
 The upstream (tests/servers/raw_echo.py) reports the request-target exactly as it

@@ -1,4 +1,4 @@
-"""Issue 10's acceptance on CPU: three reference models share a memory budget that fits two.
+"""The warm pool on CPU: three reference models share a memory budget that fits two.
 
 A real `dormant up` with real CRIU fronts three tiny reference servers (`ref_workload`: one
 torch thread each) under ``device: {kind: cpu, memory_budget: B}``:

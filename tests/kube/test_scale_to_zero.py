@@ -1,4 +1,4 @@
-"""Issue 11's acceptance, end to end: a real API server and controller manager, the fake
+"""Scale to zero on Kubernetes, end to end: a real API server and controller manager, the fake
 kubelet (tests/kube/kubelet.py: it plays the node, with real processes in their own network
 namespaces), real CRIU in the pods, the activator (`dormant up`, runtime kubernetes) and
 `dormant operator` as host processes, both reaching the API server and the pods through the

@@ -1,4 +1,4 @@
-"""Manifests that are valid JSON of the wrong shape (issue 8.9): ``Manifest.from_json``
+"""Manifests that are valid JSON of the wrong shape : ``Manifest.from_json``
 rejects them with ManifestInvalid saying what is wrong, and the store lists such a
 snapshot as 'invalid' with that reason, never returns it as usable, never crashes on it,
 and retires it at the next prune."""

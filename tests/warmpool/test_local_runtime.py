@@ -170,7 +170,7 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
 async def test_commit_failure_after_a_dump_restores_from_the_uncommitted_images(
     tmp_path: Path, small_tmpfs: Path, counter_cmd: list[str], criu: CriuEngine
 ) -> None:
-    """Issue 8 item 3: disk full while the manifest is written, after the dump removed the
+    """Disk full while the manifest is written, after the dump removed the
     process. The images are the only copy of its memory: it comes back from them."""
     port = free_port()
     store = FullDiskStore(small_tmpfs / "s")
@@ -196,7 +196,7 @@ async def test_commit_failure_after_a_dump_restores_from_the_uncommitted_images(
 async def test_every_instance_runs_in_its_own_cgroup_and_a_new_start_ends_leftovers(
     tmp_path: Path, counter_cmd: list[str], criu: CriuEngine
 ) -> None:
-    """Issue 8 item 5: a tree that outlives a killed Dormant is ended by the next start."""
+    """A tree that outlives a killed Dormant is ended by the next start."""
     tree = CgroupTree(tmp_path)
     if not tree.available():
         pytest.fail(f"cgroup v2 is expected on these machines: {tree.why_not}")

@@ -131,12 +131,3 @@ def remove(group: Path, timeout: float = 5.0) -> bool:
                 log.warning("cannot remove cgroup %s: %s (pids %s)", group, exc, procs(group))
                 return False
             time.sleep(0.02)
-
-
-def memory_current(group: Path) -> int | None:
-    """Bytes charged to ``group`` (cgroup v2 ``memory.current``), None when the memory
-    controller is not enabled for it."""
-    try:
-        return int((group / "memory.current").read_text())
-    except (OSError, ValueError):
-        return None
