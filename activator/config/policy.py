@@ -20,9 +20,12 @@ import difflib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from activator.config.settings import ConfigError, WorkloadSettings, parse_settings
+from activator.config.errors import ConfigError
+
+if TYPE_CHECKING:
+    from activator.config.settings import WorkloadSettings
 from warmpool.kube.resource import API_VERSION, GROUP, KIND, PLURAL, VERSION
 
 __all__ = [
@@ -258,6 +261,10 @@ def _workload(name: str, spec: Mapping[str, Any], target: TargetRef, keep: Any) 
         if key in spec:
             entry[snake] = spec[key]
     try:
+        # the settings definition is imported when a policy is parsed, not when this module
+        # is: the operator's pure plan reads policies without it
+        from activator.config.settings import parse_settings
+
         settings = parse_settings({"workloads": [entry]}, "policy")
     except ConfigError as exc:
         raise PolicyError(_spec_path(str(exc))) from None
