@@ -25,7 +25,7 @@ import pytest
 
 from activator.config.settings import Settings, WorkloadSettings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SETTINGS_MODULES = {"settings.py", "settings_types.py", "settings_schema.py"}
 SCANNED = ("activator", "deploy")
 

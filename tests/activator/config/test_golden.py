@@ -15,7 +15,7 @@ import pytest
 
 from activator.config.schema import config_reference
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 GOLDEN = ROOT / "tests" / "golden"
 VERBS = ["", "up", "status", "hibernate", "wake", "snapshots", "check", "config", "bench"]
 VERBS += ["exec", "operator"]
