@@ -180,4 +180,3 @@ class FakeLibcuda:
 
     def cuCheckpointProcessUnlock(self, pid: int, args: Any) -> int:
         return self._move("unlock", pid)
-
