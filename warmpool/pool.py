@@ -259,7 +259,8 @@ class Pool:
                         Verdict.WAIT,
                         reason=(
                             f"{name} does not fit beside the {format_size(kept)} that suspended "
-                            "workloads keep on the device; it fits once one of them hibernates"
+                            "workloads keep on the device (CUDA contexts and the like); it "
+                            "fits once they have left it"
                         ),
                     )
                 elif plan.verdict is Verdict.NEVER and refused:
