@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # The one prepared device check (tests/gpu/README.md). Here first: tests/gpu/prepare_carry.sh;
 # then, on a lent GPU machine, with the device tool:
-#   run(command="OUT=$OUT bash tests/gpu/device_check.sh", carry=[".deps/gpu-carry"],
-#       timeout_s=560)
+#   run(command="bash tests/gpu/device_check.sh", carry=[".deps/gpu-carry"], timeout_s=560)
 # Steps (each bounded; all of them within DEVICE_CHECK_BUDGET seconds, default 470):
 # install the carried wheels and fail fast on one import line; preflight; a probe of the
 # driver API; cuda suspend/resume at 1 and 16 GiB; the reference server's sleep API; the
