@@ -3,6 +3,10 @@
 Blocking calls with timeouts; the activator runs them in a worker thread.
 Only CRIU >= 4.2 is accepted: 3.17 cannot parse the vDSO of kernels >= 6.12 and
 4.1 cannot dump TCP sockets on kernels >= 6.16 (see README: CRIU).
+
+A CRIU build carried with its own shared libraries (tests/gpu/prepare_carry.sh) names
+their directory in ``DORMANT_CRIU_LIBRARY_PATH``: it is put on ``LD_LIBRARY_PATH`` for
+criu alone (``criu_env``), never for Dormant or the servers it starts.
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ from pathlib import Path
 from snapshots.errors import EngineDumpFailed, EngineRestoreFailed, EngineUnavailable
 
 __all__ = [
+    "CRIU_LIBRARY_PATH",
     "CUDA_DUMP_OPTIONS",
     "CUDA_RESTORE_OPTIONS",
     "MIN_VERSION",
     "CriuEngine",
     "CriuInfo",
+    "criu_env",
     "find_criu",
     "kill_leftovers",
     "probe_criu",
@@ -76,6 +82,22 @@ class CriuInfo:
         return ""
 
 
+CRIU_LIBRARY_PATH = "DORMANT_CRIU_LIBRARY_PATH"
+"""Environment variable: a directory of shared libraries for criu alone."""
+
+
+def criu_env(environ: dict[str, str] | None = None) -> dict[str, str] | None:
+    """The environment to run criu with: ``environ`` (default os.environ) with
+    $DORMANT_CRIU_LIBRARY_PATH first on LD_LIBRARY_PATH; None (inherit) when unset."""
+    env = dict(os.environ if environ is None else environ)
+    libs = env.get(CRIU_LIBRARY_PATH)
+    if not libs:
+        return None
+    rest = env.get("LD_LIBRARY_PATH")
+    env["LD_LIBRARY_PATH"] = f"{libs}:{rest}" if rest else libs
+    return env
+
+
 def find_criu(explicit: str | os.PathLike[str] | None = None) -> Path | None:
     """The criu to use: ``explicit``, else $DORMANT_CRIU, else next to this Python
     (where `make setup` links it), else PATH."""
@@ -93,7 +115,11 @@ def probe_criu(path: Path, timeout: float = 30.0) -> CriuInfo:
     """Run ``criu --version`` and ``criu check``."""
     try:
         out = subprocess.run(
-            [str(path), "--version"], capture_output=True, text=True, timeout=timeout
+            [str(path), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=criu_env(),
         ).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         raise EngineUnavailable(f"cannot run {path}: {exc}") from exc
@@ -103,7 +129,7 @@ def probe_criu(path: Path, timeout: float = 30.0) -> CriuInfo:
     version = tuple(int(g) for g in match.groups() if g is not None)
     try:
         check = subprocess.run(
-            [str(path), "check"], capture_output=True, text=True, timeout=timeout
+            [str(path), "check"], capture_output=True, text=True, timeout=timeout, env=criu_env()
         )
         check_ok, check_out = check.returncode == 0, (check.stdout + check.stderr)
     except (OSError, subprocess.SubprocessError) as exc:
@@ -216,6 +242,7 @@ class CriuEngine:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             pass_fds=pass_fds,
+            env=criu_env(),
             preexec_fn=lambda: _die_with_parent(cgroup),
             start_new_session=True,
         )

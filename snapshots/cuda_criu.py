@@ -5,9 +5,11 @@ let us ship it. ``CudaCriu`` does what NVIDIA's Dynamo Snapshot does instead:
 
 dump
     find every CUDA process of the tree (``cuCheckpointProcessGetRestoreThreadId``
-    succeeds only for those), refuse MIG and multi-GPU processes, lock and checkpoint
-    each through the driver API (their device memory moves into their host memory),
-    record their PIDs inside the instance's namespace in the images
+    succeeds only for those), then ``cuda_view.park`` them: refuse MIG and multi-GPU
+    processes and a host without the RAM and disk for the bytes, lock and checkpoint each
+    through the driver API (their device memory moves into their host memory), check
+    that nothing of the tree still maps /dev/nvidia*; record their PIDs inside the
+    instance's namespace in the images
     (``dormant-cuda.json``, covered by the manifest's digests), then ``criu dump`` with
     ``-L`` pointing at a directory without plugins (so CRIU's CUDA plugin never loads)
     and the options CUDA processes need (``CUDA_DUMP_OPTIONS``).
@@ -16,6 +18,13 @@ restore
     inside the namespace (CRIU restores those), then restore and unlock each through
     the driver API — at once, or later (``resume_on_restore=False``: the caller resumes
     with ``resume_tree`` when the first request comes; until then CUDA calls block).
+    When the CUDA resume fails (e.g. out of device memory: such a process can never be
+    resumed, NVIDIA/cuda-checkpoint#44) the restored tree is killed before the error.
+restore stopped
+    with ``--leave-stopped`` among the options, CRIU leaves every task stopped and the
+    CUDA resume waits: the caller verifies the images meanwhile (as for CPU trees), then
+    ``continue_restored`` continues the tree and resumes its CUDA processes (their
+    restore threads must run for that).
 
 A tree without CUDA processes (or a machine without the driver) is dumped exactly as
 ``CriuEngine`` dumps it: the CPU path does not change. ``dump`` and ``restore`` have
@@ -24,15 +33,18 @@ A tree without CUDA processes (or a machine without the driver) is dumped exactl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from snapshots.criu import CUDA_DUMP_OPTIONS, CUDA_RESTORE_OPTIONS, CriuEngine, CriuInfo
-from snapshots.cuda import CudaCheckpoint, CudaDriver, gpu_refusal, resume_tree, suspend_tree
+from snapshots.cuda import CudaCheckpoint, CudaDriver, resume_tree
+from snapshots.cuda_view import Probes, park
 from snapshots.errors import EngineDumpFailed, EngineRestoreFailed, EngineUnavailable
 from snapshots.procfs import process_tree
 
@@ -123,6 +135,7 @@ class CudaCriu:
         plugin_dir: Path | None = None,
         lock_timeout: float = 10.0,
         resume_on_restore: bool = True,
+        probes: Probes | None = None,
     ) -> None:
         self.criu = criu
         self._driver = driver
@@ -130,6 +143,10 @@ class CudaCriu:
         self.plugin_dir = plugin_dir
         self.lock_timeout = lock_timeout
         self.resume_on_restore = resume_on_restore
+        self.probes = probes or Probes()
+        self._stopped: dict[int, list[int]] = {}
+        """Trees restored stopped, by root: their recorded CUDA PIDs, resumed when
+        ``continue_restored`` continues them."""
 
     @property
     def info(self) -> CriuInfo:
@@ -173,14 +190,22 @@ class CudaCriu:
             return self.criu.dump(pid, images, work, timeout, options)
         driver = self.driver()
         assert driver is not None
-        refusal = gpu_refusal({p: device_files(p) for p in cuda})
-        if refusal:
-            raise EngineDumpFailed(f"cannot hibernate the GPU processes of pid {pid}: {refusal}")
-        inner = [ns_pids(p)[-1] for p in cuda]
+        inner = []
+        for p in cuda:
+            chain = ns_pids(p)
+            if not chain:
+                raise EngineDumpFailed(
+                    f"CUDA process {p} of pid {pid}'s tree exited before the dump; try again"
+                )
+            inner.append(chain[-1])
         work.mkdir(parents=True, exist_ok=True)
         flags = [*options, *self._no_plugins(work), *CUDA_DUMP_OPTIONS]
         started = time.monotonic()
-        parked = suspend_tree(driver, cuda, self.lock_timeout)
+        try:
+            tree = process_tree(pid)
+            parked = park(driver, tree, cuda, self.lock_timeout, self.probes, images)
+        except EngineDumpFailed as exc:
+            raise EngineDumpFailed(f"cannot hibernate the CUDA processes of {pid}: {exc}") from exc
         log.info(
             "pid %d: device memory of CUDA processes %s parked in %.3fs",
             pid,
@@ -216,7 +241,9 @@ class CudaCriu:
         options: Sequence[str] = (),
     ) -> int:
         """``CriuEngine.restore``; then, for images with CUDA processes, their device
-        memory goes back onto the GPU (unless ``resume_on_restore`` is False)."""
+        memory goes back onto the GPU (unless ``resume_on_restore`` is False, or
+        ``--leave-stopped`` is among ``options``: then ``continue_restored`` does it).
+        When that fails the restored tree is killed, and EngineRestoreFailed says so."""
         try:
             recorded = json.loads((images / CUDA_PIDS_FILE).read_text())["pids"]
         except FileNotFoundError:
@@ -231,9 +258,36 @@ class CudaCriu:
             )
         flags = [*options, *self._no_plugins(work), *CUDA_RESTORE_OPTIONS]
         root = self.criu.restore(images, work, pipe_fd, pipe_inode, timeout, cgroup, flags)
-        if self.resume_on_restore:
-            self.resume(root, recorded)
+        if "--leave-stopped" in options:
+            self._stopped[root] = list(recorded)
+        elif self.resume_on_restore:
+            self._resume_or_kill(root, recorded)
         return root
+
+    def continue_restored(self, root: int) -> None:
+        """Continue a tree restored with ``--leave-stopped`` (SIGCONT to every task), then
+        resume its CUDA processes (unless ``resume_on_restore`` is False). A CPU tree is
+        only continued. When the resume fails the tree is killed and EngineRestoreFailed raised."""
+        for pid in process_tree(root):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        recorded = self._stopped.pop(root, None)
+        if recorded and self.resume_on_restore:
+            self._resume_or_kill(root, recorded)
+
+    def forget_stopped(self, root: int) -> None:
+        """A tree restored stopped was killed instead of continued (verification failed)."""
+        self._stopped.pop(root, None)
+
+    def _resume_or_kill(self, root: int, recorded: Sequence[int]) -> None:
+        try:
+            self.resume(root, recorded)
+        except EngineRestoreFailed as exc:
+            _kill_tree(root)
+            raise EngineRestoreFailed(
+                f"{exc}; the restored tree (pid {root}) was killed: a CUDA process whose "
+                "resume failed cannot be resumed again (NVIDIA/cuda-checkpoint#44)"
+            ) from exc
 
     def resume(self, root: int, inner: Sequence[int]) -> None:
         """Restore and unlock the recorded CUDA processes of the restored tree ``root``."""
@@ -253,3 +307,13 @@ class CudaCriu:
             list(timing.pids),
             timing.total,
         )
+
+
+def _kill_tree(root: int) -> None:
+    """SIGKILL every process of the tree rooted at ``root`` (the init of its own PID
+    namespace: its end ends the rest) and reap ``root`` if it is our child."""
+    for pid in reversed(process_tree(root)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(root, 0)

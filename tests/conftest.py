@@ -9,6 +9,14 @@ from pathlib import Path
 
 import pytest
 
+try:  # snapshots.manifest digests with BLAKE3: without it nothing here can even be collected
+    import blake3  # noqa: F401
+except ImportError as exc:  # one line, not a traceback per test module (e.g. on the device)
+    sys.exit(
+        f"the tests need the blake3 package ({exc}): `make setup`, or on the device machine "
+        "the wheels tests/gpu/prepare_carry.sh carries"
+    )
+
 from snapshots import CriuEngine, EngineUnavailable, find_criu, probe_criu
 
 TESTS = Path(__file__).resolve().parent

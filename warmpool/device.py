@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from snapshots import EngineUnavailable, process_tree
-from snapshots.cuda import CudaCheckpoint, checkpoint_support
+from snapshots.cuda import CheckpointSupport, CudaCheckpoint, checkpoint_support
 from snapshots.cuda_criu import ns_pids
 from warmpool.errors import DeviceUnavailable
 
@@ -36,6 +36,7 @@ __all__ = [
     "device_findings",
     "memory_accounting",
     "open_device",
+    "other_gpu_finding",
     "process_cgroup",
     "pss",
 ]
@@ -429,8 +430,21 @@ def _gpu_findings() -> list[DeviceFinding]:
         DeviceFinding("GPU (NVML)", True, f"{count} device(s), driver {driver}"),
         *found,
         DeviceFinding("CUDA checkpoint API", api, api_why),
-        DeviceFinding("restore onto another GPU", support.other_gpu, support.other_gpu_why),
+        other_gpu_finding(support),
     ]
+
+
+def other_gpu_finding(support: CheckpointSupport) -> DeviceFinding:
+    """Pure: what `dormant check` says about restoring onto another GPU. Dormant passes
+    no restore arguments to the driver, so a process always comes back on the GPU it
+    left, whatever the driver allows: the line says so instead of a bare 'ok'."""
+    allows = "would allow another" if support.other_gpu else "could not do otherwise"
+    return DeviceFinding(
+        "restore onto another GPU",
+        True,
+        "not used: Dormant passes the driver no restore arguments, so a CUDA process "
+        f"resumes on the GPU it left (the driver {allows}: {support.other_gpu_why})",
+    )
 
 
 def device_findings() -> list[DeviceFinding]:

@@ -11,6 +11,10 @@ states: a reservation holds its bytes from the moment it is granted, so two wake
 never both count on the same free room. Sizes are what a member declares, else the
 largest footprint measured while it ran (``measure``), else — never seen yet — the
 whole budget (it comes in alone the first time: safe, and measured from then on).
+A suspended workload is not free: sleep modes and the CUDA checkpoint leave a CUDA
+context and the like behind. On a GPU (``suspend_frees``) its residual is measured on the
+device when it leaves for the suspended tier and kept in the account until it comes back
+or leaves the device for good.
 
 Bounded: a reservation waits at most ``timeout`` for busy or too-recent residents
 (``PoolBusy``, with when to retry); one that can never fit fails at once (``PoolFull``).
@@ -96,6 +100,8 @@ class _Book:
     left_at: float | None = None
     thrash: int = 0
     swaps_out: int = 0
+    residual: int = 0
+    """Device bytes it still holds while suspended (measured after the suspend)."""
 
 
 @dataclass
@@ -118,6 +124,7 @@ class Pool:
     """Called with the name of a workload swapped back in within its own min_resident."""
     members: dict[str, PoolMember] = field(default_factory=dict)
     _books: dict[str, _Book] = field(default_factory=dict)
+    _instances: dict[str, Instance] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def join(self, member: PoolMember, declared: int = 0) -> None:
@@ -154,24 +161,43 @@ class Pool:
         runtime reports) and record it; returns the bytes, None when unavailable."""
         if self.device is None:
             return None
+        self._instances[name] = instance
+        footprint = self._footprint(instance)
+        self.measure(name, footprint)
+        return footprint
+
+    def _footprint(self, instance: Instance) -> int | None:
         facts = instance.describe()
         pid, group = facts.get("pid"), facts.get("cgroup")
-        if not isinstance(pid, int):
+        if self.device is None or not isinstance(pid, int):
             return None
-        footprint = self.device.used_by([pid], Path(group) if isinstance(group, str) else None)
-        self.measure(name, footprint.bytes)
-        return footprint.bytes
+        return self.device.used_by([pid], Path(group) if isinstance(group, str) else None).bytes
 
     def left(self, name: str) -> None:
-        """``name`` left the device (checkpointed, suspended, stopped, crashed, failed)."""
+        """``name`` left the device (checkpointed, suspended, stopped, crashed, failed).
+        Suspended on a GPU: what it still holds there is measured and kept (``residual``)."""
         book = self._books.get(name)
-        if book is not None and book.held is not None:
+        if book is None:
+            return
+        if book.held is not None:
             book.held = None
             book.left_at = self.clock()
             book.swaps_out += 1
+        book.residual = 0
+        instance = self._instances.get(name)
+        if self.suspend_frees and instance is not None and self._suspended(name):
+            book.residual = self._footprint(instance) or 0
+            log.info("pool: %s keeps %s on the device suspended", name, format_size(book.residual))
+
+    def _suspended(self, name: str) -> bool:
+        return self.members[name].placement().tier is Tier.SUSPENDED
 
     def used(self) -> int:
-        return sum(b.held for b in self._books.values() if b.held is not None)
+        return sum(b.held if b.held is not None else b.residual for b in self._books.values())
+
+    def _residuals(self, but: str) -> int:
+        """Device bytes held by suspended members other than ``but``."""
+        return sum(b.residual for n, b in self._books.items() if n != but and b.held is None)
 
     def holds(self, name: str) -> bool:
         book = self._books.get(name)
@@ -211,7 +237,7 @@ class Pool:
                 plan = choose_victims(
                     members,
                     incoming,
-                    self.budget,
+                    self.budget - self._residuals(name),
                     now,
                     self.host_ram_free(),
                     overdue=not should_defer(started, now, self.max_defer),
@@ -225,6 +251,16 @@ class Pool:
                             f"{name} waits for the size of pinned {', '.join(unmeasured)}, "
                             "which has not been measured yet (until then it counts as the "
                             "whole budget); declare its memory: to spare the wait"
+                        ),
+                    )
+                elif plan.verdict is Verdict.NEVER and (kept := self._residuals(name)):
+                    # What suspended workloads keep on the device goes when they hibernate.
+                    plan = Plan(
+                        Verdict.WAIT,
+                        reason=(
+                            f"{name} does not fit beside the {format_size(kept)} that suspended "
+                            "workloads keep on the device (CUDA contexts and the like); it "
+                            "fits once they have left it"
                         ),
                     )
                 elif plan.verdict is Verdict.NEVER and refused:
@@ -261,6 +297,7 @@ class Pool:
     def _grant(self, name: str, incoming: Member, now: float) -> None:
         book = self._books[name]
         book.held = self.size(name)
+        book.residual = 0
         if is_thrash(book.left_at, now, incoming.min_resident):
             book.thrash += 1
             if self.on_thrash is not None:
@@ -314,6 +351,7 @@ class Pool:
             "declared_bytes": book.declared or None,
             "measured_bytes": book.measured or None,
             "thrash": book.thrash,
+            "residual_bytes": book.residual or None,
         }
 
     def thrash_count(self, name: str) -> int:

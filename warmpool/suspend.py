@@ -26,8 +26,8 @@ from typing import Protocol
 import httpx
 
 from snapshots import EngineDumpFailed, EngineRestoreFailed, EngineUnavailable, process_tree
-from snapshots.cuda import CudaCheckpoint, CudaDriver, gpu_refusal, resume_tree, suspend_tree
-from snapshots.cuda_criu import device_files
+from snapshots.cuda import CudaCheckpoint, CudaDriver, resume_tree
+from snapshots.cuda_view import Probes, park
 from warmpool.errors import NotSupported, ResumeFailed, SuspendFailed
 from warmpool.runtime import Endpoint, Instance
 
@@ -178,13 +178,22 @@ class CudaEngine:
 
     The driver calls block: they run in a worker thread and cannot be cancelled half
     way. Locking waits at most ``lock_timeout`` for running CUDA work; the copy itself
-    is bounded by the bytes to move."""
+    is bounded by the bytes to move. A suspend goes through ``snapshots.cuda_view.park``:
+    refused (the instance keeps serving) for a multi-GPU or MIG process, or when host RAM
+    cannot take the device memory; failed and undone when a process of the tree still
+    maps /dev/nvidia* afterwards. ``probes``: its effects (NVML, /proc), for tests."""
 
     name = "cuda"
 
-    def __init__(self, driver: CudaDriver | None = None, lock_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        driver: CudaDriver | None = None,
+        lock_timeout: float = 10.0,
+        probes: Probes | None = None,
+    ) -> None:
         self._driver = driver
         self.lock_timeout = lock_timeout
+        self.probes = probes or Probes()
 
     def driver(self) -> CudaDriver:
         if self._driver is None:
@@ -201,17 +210,15 @@ class CudaEngine:
 
     def _suspend(self, target: SuspendTarget) -> Toggle:
         driver = self.driver()
-        cuda = [p for p in self._tree(target, SuspendFailed) if driver.is_cuda(p)]
-        if not cuda:
-            raise SuspendFailed(
-                f"{target.name}: no process of pid {target.pid}'s tree uses CUDA: nothing to "
-                "park (does the server run on the GPU?)"
-            )
-        refusal = gpu_refusal({p: device_files(p) for p in cuda})
-        if refusal:
-            raise SuspendFailed(f"{target.name}: {refusal}")
         try:
-            timing = suspend_tree(driver, cuda, self.lock_timeout)
+            tree = self._tree(target, SuspendFailed)
+            cuda = [p for p in tree if driver.is_cuda(p)]
+            if not cuda:
+                raise SuspendFailed(
+                    f"{target.name}: no process of pid {target.pid}'s tree uses CUDA: nothing "
+                    "to park (does the server run on the GPU?)"
+                )
+            timing = park(driver, tree, cuda, self.lock_timeout, self.probes)
         except EngineDumpFailed as exc:
             raise SuspendFailed(f"{target.name}: {exc}") from exc
         return Toggle(

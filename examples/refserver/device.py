@@ -131,6 +131,17 @@ def hold_memory(device: torch.device, nbytes: int) -> torch.Tensor:
     return held
 
 
-def checksum(held: torch.Tensor) -> int:
-    """Sum of the bytes of `held`: equal before and after a move when nothing was lost."""
-    return int(held.sum(dtype=torch.int64))
+CHECKSUM_CHUNK = 16 << 20
+"""Elements summed at a time by `checksum`: its largest temporary is 8x this (int64)."""
+
+
+def checksum(held: torch.Tensor, chunk: int = CHECKSUM_CHUNK) -> int:
+    """Sum of the elements of `held` (flattened): equal before and after a move when nothing
+    was lost. Summed `chunk` elements at a time into one int64 on the tensor's device: a
+    `sum(dtype=int64)` of the whole tensor would first make an int64 copy of it (8x a byte
+    tensor), so the largest temporary here is `8 * chunk` bytes, whatever the size held."""
+    flat = held.reshape(-1)
+    total = torch.zeros((), dtype=torch.int64, device=held.device)
+    for start in range(0, flat.numel(), chunk):
+        total += flat[start : start + chunk].sum(dtype=torch.int64)
+    return int(total)

@@ -14,6 +14,7 @@ import pytest
 
 from snapshots import EngineUnavailable
 from snapshots.cuda import CudaCheckpoint
+from tests.gpu.plan import record
 
 pytestmark = pytest.mark.gpu
 WORKER = Path(__file__).with_name("gpu_worker.py")
@@ -40,7 +41,7 @@ def _used_mib(pid: int) -> int:
 
 
 @pytest.fixture(params=[1.0, 16.0], ids=["1GiB", "16GiB"])
-def worker(request: pytest.FixtureRequest) -> Iterator[tuple[subprocess.Popen[str], float]]:
+def worker(request: pytest.FixtureRequest) -> Iterator[tuple[subprocess.Popen[str], int]]:
     proc = subprocess.Popen(
         [sys.executable, str(WORKER), str(request.param)],
         text=True,
@@ -50,13 +51,13 @@ def worker(request: pytest.FixtureRequest) -> Iterator[tuple[subprocess.Popen[st
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line.startswith("ready "), line
-    yield proc, float(line.split()[1])
+    yield proc, int(line.split()[1])
     proc.kill()
     proc.wait(30)
 
 
 def test_suspend_frees_device_memory_and_resume_restores_it(
-    cuda: CudaCheckpoint, worker: tuple[subprocess.Popen[str], float]
+    cuda: CudaCheckpoint, worker: tuple[subprocess.Popen[str], int]
 ) -> None:
     proc, expected = worker
     assert proc.stdin is not None and proc.stdout is not None
@@ -78,6 +79,14 @@ def test_suspend_frees_device_memory_and_resume_restores_it(
         f"{suspended.second:.3f}), resume {resumed.total:.3f}s (restore {resumed.first:.3f} "
         f"+ unlock {resumed.second:.3f})"
     )
+    record(
+        what="cuda-toggle",
+        bytes=before << 20,
+        suspend_seconds=round(suspended.total, 4),
+        resume_seconds=round(resumed.total, 4),
+        suspended_bytes=during << 20,
+        intact=answer == f"sum {expected}\n",
+    )
     assert during < before / 10, "suspended process must give the device memory back"
     assert after >= before * 0.9
-    assert answer == f"sum {expected!r}\n", "device memory came back intact"
+    assert answer == f"sum {expected}\n", "device memory came back intact"

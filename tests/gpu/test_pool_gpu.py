@@ -1,22 +1,21 @@
-"""The warm pool's engines on a real GPU: two reference servers,
-each holding more than half of the device's memory, served alternately — first through
+"""The warm pool's engines on a real GPU: two reference servers
+that cannot both be resident (each holds DORMANT_GPU_HOLD, default 8 GiB; a ballast
+process that never moves takes the rest of the device), served alternately — first through
 the ``cuda`` engine (the driver's checkpoint API, by PID), then through ``hooks`` (the
 server's own sleep API) — with greedy outputs identical after every swap and NVML showing
 the device memory freed. Also: NVML accounting of an instance in its own PID namespace,
 and CRIU of a CUDA process without NVIDIA's binaries (where the kernel allows CRIU).
 
 Skipped, with the reason, where there is no NVIDIA driver. Run on a GPU machine with
-tests/gpu/run_on_device.sh, which also prints the numbers. Knobs (environment):
-DORMANT_GPU_HOLD_FRACTION (of the device's memory each server holds; default 0.52 — less,
-with a ballast process holding the rest, where host RAM cannot take two parked copies),
-DORMANT_GPU_ROUNDS (swap rounds per engine; default 1), DORMANT_GPU_RESULTS (a file that
-gets one JSON line per measured swap).
+tests/gpu/device_check.sh, which also writes the numbers. Knobs (environment):
+DORMANT_GPU_HOLD (what each server holds, e.g. 8GiB; less where the device or host RAM
+is smaller: tests/gpu/plan.py), DORMANT_GPU_ROUNDS (swap rounds per engine; default 1),
+DORMANT_GPU_RESULTS (a file that gets one JSON line per measured swap).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import signal
@@ -26,17 +25,18 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import anyio
 import httpx
 import pytest
 
+from examples.refserver.device import parse_size
 from snapshots import EngineUnavailable, find_criu, probe_criu, process_tree
 from snapshots.criu import CriuEngine
 from snapshots.cuda import CudaCheckpoint
 from snapshots.cuda_criu import CudaCriu, ns_pids
 from tests.conftest import ROOT, free_port
+from tests.gpu.plan import DEFAULT_HOLD, pool_sizes, record
 from tests.servers.refproc import RefServer, refserver
 from warmpool import (
     CudaEngine,
@@ -51,19 +51,14 @@ from warmpool import (
 pytestmark = [pytest.mark.gpu, pytest.mark.anyio]
 
 GiB = 1 << 30
-HOLD_FRACTION = float(os.environ.get("DORMANT_GPU_HOLD_FRACTION", "0.52"))
+HOLD = (
+    parse_size(os.environ.get("DORMANT_GPU_HOLD", ""))
+    if os.environ.get("DORMANT_GPU_HOLD")
+    else DEFAULT_HOLD
+)
 ROUNDS = int(os.environ.get("DORMANT_GPU_ROUNDS", "1"))
-RESULTS = os.environ.get("DORMANT_GPU_RESULTS")
 PROMPTS = ("The warm pool keeps", "Once upon a time, a GPU")
 WORKER = Path(__file__).with_name("gpu_worker.py")
-
-
-def record(**row: Any) -> None:
-    """Print one measured row and append it to $DORMANT_GPU_RESULTS (JSON lines)."""
-    print("\n" + json.dumps(row), flush=True)
-    if RESULTS:
-        with open(RESULTS, "a") as out:
-            out.write(json.dumps(row) + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +93,7 @@ class Pair:
     expected: dict[str, list[str]]
     hold: int
     """Bytes each holds beside its model (--hold-device-memory): more than half of the
-    device memory the two share."""
+    device memory the two share (the ballast holds the rest)."""
     parked: dict[str, str] = field(default_factory=dict)
 
     def target(self, name: str) -> SuspendTarget:
@@ -117,24 +112,11 @@ def _host_available() -> int:
     raise AssertionError("no MemAvailable in /proc/meminfo")
 
 
-def _sizes(total: int, host: int) -> tuple[int, int]:
-    """(bytes each server holds, ballast bytes held by a third process). Each server holds
-    more than half of the device memory left to them, so they cannot both be resident;
-    and two parked copies must fit in host RAM during a swap (one parked, the other on its
-    way out). Where the device is larger than that allows (an H200's 140 GiB against 128
-    GiB of RAM), a ballast process takes the difference off the device first."""
-    hold = int(total * HOLD_FRACTION)
-    if 2 * hold <= 0.8 * host:
-        return hold, 0
-    hold = int(0.4 * host)
-    return hold, max(total - int(1.9 * hold) - 2 * GiB, 0)
-
-
 @pytest.fixture(scope="module")
 def pair(gpu: NvidiaDevice, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     tmp = tmp_path_factory.mktemp("pool-gpu")
     total = gpu.memory().total
-    hold, ballast = _sizes(total, _host_available())
+    hold, ballast = pool_sizes(gpu.memory().free, _host_available(), HOLD)
     args = ("--device", "cuda", "--hold-device-memory", f"{hold >> 20}MiB")
     with contextlib.ExitStack() as stack:
         if ballast:
@@ -201,6 +183,9 @@ async def _swap(
     assert left < max(before // 10, GiB), f"{out} still holds {left} of {before} bytes"
     assert free >= pair.hold, "the device must have room for the other server now"
     resumed = await in_engine.resume(pair.target(into))
+    asked = time.perf_counter()
+    coming.text(PROMPTS[0], max_tokens=1)  # the first token after the wake
+    ttft = resumed.seconds + time.perf_counter() - asked
     pair.parked.pop(into, None)
     back = _used(gpu, coming.pid)
     record(
@@ -208,6 +193,8 @@ async def _swap(
         engine=in_engine.name,
         workload=into,
         seconds=round(resumed.seconds, 4),
+        ttft_seconds=round(ttft, 4),
+        hold_bytes=pair.hold,
         bytes=back,
         gb_per_s=round(back / resumed.seconds / 1e9, 2) if resumed.seconds else None,
         detail=resumed.detail,
@@ -248,7 +235,7 @@ async def test_hooks_engine_alternates_two_servers_that_cannot_both_fit(
 
 
 @pytest.fixture
-def namespaced_worker() -> Iterator[tuple[subprocess.Popen[str], int, float]]:
+def namespaced_worker() -> Iterator[tuple[subprocess.Popen[str], int, int]]:
     """gpu_worker.py holding 1 GiB as PID 1 of its own namespace: (wrapper, host pid,
     expected checksum)."""
     proc = subprocess.Popen(
@@ -263,13 +250,13 @@ def namespaced_worker() -> Iterator[tuple[subprocess.Popen[str], int, float]]:
     (pid,) = (
         int(c) for c in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
     )
-    yield proc, pid, float(line.split()[1])
+    yield proc, pid, int(line.split()[1])
     proc.kill()
     proc.wait(30)
 
 
 async def test_nvml_and_the_cuda_engine_on_an_instance_in_its_own_namespace(
-    gpu: NvidiaDevice, namespaced_worker: tuple[subprocess.Popen[str], int, float]
+    gpu: NvidiaDevice, namespaced_worker: tuple[subprocess.Popen[str], int, int]
 ) -> None:
     proc, pid, expected = namespaced_worker
     assert ns_pids(pid) == (pid, 1)
@@ -286,7 +273,7 @@ async def test_nvml_and_the_cuda_engine_on_an_instance_in_its_own_namespace(
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write("check\n")
     proc.stdin.flush()
-    assert proc.stdout.readline() == f"sum {expected!r}\n"
+    assert proc.stdout.readline() == f"sum {expected}\n"
 
 
 # ---- GPU hibernation: CRIU of a CUDA process without NVIDIA's binaries -----------

@@ -19,6 +19,7 @@ import torch
 
 from tests.conftest import ROOT
 from tests.examples.refserver_process import MODEL, refserver
+from tests.gpu.plan import record
 
 pytestmark = [pytest.mark.gpu, pytest.mark.timeout(900)]
 
@@ -80,7 +81,7 @@ def _timed(what: str, call: Any, *args: Any) -> None:
     began = time.monotonic()
     r = call(*args)
     assert r.status_code == 200, (what, r.text)
-    print(f"{what}: {time.monotonic() - began:.3f}s")
+    record(what="refserver-sleep", step=what, seconds=round(time.monotonic() - began, 4))
 
 
 def test_sleep_frees_the_device_and_wake_restores_identical_outputs(

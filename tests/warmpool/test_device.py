@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from snapshots import process_tree
+from snapshots.cuda import checkpoint_support
 from snapshots.cuda_criu import inner_to_outer, ns_pids
 from tests.conftest import TESTS
 from warmpool import DeviceUnavailable
@@ -27,6 +28,7 @@ from warmpool.device import (
     device_findings,
     memory_accounting,
     open_device,
+    other_gpu_finding,
     process_cgroup,
     pss,
 )
@@ -310,3 +312,13 @@ def test_no_nvidia_driver_is_an_answer_not_a_crash() -> None:
     assert findings["GPU (NVML)"].ok is False
     assert "no NVIDIA driver" in findings["GPU (NVML)"].detail
     assert findings["memory accounting (CPU)"].detail.startswith(memory_accounting().method)
+
+
+@pytest.mark.parametrize("driver", ["580.159.03", "570.86.10"])
+def test_check_does_not_claim_restores_onto_another_gpu(driver: str) -> None:
+    """Dormant passes the driver no restore arguments: whatever the driver allows, a process
+    comes back on the GPU it left, and `dormant check` says so instead of a bare yes."""
+    finding = other_gpu_finding(checkpoint_support(driver))
+    assert finding.item == "restore onto another GPU"
+    assert finding.detail.startswith("not used: Dormant passes the driver no restore arguments")
+    assert driver in finding.detail

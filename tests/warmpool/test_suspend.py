@@ -4,11 +4,11 @@
   errors against real sockets.
 * ``cuda``: the order of the driver calls over a process tree, and CRIU with CUDA
   processes (``CudaCriu``) with real CRIU and real PID namespaces. There is no GPU here,
-  so the CUDA driver is played by ``RecordingDriver`` — it follows the driver's state
-  machine (running → locked → checkpointed and back, anything else refused) and keeps
-  each process's CUDA state by its PID inside the namespace, as the real state lives in
-  the process's memory and survives CRIU. The real driver is exercised by
-  tests/gpu/test_pool_gpu.py on a GPU machine.
+  so the CUDA driver is played by a FAKE, ``RecordingDriver`` (tests/gpu/fake_driver.py):
+  it follows the driver's state machine (running → locked → checkpointed and back,
+  anything else refused) and keeps each process's CUDA state by its PID inside the
+  namespace, as the real state lives in the process's memory and survives CRIU. The real
+  driver is exercised by tests/gpu (tests/gpu/device_check.sh) on a GPU machine.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import httpx
 import pytest
@@ -37,6 +38,7 @@ from snapshots import (
 from snapshots.cuda import checkpoint_support, gpu_refusal, resume_tree, suspend_tree
 from snapshots.cuda_criu import CUDA_PIDS_FILE, CudaCriu, ns_pids, without_plugins
 from tests.conftest import free_port
+from tests.gpu.fake_driver import RecordingDriver
 from tests.servers.refproc import RefServer, refserver
 from warmpool import (
     CudaEngine,
@@ -51,62 +53,6 @@ from warmpool import (
 from warmpool.suspend import Hook
 
 pytestmark = pytest.mark.anyio
-
-
-# ---- a stand-in for the CUDA driver (no GPU here) --------------------------------
-
-_NEXT = {
-    "lock": ("running", "locked"),
-    "checkpoint": ("locked", "checkpointed"),
-    "restore": ("checkpointed", "locked"),
-    "unlock": ("locked", "running"),
-}
-
-
-class RecordingDriver:
-    """Plays the CUDA driver's checkpoint calls: the same states and refusals, calls
-    recorded as (call, pid). ``cuda(pid)`` says which processes use CUDA; ``key(pid)``
-    what a process's CUDA state is kept under; ``fail`` makes one (call, pid) fail."""
-
-    def __init__(
-        self,
-        cuda: Callable[[int], bool],
-        key: Callable[[int], object] = lambda pid: pid,
-        fail: tuple[str, int] | None = None,
-    ) -> None:
-        self.cuda, self.key, self.fail = cuda, key, fail
-        self.states: dict[object, str] = {}
-        self.calls: list[tuple[str, int]] = []
-
-    def is_cuda(self, pid: int) -> bool:
-        return self.cuda(pid)
-
-    def state(self, pid: int) -> str:
-        return self.states.get(self.key(pid), "running")
-
-    def _act(self, call: str, pid: int) -> None:
-        error = EngineDumpFailed if call in ("lock", "checkpoint") else EngineRestoreFailed
-        self.calls.append((call, pid))
-        if not self.is_cuda(pid):
-            raise error(f"{call}: pid {pid} is not a CUDA process")
-        before, after = _NEXT[call]
-        if self.state(pid) != before:
-            raise error(f"{call}: pid {pid} is {self.state(pid)}, not {before}")
-        if self.fail == (call, pid):
-            raise error(f"{call} failed for pid {pid}: CUDA error 2 (out of memory)")
-        self.states[self.key(pid)] = after
-
-    def lock(self, pid: int, timeout: float) -> None:
-        self._act("lock", pid)
-
-    def checkpoint(self, pid: int) -> None:
-        self._act("checkpoint", pid)
-
-    def restore(self, pid: int) -> None:
-        self._act("restore", pid)
-
-    def unlock(self, pid: int) -> None:
-        self._act("unlock", pid)
 
 
 # ---- the order of driver calls over a tree ---------------------------------------
@@ -174,20 +120,22 @@ def test_a_process_in_a_failed_cuda_state_is_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    ("files", "refused"),
+    ("gpus", "mig", "refused"),
     [
-        ({1: ["/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia0"]}, ""),
-        ({1: ["/dev/nvidia0"], 2: ["/dev/nvidia1"]}, ""),  # one GPU per process is fine
-        ({1: ["/dev/nvidia0", "/dev/nvidia3"]}, "pid 1 uses GPUs 0, 3: multi-GPU"),
-        ({5: ["/dev/nvidia0", "/dev/nvidia-caps/nvidia-cap21"]}, "pid 5 uses a MIG instance"),
-        (
-            {6: ["/dev/nvidia0", "/proc/driver/nvidia/capabilities/gpu0/mig/gi1/access"]},
-            "does not support MIG",
-        ),
+        ({1: {0}}, set(), ""),
+        ({1: {0}, 2: {1}}, set(), ""),  # one GPU per process is fine, on any GPU
+        ({1: set()}, set(), ""),  # NVML lists no memory for it: nothing known, nothing refused
+        ({1: {0, 3}}, set(), "pid 1 holds memory on GPUs 0, 3: multi-GPU"),
+        ({5: {2}}, {2}, "pid 5 runs on GPU 2, which has MIG enabled"),
+        ({5: {1}}, {2}, ""),  # MIG elsewhere does not matter
     ],
 )
-def test_gpu_refusals_say_why(files: dict[int, list[str]], refused: str) -> None:
-    message = gpu_refusal(files)
+def test_gpu_refusals_come_from_nvml_not_open_device_files(
+    gpus: dict[int, set[int]], mig: set[int], refused: str
+) -> None:
+    """CUDA opens /dev/nvidia0..N of every GPU at initialisation: a server on one GPU of an
+    8-GPU node has them all open, so only the GPUs NVML says it holds memory on count."""
+    message = gpu_refusal(gpus, mig)
     if not refused:
         assert message == ""
     else:
@@ -411,6 +359,91 @@ def test_a_tree_without_cuda_is_dumped_as_before(
         assert driver.calls == [] and len(process_tree(root)) == 2
     finally:
         _reap(root)
+
+
+def _marked_processes() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and _marked(int(p))]
+
+
+def _task_states(root: int) -> set[str]:
+    """The one-letter states (/proc/PID/stat) of every task of the tree."""
+    states = set()
+    for pid in process_tree(root):
+        with contextlib.suppress(OSError):
+            states.add(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0])
+    return states
+
+
+@pytest.mark.criu
+def test_a_failed_cuda_resume_after_a_restore_kills_the_restored_tree(
+    criu: CriuEngine, ns_tree: int, tmp_path: Path
+) -> None:
+    original = next(p for p in process_tree(ns_tree) if _marked(p))
+    # FAKE driver: the restored process's CUDA restore fails (out of memory, say).
+    driver = RecordingDriver(
+        _marked, key=_inner, fail=lambda call, pid: call == "restore" and pid != original
+    )
+    engine = CudaCriu(criu, driver, plugin_dir=tmp_path / "lib")
+    engine.dump(ns_tree, tmp_path / "images", tmp_path / "w1", timeout=60)
+    assert _marked_processes() == []
+    with pytest.raises(
+        EngineRestoreFailed, match=r"out of memory.*the restored tree .* was killed"
+    ):
+        engine.restore(tmp_path / "images", tmp_path / "w2", None, None, timeout=60)
+    deadline = time.monotonic() + 10
+    while _marked_processes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _marked_processes() == [], "the restored tree must not be left behind"
+
+
+@pytest.mark.criu
+def test_a_cuda_tree_restored_stopped_resumes_only_once_continued(
+    criu: CriuEngine, ns_tree: int, tmp_path: Path
+) -> None:
+    """The images can be verified while CRIU restores (as for CPU trees): with
+    --leave-stopped nothing runs and CUDA stays parked until ``continue_restored``."""
+    driver = RecordingDriver(_marked, key=_inner)  # FAKE driver
+    engine = CudaCriu(criu, driver, plugin_dir=tmp_path / "lib")
+    engine.dump(ns_tree, tmp_path / "images", tmp_path / "w1", timeout=60)
+    calls = len(driver.calls)
+    root = engine.restore(
+        tmp_path / "images", tmp_path / "w2", None, None, 60, options=("--leave-stopped",)
+    )
+    try:
+        gpu = next(p for p in process_tree(root) if _marked(p))
+        assert _task_states(root) == {"T"}, "every task stays stopped"
+        assert driver.state(gpu) == "checkpointed" and len(driver.calls) == calls
+        engine.continue_restored(root)
+        assert "T" not in _task_states(root)
+        assert driver.calls[calls:] == [("restore", gpu), ("unlock", gpu)]
+        assert driver.state(gpu) == "running"
+    finally:
+        _reap(root)
+
+
+def test_a_cuda_process_that_exits_before_the_dump_is_an_error_not_a_crash(
+    tmp_path: Path,
+) -> None:
+    tree = subprocess.Popen(["bash", "-c", "sleep 0.3 & wait; exec sleep 60"])
+    try:
+        deadline = time.monotonic() + 10
+        while len(process_tree(tree.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (child,) = process_tree(tree.pid)[1:]
+
+        def exits_once_found(pid: int) -> bool:  # FAKE driver: detects it, then it is gone
+            if pid != child:
+                return False
+            while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return True
+
+        engine = CudaCriu(cast(CriuEngine, None), RecordingDriver(exits_once_found))
+        with pytest.raises(EngineDumpFailed, match=f"CUDA process {child} .* exited"):
+            engine.dump(tree.pid, tmp_path / "i", tmp_path / "w", 10)
+    finally:
+        tree.kill()
+        tree.wait(10)
 
 
 def test_a_plugin_dir_with_plugins_is_refused(tmp_path: Path) -> None:
