@@ -33,7 +33,7 @@ from snapshots import (
     process_tree,
     stdio_pipe_inode,
 )
-from snapshots.cuda_criu import CUDA_PIDS_FILE, CudaCriu
+from snapshots.cuda_criu import CudaCriu
 from snapshots.errors import CommitFailed
 from warmpool.errors import CheckpointFailed, NotSupported, RestoreFailed, StartFailed
 from warmpool.process.cgroup import CgroupTree
@@ -315,24 +315,33 @@ class LocalRuntime:
         CRIU leaves the restored tree stopped (``--leave-stopped``): not one instruction
         of it runs before every digest matched; then it is continued, else killed and
         SnapshotCorrupt raised. Verification thus costs almost nothing of the wake without
-        a corrupt image ever running (docs/measurements.md). Snapshots of CUDA processes
-        are verified first, then restored (their device memory is resumed by the restore)."""
+        a corrupt image ever running (docs/measurements.md). For a snapshot of CUDA
+        processes the same holds: their device memory is resumed only once the tree is
+        continued, after every digest matched."""
         started = time.monotonic()
         meta = snapshot.manifest.meta
         problems = changed_files(dict(meta.get("files", {})))
         if problems:
             raise SnapshotCorrupt(snapshot.id, [f"changed since checkpoint: {p}" for p in problems])
         images = snapshot.path / "images"
-        if (images / CUDA_PIDS_FILE).exists():
-            self.store.verify(snapshot)
-            instance = self._criu_restore(images, meta, spec, snapshot.id)
-        else:
-            instance = self.store.verify_during(
-                snapshot,
-                lambda: self._criu_restore(images, meta, spec, snapshot.id, leave_stopped=True),
-                lambda stopped: stopped.kill(),
-            )
-            instance.continue_stopped()
+        engine = self.engine
+        assert engine is not None
+
+        def discard(stopped: ProcessInstance) -> None:  # a digest did not match
+            stopped.kill()
+            engine.forget_stopped(stopped.pid)
+
+        instance = self.store.verify_during(
+            snapshot,
+            lambda: self._criu_restore(images, meta, spec, snapshot.id, leave_stopped=True),
+            discard,
+        )
+        try:
+            # SIGCONT to every task; a CUDA tree's device memory then goes back to the GPU
+            engine.continue_restored(instance.pid)
+        except BaseException:
+            instance.kill()
+            raise
         log.info(
             "%s: restored snapshot %s as pid %d (verified and restored in %.3fs)",
             spec.name,
