@@ -5,7 +5,7 @@ StatefulSet or Job whose pods run ``dormant exec``), the selector-less Service D
 routes, the models it serves and the workload settings that act in a cluster. Its spec is
 turned into a ``WorkloadSettings`` by ``parse_settings`` — the same loader, types and
 one-line errors as a workload in the YAML file — so the CRD schema (``deploy/crd.py``, built
-from ``settings_schema.workload_crd_schema`` and ``SPEC_KEYS``), the activator (runtime
+from ``activator.config.schema.workload_crd_schema`` and ``SPEC_KEYS``), the activator (runtime
 kubernetes) and the operator (status) agree on every field. Errors read
 ``spec.idleAfter: expected a duration like '30s' or '5m', got 'soon'``.
 
