@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from snapshots.cuda_view import host_ram_free as available_host_ram
 from warmpool.device import Device
 from warmpool.errors import WarmpoolError
 from warmpool.placement import (
@@ -45,7 +46,7 @@ from warmpool.placement import (
 from warmpool.runtime import Instance
 from warmpool.units import format_size
 
-__all__ = ["Pool", "PoolBusy", "PoolFull", "PoolMember", "host_ram_available"]
+__all__ = ["Pool", "PoolBusy", "PoolFull", "PoolMember"]
 
 log = logging.getLogger("dormant.pool")
 
@@ -80,17 +81,6 @@ class PoolMember(Protocol):
         ...
 
 
-def host_ram_available() -> int:
-    """MemAvailable from /proc/meminfo (bytes); 0 when unreadable."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
 @dataclass
 class _Book:
     declared: int = 0
@@ -116,7 +106,7 @@ class Pool:
     kind: str = "cpu"
     max_defer: float = 30.0
     suspend_frees: bool = False
-    host_ram_free: Callable[[], int] = host_ram_available
+    host_ram_free: Callable[[], int] = available_host_ram
     clock: Callable[[], float] = time.monotonic
     poll: float = 0.25
     """Seconds between re-plans while a reservation waits for busy residents."""
