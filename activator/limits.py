@@ -11,6 +11,14 @@ forever for one that trickles in. ``BoundedHttpToolsProtocol`` adds:
   else ``408``.
 * A body the application did not read (its answer is already out) may not keep the
   connection open: uvicorn's keep-alive timeout keeps running while it trickles in.
+* Framing that two parsers could read differently (``activator.framing``: two ``Host``
+  fields, a ``Transfer-Encoding`` other than ``chunked``, an absolute-form target naming
+  another host, ...) is answered ``400`` before any application sees the request; so is
+  what llhttp itself refuses in a head (obs-fold, a bare LF, two ``Content-Length``).
+* A chunked body that turns out malformed (a chunk size with junk, an overflow, a bare LF)
+  after the application took the request: the body ends there, nothing more is read, and
+  ``broken_body`` hands the reason to whoever reads it (``routes.handoff.read_body``),
+  which answers ``400`` instead of forwarding a body cut short.
 
 A body the activator reads (``activator.app``) is bounded by ``BodyClock``: no silence
 longer than ``BODY_IDLE_TIMEOUT`` (30 s), and the whole body within ``BODY_IDLE_TIMEOUT``
@@ -26,6 +34,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import httptools
@@ -33,6 +42,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from activator.access import AccessRecord, access_line, fresh_request_id
 from activator.errors import ActivatorError, BadRequest, HeadersTooLarge, RequestTimeout
+from activator.framing import framing_error
 
 __all__ = [
     "BODY_IDLE_TIMEOUT",
@@ -41,6 +51,7 @@ __all__ = [
     "MIN_BODY_RATE",
     "BodyClock",
     "BoundedHttpToolsProtocol",
+    "broken_body",
 ]
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -51,6 +62,15 @@ MIN_BODY_RATE = 1024
 _LINGER = 2.0
 """Seconds a refused connection keeps reading (and dropping) what the client still
 sends, so that it can read the answer before the socket is closed."""
+_BROKEN_BODY = "dormant.broken_body"
+
+
+def broken_body(scope: Mapping[str, Any]) -> ActivatorError | None:
+    """Why the request's body ended early (it could not be parsed: see the module
+    docstring), or None. A reader that got to the end of the body asks this before using
+    it: the body it has is cut short."""
+    error = scope.get(_BROKEN_BODY)
+    return error if isinstance(error, ActivatorError) else None
 
 
 class BodyClock:
@@ -141,6 +161,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                     headers={"Connection": "close"},
                 )
             )
+        problem = framing_error(
+            self.parser.get_method(), self.url, self.parser.get_http_version(), self.headers
+        )
+        if problem is not None:
+            raise _Refusal(BadRequest(problem, headers={"Connection": "close"}))
         self._in_head, self._head_bytes = False, 0
         self._disarm_head_timer()
         super().on_headers_complete()
@@ -183,13 +208,29 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             refusal = exc.__context__
             if isinstance(refusal, _Refusal):
                 self._refuse(refusal.error)
-            else:
+            elif self._in_head or not self._end_body(exc):
                 self._refuse(BadRequest(f"invalid HTTP request: {exc}"))
             return
         if self._in_head and self._head_bytes > MAX_HEAD_BYTES:
             self._refuse(self._too_large(self._head_bytes))
 
     # -- refusing ------------------------------------------------------------------------
+
+    def _end_body(self, exc: httptools.HttpParserError) -> bool:
+        """The body being read cannot be parsed: end it here, read nothing more, and leave
+        the answer (400, connection closed) to the application through ``broken_body``.
+        False when no application is reading a body (then ``_refuse`` answers)."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_started or self._body_done:
+            return False
+        self._refused = True  # the parser is past use: drop what follows
+        cycle.scope[_BROKEN_BODY] = BadRequest(  # type: ignore[literal-required]
+            f"invalid HTTP request body: {exc}; send a valid chunked body or Content-Length",
+            headers={"Connection": "close"},
+        )
+        cycle.body, cycle.more_body, cycle.keep_alive = bytearray(), False, False
+        cycle.message_event.set()
+        return True
 
     def _refuse(self, error: ActivatorError) -> None:
         """Answer ``error`` (if no request is being answered), then close: the client's

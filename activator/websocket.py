@@ -1,6 +1,7 @@
 """WebSocket proxying, both directions, for `http` workloads (and notebooks).
 
-The upstream is dialled only after the workload is ready (a connect wakes it);
+The upstream is dialled only after the workload is ready (a connect wakes it, queued like a
+request; a client that leaves while it waits leaves the queue: ``connect_or_abandon``);
 messages in either direction count as activity. When the workload hibernates, the
 connection is closed with 1012 (service restart) so clients reconnect, which wakes it.
 """
@@ -19,11 +20,12 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 
 from activator.access import record
 from activator.edge import error_response
-from activator.errors import ActivatorError, UpstreamError, UpstreamTimeout
+from activator.errors import ActivatorError, ClientGone, UpstreamError, UpstreamTimeout
 from activator.lease import Connection
 from activator.proxy import clean_headers
+from activator.workload import Workload
 
-__all__ = ["proxy_websocket", "refuse"]
+__all__ = ["connect_or_abandon", "proxy_websocket", "refuse"]
 
 log = logging.getLogger("dormant.websocket")
 
@@ -44,10 +46,44 @@ async def refuse(websocket: WebSocket, error: ActivatorError) -> None:
     rec = record(websocket)
     rec.outcome = error.code
     rec.workload = rec.workload or (error.workload or "")
-    if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        await websocket.send_denial_response(error_response(error))
-    else:
-        await websocket.close(code=1008, reason=error.message[:120])
+    # a client already gone (ClientGone) cannot read it; the access line still has the status
+    with contextlib.suppress(OSError):
+        if "websocket.http.response" in websocket.scope.get("extensions", {}):
+            await websocket.send_denial_response(error_response(error))
+        else:
+            await websocket.close(code=1008, reason=error.message[:120])
+
+
+async def _gone(websocket: WebSocket) -> None:
+    """Return once the client has disconnected (before the upgrade is accepted, nothing
+    else may come: a frame sent before the handshake's answer is dropped)."""
+    while (await websocket.receive())["type"] != "websocket.disconnect":
+        pass
+
+
+async def connect_or_abandon(websocket: WebSocket, workload: Workload) -> Connection:
+    """A connection to ``workload`` (waking it: queued like a request, with its errors),
+    but leave the queue as soon as the client disconnects: ClientGone. Takes the upgrade's
+    ``websocket.connect`` message (``accept`` then does not wait for it)."""
+    await websocket.receive()  # websocket.connect: the handshake request itself
+    connecting = asyncio.ensure_future(workload.connect())
+    watching = asyncio.ensure_future(_gone(websocket))
+    try:
+        await asyncio.wait({connecting, watching}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not watching.done():
+            watching.cancel()
+        if not connecting.done():
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await connecting
+    if watching.done() and not watching.cancelled():
+        watching.exception()  # a receive that failed says the same: the client is gone
+        # gone, perhaps at the very moment it was admitted: hand back what it got
+        if not connecting.cancelled() and connecting.exception() is None:
+            connecting.result().close()
+        raise ClientGone(f"client left while waiting for {workload.name}", workload=workload.name)
+    return connecting.result()
 
 
 async def _client_to_upstream(

@@ -18,7 +18,7 @@ from activator.access import record
 from activator.config.settings import WorkloadSettings
 from activator.errors import ClientGone, PayloadTooLarge
 from activator.lease import Lease
-from activator.limits import BodyClock
+from activator.limits import BodyClock, broken_body
 from activator.metrics import Metrics
 from activator.proxy import Call, Session, Timeouts, forward, waking_stream
 from activator.workload import Workload
@@ -30,7 +30,8 @@ log = logging.getLogger("dormant.activator")
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body: at most ``limit`` bytes (413), not too slowly (408, see
-    ``limits.BodyClock``); a client that leaves mid-body is ClientGone (one INFO line)."""
+    ``limits.BodyClock``), well framed (400, see ``limits.broken_body``); a client that
+    leaves mid-body is ClientGone (one INFO line)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the {limit}-byte limit")
@@ -57,6 +58,8 @@ async def read_body(request: Request, limit: int) -> bytes:
                 f"request body exceeds the {limit}-byte limit", headers={"Connection": "close"}
             )
         chunks.append(chunk)
+    if (broken := broken_body(request.scope)) is not None:
+        raise broken  # the body could not be parsed: it ended early (400)
     return b"".join(chunks)
 
 

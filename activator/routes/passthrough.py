@@ -11,7 +11,7 @@ from activator.access import record
 from activator.errors import ActivatorError, NotFound
 from activator.registry import Registry
 from activator.routes.handoff import Handoff, read_body
-from activator.websocket import proxy_websocket, refuse
+from activator.websocket import connect_or_abandon, proxy_websocket, refuse
 from activator.workload import Workload
 
 __all__ = ["MAX_WEBSOCKET_MESSAGE", "passthrough_router"]
@@ -45,7 +45,7 @@ def passthrough_router(
                 websocket.scope["raw_path"], websocket.headers.get("host", "")
             )
             rec.workload = workload.name
-            connection = await workload.connect()
+            connection = await connect_or_abandon(websocket, workload)
         except ActivatorError as exc:
             await refuse(websocket, exc)
             return

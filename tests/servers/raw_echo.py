@@ -11,7 +11,10 @@ Fault endpoints (the fault is the point):
 * ``/sse-then-close``: an SSE stream, two events, then the socket is closed mid-body;
 * ``/short-body``: ``Content-Length: 100`` and 10 bytes, then the socket is closed.
 
-Usage: raw_echo.py --port PORT
+With ``--record FILE``, every request line that reaches it is appended to FILE first
+(before it is parsed), so a test can tell what was forwarded and what never arrived.
+
+Usage: raw_echo.py --port PORT [--record FILE]
 """
 
 import base64
@@ -36,9 +39,16 @@ def host_pid() -> int:
 
 
 PID = host_pid()
+RECORD = sys.argv[sys.argv.index("--record") + 1] if "--record" in sys.argv else None
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
+    def parse_request(self) -> bool:
+        if RECORD is not None:
+            with open(RECORD, "ab") as f:
+                f.write(self.raw_requestline)
+        return super().parse_request()
+
     def report(self, body_bytes: int) -> bytes:
         return json.dumps(
             {
