@@ -398,10 +398,11 @@ http.server.HTTPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
 def test_a_command_that_finishes_exits_0_and_leaves_nothing_to_resume(
     tmp_path: Path, execs: list[Exec], criu: CriuEngine
 ) -> None:
-    """A Job's command that completes (exit 0 by itself) makes `dormant exec` exit 0, so the
-    Job succeeds, and removes its snapshots: the next run must not resume finished work."""
+    """With --done-on-exit (a Job's opt-in), a command that completes (exit 0 by itself) makes
+    `dormant exec` exit 0, so the Job succeeds, and removes its snapshots: the next run must
+    not resume finished work."""
     snaps = tmp_path / "volume"
-    a = Exec(tmp_path, snaps, [sys.executable, "-c", FINISHER, "{port}"]).start()
+    a = Exec(tmp_path, snaps, [sys.executable, "-c", FINISHER, "{port}"], "--done-on-exit").start()
     execs.append(a)
     a.wait_ready()
     assert a.api("POST", "/checkpoint").status_code == 200
