@@ -207,9 +207,10 @@ def make(
     runtime: FakeRuntime,
     script: Script,
     client: httpx.AsyncClient,
+    suspend: str = "none",
     **settings: object,
 ) -> Supervisor:
-    spec = InstanceSpec("server", ("srv",), port=PORT)
+    spec = InstanceSpec("server", ("srv",), port=PORT, suspend=suspend)
     return Supervisor(
         runtime,
         spec,
@@ -389,6 +390,102 @@ def test_suspend_is_501_without_an_engine_and_a_server_that_dies_is_noticed() ->
         await asyncio.wait_for(sup.watch(0.01), 2)
         assert sup.died.is_set() and sup.phase is Phase.FAILED
         assert sup.last_error and "killed by signal 9" in sup.last_error
+
+    run(case)
+
+
+# -- SIGTERM's deadline is --grace: it cuts what is in the way (item 9) --------------------------
+
+
+def test_sigterm_cuts_an_api_checkpoint_waiting_for_quiet() -> None:
+    async def case(runtime: FakeRuntime, script: Script, client: httpx.AsyncClient) -> None:
+        sup = make(runtime, script, client, grace=3.0, drain_timeout=0.3)
+        await sup.start()
+        script.now = IN_FLIGHT  # a request that never ends: POST /checkpoint?wait=600 waits
+        waiting = asyncio.ensure_future(sup.checkpoint(wait=600))
+        await asyncio.sleep(0.2)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        assert await asyncio.wait_for(sup.terminate(), 10) == ExitCode.OK
+        assert loop.time() - began < 3.0 + 1.0  # within --grace (and a margin), not 600 s
+        with pytest.raises(Exception, match="SIGTERM came while waiting") as caught:
+            await waiting
+        assert getattr(caught.value, "status", None) == 409
+        assert getattr(caught.value, "code", None) == "terminating"
+        # SIGTERM's own drain wait, then the checkpoint anyway: once, by terminate
+        assert runtime.calls["checkpoint"] == 1 and sup.phase is Phase.CHECKPOINTED
+
+    run(case)
+
+
+def test_sigterm_cuts_a_sleep_hook_that_never_answers_then_checkpoints() -> None:
+    async def case(runtime: FakeRuntime, script: Script, client: httpx.AsyncClient) -> None:
+        runtime.suspend_ok = True
+        sup = make(runtime, script, client, suspend="hooks", grace=3.0, drain_timeout=0.3)
+        await sup.start()
+        runtime.latency["suspend"] = 600.0  # the sleep hook never answers
+        suspending = asyncio.ensure_future(sup.suspend())
+        await asyncio.sleep(0.1)
+        assert sup.phase is Phase.SUSPENDING
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        assert await asyncio.wait_for(sup.terminate(), 10) == ExitCode.OK
+        assert loop.time() - began < 3.0 + 1.0
+        with pytest.raises(Exception, match="suspend cut by SIGTERM"):
+            await suspending
+        assert runtime.calls["checkpoint"] == 1 and sup.phase is Phase.CHECKPOINTED
+
+    run(case)
+
+
+def test_sigterm_bounds_its_own_wake_hook_by_what_is_left() -> None:
+    async def case(runtime: FakeRuntime, script: Script, client: httpx.AsyncClient) -> None:
+        runtime.suspend_ok = True
+        sup = make(runtime, script, client, suspend="hooks", grace=3.0, drain_timeout=0.3)
+        await sup.start()
+        await sup.suspend()
+        runtime.latency["resume"] = 600.0  # the wake hook never answers
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        assert await asyncio.wait_for(sup.terminate(), 10) == ExitCode.CHECKPOINT_FAILED
+        assert loop.time() - began < 3.0 + 1.0
+        assert sup.last_error and "what SIGTERM's --grace left" in sup.last_error
+        assert runtime.calls["checkpoint"] == 0 and runtime.calls["stop"] == 1
+        assert sup.phase is Phase.STOPPED
+
+    run(case)
+
+
+def test_sigterm_lets_a_dump_already_running_finish() -> None:
+    async def case(runtime: FakeRuntime, script: Script, client: httpx.AsyncClient) -> None:
+        sup = make(runtime, script, client, grace=3.0, drain_timeout=0.3)
+        await sup.start()
+        runtime.latency["checkpoint"] = 0.5
+        dumping = asyncio.ensure_future(sup.checkpoint())
+        await asyncio.sleep(0.1)
+        assert sup.phase is Phase.CHECKPOINTING
+        assert await asyncio.wait_for(sup.terminate(), 10) == ExitCode.OK
+        assert (await dumping)["action"] == "checkpointed"
+        assert runtime.calls["checkpoint"] == 1
+
+    run(case)
+
+
+def test_restore_while_the_served_port_is_taken_is_409_and_changes_nothing() -> None:
+    async def case(runtime: FakeRuntime, script: Script, client: httpx.AsyncClient) -> None:
+        sup = make(runtime, script, client)
+        await sup.start()
+        await sup.checkpoint()
+        script.now = TAKEN
+        async with api(sup, "", "127.0.0.1") as local:
+            answer = await local.post("/restore")
+        assert answer.status_code == 409, answer.text
+        error = answer.json()["error"]
+        assert error["code"] == "port_in_use" and "POST /restore again" in error["message"]
+        assert sup.phase is Phase.CHECKPOINTED and runtime.calls["restore"] == 0
+        assert len(runtime.snapshots["server"]) == 1
+        script.now = IDLE
+        assert (await sup.restore())["action"] == "restored"
 
     run(case)
 
