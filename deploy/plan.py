@@ -217,7 +217,9 @@ def _endpoints(o: Observed, p: Policy, subsets: list[dict[str, Any]]) -> dict[st
 
 def template_problems(p: Policy, target: Doc) -> list[str]:
     """What the target's pod template says against the policy (the claim, the supervisor's
-    --keep and --on-term)."""
+    --keep, --on-term and --done-on-exit: a Job's pods need it, so that a command that
+    completes ends the Job; any other kind's must not have it, since a server exiting there is
+    never "the work is done" and would remove every snapshot)."""
     spec = ((target.get("spec") or {}).get("template") or {}).get("spec") or {}
     problems = []
     if p.checkpoint.engine != "restart":
@@ -253,7 +255,30 @@ def template_problems(p: Policy, target: Doc) -> list[str]:
                 f"spec.onEviction is {p.on_eviction} but the pods run dormant exec "
                 f"--on-term {on_term} (use --on-term {wanted})"
             )
+        done = "--done-on-exit" in own or _env_true(container, _DONE_ENV)
+        if p.target.kind == "Job" and not done:
+            problems.append(
+                f"the pods of Job {p.target.name} run dormant exec without --done-on-exit: "
+                "when its command completes, exec exits 4 (a failed pod: the Job runs it again "
+                "from the last snapshot) instead of succeeding; add --done-on-exit"
+            )
+        elif p.target.kind != "Job" and done:
+            problems.append(
+                f"the pods of {p.target.kind} {p.target.name} run dormant exec with "
+                "--done-on-exit: a server that exits 0 (a stray SIGTERM) would remove every "
+                "snapshot; it is for Jobs only (remove it)"
+            )
     return problems
+
+
+_DONE_ENV = "DORMANT_EXEC_DONE_ON_EXIT"  # activator.supervisor.options.DONE_ENV
+
+
+def _env_true(container: Doc, name: str) -> bool:
+    for item in container.get("env") or []:
+        if item.get("name") == name:
+            return str(item.get("value", "")).strip().lower() in ("1", "true", "yes", "on")
+    return False
 
 
 def _flag(argv: list[str], name: str, default: str) -> str:

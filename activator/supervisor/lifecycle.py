@@ -10,6 +10,12 @@ A checkpoint waits (bounded) until the served port is quiet (``warmpool.process.
 exactly when); through the API it then answers 409 while still busy. On SIGTERM
 (``terminate``) it waits at most ``drain_timeout``, then checkpoints anyway: the pod is going
 away, and keeping the state is better than losing it with the request.
+
+SIGTERM's deadline is ``grace``: it cuts what is in the way. An operation of the control API
+waiting for quiet is cut at once (answered 409 ``terminating``); a sleep or wake hook in flight
+(``--suspend hooks``) is cut once SIGTERM's quiet budget (``drain_timeout``) is spent, and so are
+the hooks ``terminate`` calls itself; a start (restore or boot) is cancelled. Only a dump
+already running is let finish: it is bounded by ``grace - drain_timeout`` from its own start.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +40,7 @@ from warmpool import (
     InstanceSpec,
     NotSupported,
     ProcessInstance,
+    ResumeFailed,
     Runtime,
     StartFailed,
     WarmpoolError,
@@ -43,7 +50,7 @@ from warmpool.process.sockets import PortActivity, port_activity
 
 P = Phase
 
-__all__ = ["Busy", "Supervisor", "SupervisorSettings", "Unsupported"]
+__all__ = ["Busy", "PortInUse", "Supervisor", "SupervisorSettings", "Terminating", "Unsupported"]
 
 log = logging.getLogger("dormant.exec")
 
@@ -56,6 +63,19 @@ class Busy(Conflict):
 
 class Unsupported(ActivatorError):
     status, code, type = 501, "not_supported", "invalid_request_error"
+
+
+class Terminating(Conflict):
+    """SIGTERM came first: the operation was refused or cut; the supervisor checkpoints (or
+    stops, per --on-term) on its own before it exits."""
+
+    code = "terminating"
+
+
+class PortInUse(Conflict):
+    """Another process listens on the served port: nothing was restored or booted."""
+
+    code = "port_in_use"
 
 
 @dataclass(frozen=True)
@@ -107,6 +127,10 @@ class Supervisor:
         self.last_error_at: float | None = None
         self.watcher = PortWatch(spec.port, settings.quiet, read_activity, clock)
         self._health: tuple[float, bool, str] = (float("-inf"), False, "")
+        self._cuttable: tuple[asyncio.Timeout, str] | None = None
+        """The running operation's wait SIGTERM may cut, and its kind ('quiet' or 'hook')."""
+        self._hooks_by: float | None = None
+        """Once terminating: the loop time by which every hook must have answered."""
 
     # -- state -----------------------------------------------------------------------------
 
@@ -122,9 +146,42 @@ class Supervisor:
 
     def _refuse_if_busy(self, what: str) -> None:
         if self.terminating:
-            raise Conflict(f"cannot {what}: the supervisor is terminating (SIGTERM)")
+            raise Terminating(f"cannot {what}: the supervisor is terminating (SIGTERM)")
         if self._lock.locked():
             raise Conflict(f"cannot {what} now: {self.phase} ({self.reason}); retry when done")
+
+    @contextlib.asynccontextmanager
+    async def _bounded(self, kind: str) -> AsyncIterator[None]:
+        """A wait of an operation that SIGTERM may cut (TimeoutError): a 'quiet' wait at once,
+        a 'hook' once SIGTERM's quiet budget is spent (``terminate``). A CUDA driver call
+        cannot be cut half way (it runs in a thread): it keeps its own bounds."""
+        if kind == "hook" and self.spec.suspend != "hooks":
+            yield
+            return
+        async with asyncio.timeout_at(self._cut_at(kind)) as bound:
+            self._cuttable = (bound, kind)
+            try:
+                yield
+            finally:
+                self._cuttable = None
+
+    def _cut_at(self, kind: str) -> float | None:
+        """The loop time by which a wait of ``kind`` must end; None until SIGTERM."""
+        if not self.terminating or self._hooks_by is None:
+            return None
+        return asyncio.get_running_loop().time() if kind == "quiet" else self._hooks_by
+
+    def _cut_what_is_in_the_way(self) -> None:
+        """SIGTERM: cancel a start; shorten the running operation's wait (``_bounded``)."""
+        if self._bringup is not None and not self._bringup.done():
+            self._bringup.cancel()
+        if self._cuttable is not None:
+            bound, kind = self._cuttable
+            at = self._cut_at(kind)
+            assert at is not None
+            when = bound.when()
+            bound.reschedule(at if when is None else min(when, at))
+            log.info("SIGTERM: cutting the %s wait of %s", kind, self.phase)
 
     # -- bringing the server up -----------------------------------------------------------
 
@@ -132,8 +189,11 @@ class Supervisor:
         """Restore the newest usable snapshot, else boot; returns when the server is ready
         or the start failed (``phase`` says which). Cancelled by ``terminate``."""
         self._bringup = asyncio.current_task()
-        async with self._lock:
-            await self._bring_up()
+        try:
+            async with self._lock:
+                await self._bring_up()
+        finally:
+            self._bringup = None  # the task may go on (a test's): never cancel it later
 
     async def _bring_up(self) -> None:
         try:
@@ -150,11 +210,15 @@ class Supervisor:
         taken = await self.watcher.read()
         if taken is not None and taken.listeners:
             where = ", ".join(f"{s.local[0]}:{s.local[1]}" for s in taken.listeners)
-            self._to(P.FAILED, f"port {self.spec.port} is already in use ({where})")
-            self._error(
+            message = (
                 f"port {self.spec.port} is taken by another process (listening on {where}); "
                 "stop it or choose another --port (nothing was restored, no snapshot touched)"
             )
+            if self.phase is not P.WAITING:  # POST /restore: the phase stays as it was
+                self._error(message)
+                raise PortInUse(f"{message}; then POST /restore again")
+            self._to(P.FAILED, f"port {self.spec.port} is already in use ({where})")
+            self._error(message)
             return
         started = self._clock()
         command = " ".join(self.spec.with_port(self.spec.port).command)
@@ -221,7 +285,16 @@ class Supervisor:
                 raise Conflict(f"nothing to checkpoint: {self.phase} ({self.reason})")
             if self.phase is P.SUSPENDED:
                 await self._resume()
-            reasons = await self.watcher.wait_quiet(wait)
+            if wait > 0:
+                log.info("checkpoint: waiting up to %gs for the served port to be quiet", wait)
+            try:
+                async with self._bounded("quiet"):
+                    reasons = await self.watcher.wait_quiet(wait)
+            except TimeoutError:
+                raise Terminating(
+                    "not checkpointed: SIGTERM came while waiting for the served port to be "
+                    "quiet; the supervisor checkpoints on its own before it exits"
+                ) from None
             if reasons:
                 raise Busy(
                     f"the served port has requests in flight, not checkpointing: "
@@ -285,7 +358,12 @@ class Supervisor:
             self._to(P.SUSPENDING, f"engine {self.spec.suspend}")
             started = self._clock()
             try:
-                await self.runtime.suspend(self._instance)
+                async with self._bounded("hook"):
+                    await self.runtime.suspend(self._instance)
+            except TimeoutError:
+                self._to(P.READY, "the suspend was cut by SIGTERM; treated as still serving")
+                self._error("suspend cut: its hook had not answered when SIGTERM's time ran out")
+                raise Terminating("suspend cut by SIGTERM; the server is checkpointed") from None
             except WarmpoolError as exc:
                 self._to(P.READY, "the suspend failed; still serving")
                 self._error(f"suspend failed: {exc}")
@@ -309,7 +387,12 @@ class Supervisor:
         assert self._instance is not None
         self._to(P.RESUMING, f"engine {self.spec.suspend}")
         started = self._clock()
-        exc = await rules.resume_or_stop(self.runtime, self._instance)
+        try:
+            async with self._bounded("hook"):
+                exc = await rules.resume_or_stop(self.runtime, self._instance)
+        except TimeoutError:
+            await self._stop_quietly()  # half woken: what it holds cannot be trusted
+            exc = ResumeFailed("the wake did not finish within what SIGTERM's --grace left")
         if exc is not None:
             self._instance = None
             self._to(P.FAILED, "the resume failed; the server was stopped (POST /restore)")
@@ -355,8 +438,9 @@ class Supervisor:
         """SIGTERM: checkpoint (or stop, per ``on_term``) within ``grace``; the exit code."""
         self.terminating = True
         deadline = self._clock() + self.settings.grace
+        self._hooks_by = asyncio.get_running_loop().time() + self.settings.drain_timeout
+        self._cut_what_is_in_the_way()
         if self._bringup is not None and not self._bringup.done():
-            self._bringup.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._bringup
         async with self._lock:
@@ -379,14 +463,17 @@ class Supervisor:
         return ExitCode.OK
 
     async def _checkpoint_on_term(self, deadline: float) -> int:
-        """Quiet (bounded), checkpoint; again (at most 3 times) when a failed attempt left
+        """Resume and quiet within ``drain_timeout`` of SIGTERM (so that the dump gets the
+        rest of ``grace``), checkpoint; again (at most 3 times) when a failed attempt left
         the server serving and the time left allows another."""
+        quiet_by = deadline - (self.settings.grace - self.settings.drain_timeout)
         try:
             if self.phase is P.SUSPENDED:
                 await self._resume()
             for attempt in range(1, 4):
                 began = self._clock()
-                wait = min(self.settings.drain_timeout, max(0.0, deadline - began))
+                until = quiet_by if attempt == 1 else deadline
+                wait = min(self.settings.drain_timeout, max(0.0, until - began))
                 log.info("waiting up to %.1fs for the served port to be quiet", wait)
                 reasons = await self.watcher.wait_quiet(wait)
                 if reasons:

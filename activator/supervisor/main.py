@@ -28,7 +28,7 @@ import uvicorn
 from activator.supervisor.api import create_control_app
 from activator.supervisor.lifecycle import Supervisor
 from activator.supervisor.options import ExecOptions, UsageError
-from activator.supervisor.states import ExitCode
+from activator.supervisor.states import ExitCode, after_server_exit
 from snapshots import (
     CriuEngine,
     SnapshotError,
@@ -249,13 +249,14 @@ async def _lifecycle(
         watch.cancel()
     if supervisor.died.is_set() and not term.is_set():
         stop.cancel()
-        if supervisor.finished:
-            # Its work is done (a Job's command completed): nothing is left to resume, and
-            # a snapshot taken before the end must not be restored by the next run.
+        after = after_server_exit(supervisor.finished, options.done_on_exit)
+        if after.remove_snapshots:
+            # a Job's work is done: a snapshot taken before the end must not be restored
             pruned = await asyncio.to_thread(store.prune, options.name, 0)
-            log.info("the command finished (exit 0); snapshots removed: %s", pruned or "none")
-            return ExitCode.OK
-        return ExitCode.SERVER_EXITED
+            log.info("%s; snapshots removed: %s", after.why, pruned or "none")
+        else:
+            log.warning("%s", after.why)
+        return after.code
     died.cancel()
     return await supervisor.terminate()
 

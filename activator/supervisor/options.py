@@ -8,15 +8,20 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
 
 from activator.config.errors import ConfigError
 from activator.config.secrets import read_token_file
+from activator.config.types import REJECTED, Count, Duration, Timeout
 from activator.supervisor.lifecycle import SupervisorSettings
 from warmpool import InstanceSpec
 from warmpool.suspend import DEFAULT_SLEEP, DEFAULT_WAKE, Hook
 
 __all__ = [
     "BIND_NOTE",
+    "DONE_ENV",
     "EXIT_NOTE",
     "TOKEN_ENV",
     "ExecOptions",
@@ -26,6 +31,7 @@ __all__ = [
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")  # the snapshot store's workload names
 TOKEN_ENV = "DORMANT_EXEC_TOKEN"
+DONE_ENV = "DORMANT_EXEC_DONE_ON_EXIT"
 DEFAULT_SNAPSHOTS = "/var/lib/dormant/snapshots"
 
 BIND_NOTE = """\
@@ -35,10 +41,12 @@ supervisor checks it on 127.0.0.1:PORT; a server that listens only elsewhere is 
 boot with that reason."""
 
 EXIT_NOTE = """\
-exit codes: 0 terminated as asked (snapshot committed, or stopped), or the command completed by
-itself with status 0 (its snapshots removed); 1 the checkpoint on SIGTERM failed (the server was
-stopped); 2 bad usage; 3 neither a restore nor a boot worked; 4 the served command exited by
-itself with a failure; 5 the snapshot volume stayed locked by another instance too long."""
+exit codes: 0 terminated as asked (snapshot committed, or stopped), or, with --done-on-exit, the
+command completed by itself with status 0 (its snapshots removed); 1 the checkpoint on SIGTERM
+failed (the server was stopped); 2 bad usage; 3 neither a restore nor a boot worked; 4 the
+served command exited by itself (with a failure, or with 0 without --done-on-exit: snapshots
+kept); 5 the snapshot volume stayed locked by another instance too long. Durations are seconds
+or '250ms', '30s', '5m', '1h', as in the YAML settings."""
 
 
 class UsageError(ValueError):
@@ -76,33 +84,24 @@ def add_exec_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--grace",
-        type=float,
         default=25.0,
         help="seconds SIGTERM may take: the pod's terminationGracePeriodSeconds minus a "
         "margin (25)",
     )
     p.add_argument(
         "--drain-timeout",
-        type=float,
         default=10.0,
         help="of --grace, the longest wait for the served port to be quiet (10); the "
         "checkpoint gets the rest",
     )
-    p.add_argument(
-        "--quiet", type=float, default=2.0, help="seconds without data that count as quiet (2)"
-    )
+    p.add_argument("--quiet", default=2.0, help="seconds without data that count as quiet (2)")
     p.add_argument(
         "--lock-timeout",
-        type=float,
         help="seconds to wait for DIR/.lock held by another instance (default --grace + 15)",
     )
     p.add_argument("--keep", type=int, default=1, help="usable snapshots kept (1)")
-    p.add_argument(
-        "--start-timeout", type=float, default=300.0, help="seconds a boot may take (300)"
-    )
-    p.add_argument(
-        "--restore-timeout", type=float, default=120.0, help="seconds a restore may take (120)"
-    )
+    p.add_argument("--start-timeout", default=300.0, help="seconds a boot may take (300)")
+    p.add_argument("--restore-timeout", default=120.0, help="seconds a restore may take (120)")
     p.add_argument(
         "--engine",
         choices=["auto", "criu", "restart"],
@@ -114,6 +113,14 @@ def add_exec_arguments(p: argparse.ArgumentParser) -> None:
         choices=["none", "hooks", "cuda"],
         default="none",
         help="engine of POST /suspend and /resume (none)",
+    )
+    p.add_argument(
+        "--done-on-exit",
+        action="store_true",
+        default=None,
+        help=f"for a Job only: CMD exiting by itself with status 0 means its work is done, so "
+        f"its snapshots are removed and exec exits 0 (default ${DONE_ENV}, else off: exec exits "
+        "4 and keeps them, so the pod restarts and restores)",
     )
     p.add_argument("--hook-sleep", default=DEFAULT_SLEEP, help=f"hooks: ({DEFAULT_SLEEP})")
     p.add_argument("--hook-wake", default=DEFAULT_WAKE, help=f"hooks: ({DEFAULT_WAKE})")
@@ -143,6 +150,7 @@ class ExecOptions:
     suspend: str
     hooks: dict[str, str]
     log_level: str
+    done_on_exit: bool = False
 
     @classmethod
     def parse(cls, args: argparse.Namespace, command: Sequence[str]) -> ExecOptions:
@@ -168,15 +176,21 @@ class ExecOptions:
             raise UsageError(f"--control must be HOST:PORT, got {args.control!r}")
         if int(port) == args.port:
             raise UsageError(f"--control and --port must differ (both {args.port})")
-        for name in ("grace", "drain_timeout", "start_timeout", "restore_timeout"):
-            if getattr(args, name) <= 0:
-                raise UsageError(f"--{name.replace('_', '-')} must be > 0")
-        if args.quiet < 0 or args.keep < 1:
-            raise UsageError("--quiet must be >= 0 and --keep >= 1")
-        if args.drain_timeout >= args.grace:
+        grace = _typed("--grace", Timeout, args.grace)
+        drain_timeout = _typed("--drain-timeout", Timeout, args.drain_timeout)
+        quiet = _typed("--quiet", Duration, args.quiet)
+        lock_timeout = (
+            grace + 15
+            if args.lock_timeout is None
+            else _typed("--lock-timeout", Duration, args.lock_timeout)
+        )
+        keep = _typed("--keep", Count, args.keep)
+        start_timeout = _typed("--start-timeout", Timeout, args.start_timeout)
+        restore_timeout = _typed("--restore-timeout", Timeout, args.restore_timeout)
+        if drain_timeout >= grace:
             raise UsageError(
-                f"--drain-timeout ({args.drain_timeout:g}) must be less than --grace "
-                f"({args.grace:g}): the checkpoint gets what is left"
+                f"--drain-timeout ({drain_timeout:g}) must be less than --grace "
+                f"({grace:g}): the checkpoint gets what is left"
             )
         for flag in ("hook_sleep", "hook_wake"):
             try:
@@ -192,17 +206,18 @@ class ExecOptions:
             control=(host.strip("[]"), int(port)),
             token=_token(args.token_file),
             on_term=args.on_term,
-            grace=args.grace,
-            drain_timeout=args.drain_timeout,
-            quiet=args.quiet,
-            lock_timeout=args.lock_timeout if args.lock_timeout is not None else args.grace + 15,
-            keep=args.keep,
-            start_timeout=args.start_timeout,
-            restore_timeout=args.restore_timeout,
+            grace=grace,
+            drain_timeout=drain_timeout,
+            quiet=quiet,
+            lock_timeout=lock_timeout,
+            keep=keep,
+            start_timeout=start_timeout,
+            restore_timeout=restore_timeout,
             engine=args.engine,
             suspend=args.suspend,
             hooks={"sleep": args.hook_sleep, "wake": args.hook_wake},
             log_level=args.log_level,
+            done_on_exit=_done_on_exit(args.done_on_exit),
         )
 
     def spec(self) -> InstanceSpec:
@@ -236,3 +251,27 @@ def _token(path: str | None) -> str:
         return read_token_file(path, "--token-file")
     except ConfigError as exc:
         raise UsageError(str(exc)) from exc
+
+
+def _typed(flag: str, kind: Any, raw: object) -> Any:
+    """``raw`` read as the YAML settings read a value of ``kind`` (``activator.config.types``:
+    durations like '30s', finite and not negative), or UsageError with its one-line reason."""
+    try:
+        return TypeAdapter(kind).validate_python(raw)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        ctx = error.get("ctx") or {}
+        reason = str(ctx["message"]) if error["type"] == REJECTED else error["msg"]
+        raise UsageError(f"{flag}: {reason}") from None
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+def _done_on_exit(flag: bool | None) -> bool:
+    if flag:
+        return True
+    raw = os.environ.get(DONE_ENV, "").strip().lower()
+    if raw not in _TRUE + _FALSE:
+        raise UsageError(f"${DONE_ENV} must be true or false (1/0, yes/no), got {raw!r}")
+    return raw in _TRUE

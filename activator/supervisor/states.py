@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 
-__all__ = ["SERVING", "TRANSITIONS", "ExitCode", "Phase"]
+__all__ = ["SERVING", "TRANSITIONS", "ExitCode", "Phase", "ServerExit", "after_server_exit"]
 
 
 class Phase(StrEnum):
@@ -47,9 +48,40 @@ SERVING = frozenset({P.READY, P.SUSPENDED})
 class ExitCode(IntEnum):
     """What ``dormant exec`` exits with (docs/exec.md)."""
 
-    OK = 0  # terminated as asked (snapshot committed, or stopped), or the command completed
+    OK = 0  # terminated as asked (snapshot committed, or stopped), or a Job's command completed
     CHECKPOINT_FAILED = 1  # on SIGTERM the checkpoint failed (server stopped), or it had failed
     USAGE = 2  # bad arguments, token file, snapshot directory or control address
     START_FAILED = 3  # neither a restore nor a boot brought the server up
-    SERVER_EXITED = 4  # the served command exited by itself with a failure
+    SERVER_EXITED = 4  # the served command exited by itself (a failure, or 0 without the opt-in)
     LOCK_TIMEOUT = 5  # another instance kept the snapshot volume's lock too long
+
+
+@dataclass(frozen=True)
+class ServerExit:
+    """What ``dormant exec`` does when its served command exits by itself."""
+
+    code: ExitCode
+    remove_snapshots: bool
+    why: str
+
+
+def after_server_exit(status_zero: bool, done_on_exit: bool) -> ServerExit:
+    """The served command exited by itself (no SIGTERM to the supervisor).
+
+    1. Status 0 with ``--done-on-exit`` (a Job's opt-in): its work is done; the snapshots
+       go (the next run must not resume finished work) and exec exits 0, so the Job succeeds.
+    2. Status 0 without it: a server's exit is never "the work is done" (a stray SIGTERM to
+       uvicorn exits 0): the snapshots stay and exec exits 4, so the pod restarts and restores.
+    3. Any other status: a failure; the snapshots stay, exit 4.
+    """
+    if status_zero and done_on_exit:
+        return ServerExit(ExitCode.OK, True, "the command finished (exit 0, --done-on-exit)")
+    if status_zero:
+        return ServerExit(
+            ExitCode.SERVER_EXITED,
+            False,
+            "the served command exited 0 by itself, but without --done-on-exit (a Job's "
+            "opt-in) that is not the end of its work: snapshots kept, exiting 4 so that the "
+            "pod restarts and restores",
+        )
+    return ServerExit(ExitCode.SERVER_EXITED, False, "the served command failed: snapshots kept")

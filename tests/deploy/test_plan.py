@@ -475,3 +475,37 @@ def test_a_job_policy_follows_its_pods(status: Doc, pods: list[Doc], phase: str)
     result = plan(observe(doc, target=job, pods=pods, service=None, endpoints=None, activator=None))
     assert result.status["phase"] == phase
     assert result.service is None and result.endpoints is None
+
+
+def test_done_on_exit_is_required_of_a_job_and_refused_elsewhere() -> None:
+    """A server exiting 0 removes every snapshot only with --done-on-exit, the Job's opt-in:
+    a Job's template needs it (or its command completing never ends the Job), a Deployment's
+    must not have it (a stray SIGTERM to its server would remove every snapshot)."""
+    job = parse_policy(job_policy())
+    (missing,) = template_problems(job, target())
+    assert "Job train run dormant exec without --done-on-exit" in missing
+    assert (
+        template_problems(job, target(command=["dormant", "exec", "--done-on-exit", "--", "x"]))
+        == []
+    )
+    with_env = target()
+    container = with_env["spec"]["template"]["spec"]["containers"][0]
+    container["env"] = [{"name": "DORMANT_EXEC_DONE_ON_EXIT", "value": "1"}]
+    assert template_problems(job, with_env) == []
+    served = parse_policy(policy())
+    (refused,) = template_problems(
+        served, target(command=["dormant", "exec", "--done-on-exit", "--", "x"])
+    )
+    assert "Deployment ref-model run dormant exec with --done-on-exit" in refused
+    # the served command's own flag is not exec's
+    assert (
+        template_problems(served, target(command=["dormant", "exec", "--", "x", "--done-on-exit"]))
+        == []
+    )
+
+
+def test_the_plan_names_the_same_environment_variable_as_exec() -> None:
+    from activator.supervisor.options import DONE_ENV
+    from deploy import plan as plan_module
+
+    assert plan_module._DONE_ENV == DONE_ENV

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -398,10 +399,11 @@ http.server.HTTPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
 def test_a_command_that_finishes_exits_0_and_leaves_nothing_to_resume(
     tmp_path: Path, execs: list[Exec], criu: CriuEngine
 ) -> None:
-    """A Job's command that completes (exit 0 by itself) makes `dormant exec` exit 0, so the
-    Job succeeds, and removes its snapshots: the next run must not resume finished work."""
+    """With --done-on-exit (a Job's opt-in), a command that completes (exit 0 by itself) makes
+    `dormant exec` exit 0, so the Job succeeds, and removes its snapshots: the next run must
+    not resume finished work."""
     snaps = tmp_path / "volume"
-    a = Exec(tmp_path, snaps, [sys.executable, "-c", FINISHER, "{port}"]).start()
+    a = Exec(tmp_path, snaps, [sys.executable, "-c", FINISHER, "{port}"], "--done-on-exit").start()
     execs.append(a)
     a.wait_ready()
     assert a.api("POST", "/checkpoint").status_code == 200
@@ -409,5 +411,139 @@ def test_a_command_that_finishes_exits_0_and_leaves_nothing_to_resume(
     assert a.api("POST", "/restore").status_code == 200
     assert httpx.post(a.url("/finish"), timeout=30).text == "done"
     assert a.wait_exit(60) == 0, a.log()
-    assert "the command finished (exit 0)" in a.log()
+    assert "the command finished (exit 0, --done-on-exit)" in a.log()
     assert SnapshotStore(snaps).list("server") == []
+
+
+def test_a_server_that_exits_0_without_the_opt_in_keeps_its_snapshots(
+    tmp_path: Path, execs: list[Exec]
+) -> None:
+    """Item 3: a stray SIGTERM to the served process (an OOM-killer daemon, an admin) makes
+    uvicorn exit 0. That is not "the work is done": exec exits 4 (the kubelet restarts the
+    pod), keeps the snapshots, says why, and the next exec restores."""
+    snaps = tmp_path / "volume"
+    cmd = [sys.executable, HTTP_APP, "--port", "{port}"]
+    a = Exec(tmp_path, snaps, cmd).start()
+    execs.append(a)
+    a.wait_ready()
+    assert a.api("POST", "/checkpoint").status_code == 200
+    (snap,) = SnapshotStore(snaps).list("server")
+    assert a.api("POST", "/restore").status_code == 200
+    os.kill(a.status()["pid"], signal.SIGTERM)  # not to exec: to the server it runs
+    assert a.wait_exit(60) == 4, a.log()
+    assert "exited 0 by itself, but without --done-on-exit" in a.log()
+    assert [s.id for s in SnapshotStore(snaps).list("server")] == [snap.id]
+
+    b = Exec(tmp_path, snaps, cmd, port=a.port, tag="b").start()
+    execs.append(b)
+    b.wait_ready()
+    assert b.status()["restored_from"] == snap.id
+    assert b.terminate() == 0
+
+
+# -- SIGTERM's deadline is --grace (item 9) ----------------------------------------------------
+
+GRACE = 5.0
+"""--grace of the tests below (--drain-timeout 1: the dump gets 4 s); what they would wait for
+without the deadline is 600 s (a checkpoint's quiet wait) or 120 s (a hook's timeout)."""
+MARGIN = 5.0
+"""Seconds past --grace allowed for exec's own exit (the control server, the lock) on a
+loaded 2-core machine."""
+
+HANGING_HOOKS = """
+import http.server, sys, time
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers()
+        self.wfile.write(b"ok")
+    def do_POST(self):  # the sleep hook never answers; the wake hook would
+        if self.path.startswith("/sleep"):
+            time.sleep(3600)
+        self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers()
+        self.wfile.write(b"{}")
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def _in_thread(call: Any) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(call())
+        except httpx.HTTPError as exc:
+            out.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def _sigterm_within_grace(e: Exec) -> int:
+    assert e.proc is not None
+    began = time.monotonic()
+    e.proc.send_signal(signal.SIGTERM)
+    code = e.wait_exit(GRACE + 25)  # bounded: fails here (not after 600 s) without the fix
+    took = time.monotonic() - began
+    assert took < GRACE + MARGIN, f"exited {took:.1f}s after SIGTERM:\n{e.log()}"
+    return code
+
+
+def test_sigterm_cuts_an_api_checkpoint_waiting_for_quiet(
+    tmp_path: Path, execs: list[Exec]
+) -> None:
+    cmd = [sys.executable, HTTP_APP, "--port", "{port}", "--slow", "600"]
+    args = ("--grace", f"{GRACE:g}", "--drain-timeout", "1", "--quiet", "1")
+    e = Exec(tmp_path, tmp_path / "volume", cmd, *args).start()
+    execs.append(e)
+    e.wait_ready()
+    _in_thread(lambda: httpx.get(e.url("/slow"), timeout=60))  # never answered
+    e.wait_for("the slow request", lambda: e.api("GET", "/activity").json()["busy"], 10)
+    waiting, answer = _in_thread(lambda: e.api("POST", "/checkpoint?wait=600", timeout=60))
+    e.wait_for("the API checkpoint's wait", lambda: "waiting up to 600s" in e.log(), 10)
+    assert waiting.is_alive()  # POST /checkpoint?wait=600 holds the lock, waiting for quiet
+    assert _sigterm_within_grace(e) == 0
+    waiting.join(10)
+    assert isinstance(answer[0], httpx.Response), answer
+    assert answer[0].status_code == 409 and answer[0].json()["error"]["code"] == "terminating"
+    assert "checkpointing anyway" in e.log()  # SIGTERM's own checkpoint, request cut
+    assert len(SnapshotStore(tmp_path / "volume").list("server")) == 1
+
+
+def test_sigterm_cuts_a_sleep_hook_that_never_answers(tmp_path: Path, execs: list[Exec]) -> None:
+    cmd = [sys.executable, "-c", HANGING_HOOKS, "{port}"]
+    args = ("--grace", f"{GRACE:g}", "--drain-timeout", "1", "--suspend", "hooks")
+    e = Exec(tmp_path, tmp_path / "volume", cmd, *args).start()
+    execs.append(e)
+    e.wait_ready()
+    suspending, answer = _in_thread(lambda: e.api("POST", "/suspend", timeout=60))
+    e.wait_for("the sleep hook", lambda: e.status()["state"] == "suspending", 10)
+    assert _sigterm_within_grace(e) == 0
+    suspending.join(10)
+    assert isinstance(answer[0], httpx.Response), answer
+    assert answer[0].status_code == 409 and "suspend cut by SIGTERM" in answer[0].text
+    assert "suspend cut" in e.log()
+    assert len(SnapshotStore(tmp_path / "volume").list("server")) == 1
+
+
+def test_restore_while_the_served_port_is_taken_is_409(tmp_path: Path, execs: list[Exec]) -> None:
+    """Item 12: not 500 `illegal transition checkpointed -> failed`."""
+    cmd = [sys.executable, HTTP_APP, "--port", "{port}"]
+    e = Exec(tmp_path, tmp_path / "volume", cmd).start()
+    execs.append(e)
+    e.wait_ready()
+    assert e.api("POST", "/checkpoint").status_code == 200
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", e.port))
+        squatter.listen(1)
+        refused = e.api("POST", "/restore")
+        assert refused.status_code == 409, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "port_in_use" and "POST /restore again" in error["message"]
+        assert e.status()["state"] == "checkpointed"
+    restored = e.api("POST", "/restore")
+    assert restored.status_code == 200 and restored.json()["action"] == "restored", restored.text
+    assert e.terminate() == 0

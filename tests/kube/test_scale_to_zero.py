@@ -517,6 +517,7 @@ def test_a_jobs_pod_evicted_mid_count_resumes_its_count(
         "8000",
         "--grace",
         "50",
+        "--done-on-exit",  # a Job's opt-in: its command completing ends the Job
         "--",
         "python",
         "tests/kube/counter_job.py",

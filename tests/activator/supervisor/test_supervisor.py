@@ -19,7 +19,13 @@ from activator.supervisor.api import create_control_app
 from activator.supervisor.lifecycle import Supervisor, SupervisorSettings
 from activator.supervisor.main import VolumeLock
 from activator.supervisor.options import ExecOptions, UsageError
-from activator.supervisor.states import SERVING, TRANSITIONS, ExitCode, Phase
+from activator.supervisor.states import (
+    SERVING,
+    TRANSITIONS,
+    ExitCode,
+    Phase,
+    after_server_exit,
+)
 from warmpool import CheckpointFailed, FakeRuntime, InstanceSpec, RestoreFailed, StartFailed
 from warmpool.process.sockets import PortActivity, TcpSocket
 
@@ -44,6 +50,43 @@ def test_defaults_and_the_spec_they_make(monkeypatch: pytest.MonkeyPatch) -> Non
     assert spec.keep_snapshots == 1 and spec.suspend == "none"
 
 
+def test_durations_read_as_in_the_yaml_settings() -> None:
+    o = options("--grace", "2m", "--drain-timeout", "500ms", "--quiet", "0", "--lock-timeout", "0")
+    assert (o.grace, o.drain_timeout, o.quiet, o.lock_timeout) == (120.0, 0.5, 0.0, 0.0)
+    assert options("--grace", "30", "--start-timeout", "1h").start_timeout == 3600.0
+
+
+def test_done_on_exit_is_off_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DORMANT_EXEC_DONE_ON_EXIT", raising=False)
+    assert options().done_on_exit is False
+    assert options("--done-on-exit").done_on_exit is True
+    monkeypatch.setenv("DORMANT_EXEC_DONE_ON_EXIT", "true")
+    assert options().done_on_exit is True
+    monkeypatch.setenv("DORMANT_EXEC_DONE_ON_EXIT", "0")
+    assert options().done_on_exit is False
+    monkeypatch.setenv("DORMANT_EXEC_DONE_ON_EXIT", "maybe")
+    with pytest.raises(UsageError, match="DORMANT_EXEC_DONE_ON_EXIT must be true or false"):
+        options()
+
+
+@pytest.mark.parametrize(
+    ("status_zero", "done_on_exit", "code", "remove"),
+    [
+        (True, True, ExitCode.OK, True),  # a Job's command completed: its work is done
+        (True, False, ExitCode.SERVER_EXITED, False),  # a stray SIGTERM to uvicorn: restart
+        (False, True, ExitCode.SERVER_EXITED, False),
+        (False, False, ExitCode.SERVER_EXITED, False),
+    ],
+)
+def test_a_server_exiting_removes_snapshots_only_with_the_jobs_opt_in(
+    status_zero: bool, done_on_exit: bool, code: ExitCode, remove: bool
+) -> None:
+    after = after_server_exit(status_zero, done_on_exit)
+    assert (after.code, after.remove_snapshots) == (code, remove)
+    if status_zero and not done_on_exit:
+        assert "without --done-on-exit" in after.why and "snapshots kept" in after.why
+
+
 def test_control_ipv6_and_hooks() -> None:
     o = options("--control", "[::1]:9000", "--suspend", "hooks", "--hook-sleep", "PUT /zz")
     assert o.control == ("::1", 9000)
@@ -58,8 +101,16 @@ def test_control_ipv6_and_hooks() -> None:
         (("--control", "8081"), ("x",), "--control must be HOST:PORT"),
         (("--control", "h:8000"), ("x",), "--control and --port must differ"),
         (("--grace", "10", "--drain-timeout", "10"), ("x",), "less than --grace"),
-        (("--grace", "0"), ("x",), "--grace must be > 0"),
-        (("--keep", "0"), ("x",), "--keep >= 1"),
+        (("--grace", "0"), ("x",), "--grace: must be more than 0, got '0'"),
+        (("--keep", "0"), ("x",), "--keep: must be between 1 and 1000000, got 0"),
+        # the YAML settings' duration type and its one-line reasons (item 12)
+        (("--grace", "nan"), ("x",), "--grace: expected a duration like '30s'"),
+        (("--grace", "inf"), ("x",), "--grace: expected a duration like '30s'"),
+        (("--quiet", "nan"), ("x",), "--quiet: expected a duration like '30s'"),
+        (("--start-timeout", "nan"), ("x",), "--start-timeout: expected a duration"),
+        (("--restore-timeout", "-1"), ("x",), "--restore-timeout: expected a duration"),
+        (("--lock-timeout", "-5"), ("x",), "--lock-timeout: expected a duration"),
+        (("--drain-timeout", "soon"), ("x",), "--drain-timeout: expected a duration"),
         (("--hook-wake", "wake"), ("x",), "--hook-wake: expected 'METHOD /path'"),
         (("--health-path", "health"), ("x",), "must start with '/'"),
         (("--name", "../up"), ("x",), "--name must be letters"),
@@ -94,6 +145,8 @@ def test_cli_takes_everything_after_the_double_dash_as_the_command(
     assert "exec: --port must be 1-65535" in capsys.readouterr().err
     assert main(["exec", "--port", "9"]) == ExitCode.USAGE  # no `--`: no command
     assert "no command: put it after --" in capsys.readouterr().err
+    assert main(["exec", "--grace", "nan", "--", "srv"]) == ExitCode.USAGE
+    assert "exec: --grace: expected a duration like '30s'" in capsys.readouterr().err
 
 
 # -- phases ------------------------------------------------------------------------------------
@@ -154,9 +207,10 @@ def make(
     runtime: FakeRuntime,
     script: Script,
     client: httpx.AsyncClient,
+    suspend: str = "none",
     **settings: object,
 ) -> Supervisor:
-    spec = InstanceSpec("server", ("srv",), port=PORT)
+    spec = InstanceSpec("server", ("srv",), port=PORT, suspend=suspend)
     return Supervisor(
         runtime,
         spec,
@@ -336,6 +390,102 @@ def test_suspend_is_501_without_an_engine_and_a_server_that_dies_is_noticed() ->
         await asyncio.wait_for(sup.watch(0.01), 2)
         assert sup.died.is_set() and sup.phase is Phase.FAILED
         assert sup.last_error and "killed by signal 9" in sup.last_error
+
+    run(case)
+
+
+# -- SIGTERM's deadline is --grace: it cuts what is in the way (item 9) --------------------------
+
+
+def test_sigterm_cuts_an_api_checkpoint_waiting_for_quiet() -> None:
+    async def case(runtime: FakeRuntime, script: Script, client: httpx.AsyncClient) -> None:
+        sup = make(runtime, script, client, grace=3.0, drain_timeout=0.3)
+        await sup.start()
+        script.now = IN_FLIGHT  # a request that never ends: POST /checkpoint?wait=600 waits
+        waiting = asyncio.ensure_future(sup.checkpoint(wait=600))
+        await asyncio.sleep(0.2)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        assert await asyncio.wait_for(sup.terminate(), 10) == ExitCode.OK
+        assert loop.time() - began < 3.0 + 1.0  # within --grace (and a margin), not 600 s
+        with pytest.raises(Exception, match="SIGTERM came while waiting") as caught:
+            await waiting
+        assert getattr(caught.value, "status", None) == 409
+        assert getattr(caught.value, "code", None) == "terminating"
+        # SIGTERM's own drain wait, then the checkpoint anyway: once, by terminate
+        assert runtime.calls["checkpoint"] == 1 and sup.phase is Phase.CHECKPOINTED
+
+    run(case)
+
+
+def test_sigterm_cuts_a_sleep_hook_that_never_answers_then_checkpoints() -> None:
+    async def case(runtime: FakeRuntime, script: Script, client: httpx.AsyncClient) -> None:
+        runtime.suspend_ok = True
+        sup = make(runtime, script, client, suspend="hooks", grace=3.0, drain_timeout=0.3)
+        await sup.start()
+        runtime.latency["suspend"] = 600.0  # the sleep hook never answers
+        suspending = asyncio.ensure_future(sup.suspend())
+        await asyncio.sleep(0.1)
+        assert sup.phase is Phase.SUSPENDING
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        assert await asyncio.wait_for(sup.terminate(), 10) == ExitCode.OK
+        assert loop.time() - began < 3.0 + 1.0
+        with pytest.raises(Exception, match="suspend cut by SIGTERM"):
+            await suspending
+        assert runtime.calls["checkpoint"] == 1 and sup.phase is Phase.CHECKPOINTED
+
+    run(case)
+
+
+def test_sigterm_bounds_its_own_wake_hook_by_what_is_left() -> None:
+    async def case(runtime: FakeRuntime, script: Script, client: httpx.AsyncClient) -> None:
+        runtime.suspend_ok = True
+        sup = make(runtime, script, client, suspend="hooks", grace=3.0, drain_timeout=0.3)
+        await sup.start()
+        await sup.suspend()
+        runtime.latency["resume"] = 600.0  # the wake hook never answers
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        assert await asyncio.wait_for(sup.terminate(), 10) == ExitCode.CHECKPOINT_FAILED
+        assert loop.time() - began < 3.0 + 1.0
+        assert sup.last_error and "what SIGTERM's --grace left" in sup.last_error
+        assert runtime.calls["checkpoint"] == 0 and runtime.calls["stop"] == 1
+        assert sup.phase is Phase.STOPPED
+
+    run(case)
+
+
+def test_sigterm_lets_a_dump_already_running_finish() -> None:
+    async def case(runtime: FakeRuntime, script: Script, client: httpx.AsyncClient) -> None:
+        sup = make(runtime, script, client, grace=3.0, drain_timeout=0.3)
+        await sup.start()
+        runtime.latency["checkpoint"] = 0.5
+        dumping = asyncio.ensure_future(sup.checkpoint())
+        await asyncio.sleep(0.1)
+        assert sup.phase is Phase.CHECKPOINTING
+        assert await asyncio.wait_for(sup.terminate(), 10) == ExitCode.OK
+        assert (await dumping)["action"] == "checkpointed"
+        assert runtime.calls["checkpoint"] == 1
+
+    run(case)
+
+
+def test_restore_while_the_served_port_is_taken_is_409_and_changes_nothing() -> None:
+    async def case(runtime: FakeRuntime, script: Script, client: httpx.AsyncClient) -> None:
+        sup = make(runtime, script, client)
+        await sup.start()
+        await sup.checkpoint()
+        script.now = TAKEN
+        async with api(sup, "", "127.0.0.1") as local:
+            answer = await local.post("/restore")
+        assert answer.status_code == 409, answer.text
+        error = answer.json()["error"]
+        assert error["code"] == "port_in_use" and "POST /restore again" in error["message"]
+        assert sup.phase is Phase.CHECKPOINTED and runtime.calls["restore"] == 0
+        assert len(runtime.snapshots["server"]) == 1
+        script.now = IDLE
+        assert (await sup.restore())["action"] == "restored"
 
     run(case)
 
