@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -34,6 +34,7 @@ from warmpool.runtime import Endpoint, Instance
 __all__ = [
     "DEFAULT_SLEEP",
     "DEFAULT_WAKE",
+    "ENGINES",
     "CudaEngine",
     "Hook",
     "HooksEngine",
@@ -246,6 +247,33 @@ class CudaEngine:
         return await asyncio.to_thread(self._resume, target)
 
 
+def _hooks_engine(
+    client: httpx.AsyncClient | None, hooks: Mapping[str, str], timeout: float, lock_timeout: float
+) -> SuspendEngine:
+    if client is None:
+        raise ValueError("the hooks suspend engine needs an HTTP client")
+    unknown = sorted(set(hooks) - {"sleep", "wake"})
+    if unknown:
+        raise ValueError(f"hooks: unknown keys {unknown}; expected 'sleep' and 'wake'")
+    return HooksEngine(
+        client, hooks.get("sleep", DEFAULT_SLEEP), hooks.get("wake", DEFAULT_WAKE), timeout
+    )
+
+
+def _cuda_engine(
+    client: httpx.AsyncClient | None, hooks: Mapping[str, str], timeout: float, lock_timeout: float
+) -> SuspendEngine:
+    return CudaEngine(lock_timeout=lock_timeout)
+
+
+ENGINES: dict[str, Callable[..., SuspendEngine] | None] = {
+    "none": None,
+    "cuda": _cuda_engine,
+    "hooks": _hooks_engine,
+}
+"""``suspend:`` name -> how to build its engine (None: the workload is never suspended)."""
+
+
 def make_engine(
     kind: str,
     *,
@@ -254,23 +282,10 @@ def make_engine(
     timeout: float = 120.0,
     lock_timeout: float = 10.0,
 ) -> SuspendEngine | None:
-    """The engine a workload's ``suspend:`` names: 'none' → None, 'hooks' (needs
-    ``client``; ``hooks`` may give 'sleep' and 'wake'), 'cuda'. ValueError otherwise."""
-    if kind == "none":
-        return None
-    if kind == "hooks":
-        if client is None:
-            raise ValueError("the hooks suspend engine needs an HTTP client")
-        given = dict(hooks or {})
-        unknown = sorted(set(given) - {"sleep", "wake"})
-        if unknown:
-            raise ValueError(f"hooks: unknown keys {unknown}; expected 'sleep' and 'wake'")
-        return HooksEngine(
-            client,
-            given.get("sleep", DEFAULT_SLEEP),
-            given.get("wake", DEFAULT_WAKE),
-            timeout,
-        )
-    if kind == "cuda":
-        return CudaEngine(lock_timeout=lock_timeout)
-    raise ValueError(f"suspend must be none, cuda or hooks, got {kind!r}")
+    """The engine a workload's ``suspend:`` names (see ``ENGINES``): 'none' → None, 'hooks'
+    (needs ``client``; ``hooks`` may give 'sleep' and 'wake'), 'cuda'. ValueError otherwise."""
+    if kind not in ENGINES:
+        *first, last = ENGINES
+        raise ValueError(f"suspend must be {', '.join(first)} or {last}, got {kind!r}")
+    build = ENGINES[kind]
+    return None if build is None else build(client, dict(hooks or {}), timeout, lock_timeout)
