@@ -175,14 +175,14 @@ def should_defer(waiting_since: float | None, now: float, max_defer: float) -> b
 
 
 def is_thrash(
-    left_at: float | None, now: float, min_resident: float, wanted_when_left: bool = False
+    left_at: float | None, now: float, min_resident: float, evicted_busy: bool = False
 ) -> bool:
-    """A workload swapped back in that should not have left: requests for it were already
-    waiting when it was swapped out (``wanted_when_left``), or it is back within its own
-    ``min_resident`` of leaving."""
+    """A workload swapped back in whose swap out should not have happened: it was chosen
+    while in use (``evicted_busy``: requests in flight or queued, past the starvation bound),
+    or it is back within its own ``min_resident`` of leaving."""
     if left_at is None:
         return False
-    return wanted_when_left or (min_resident > 0 and now - left_at < min_resident)
+    return evicted_busy or (min_resident > 0 and now - left_at < min_resident)
 
 
 @dataclass(frozen=True)

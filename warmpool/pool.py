@@ -116,8 +116,8 @@ class _Book:
     swaps_out: int = 0
     residual: int = 0
     """Device bytes it still holds while suspended (measured after the suspend)."""
-    wanted_when_left: bool = False
-    """Requests for it were waiting when it last left (coming back for them is thrash)."""
+    evicted_busy: bool = False
+    """It last left as a victim chosen while in use (coming back for that is thrash)."""
 
 
 @dataclass(eq=False)
@@ -237,7 +237,6 @@ class Pool:
             book.held = None
             book.left_at = self.clock()
             book.swaps_out += 1
-            book.wanted_when_left = self.members[name].placement().queued > 0
             self._notify()
         book.residual = 0
         instance = self._instances.get(name)
@@ -391,7 +390,7 @@ class Pool:
         book.held = self.size(name)
         book.residual = 0
         min_resident = self.members[name].placement().min_resident
-        if is_thrash(book.left_at, now, min_resident, book.wanted_when_left):
+        if is_thrash(book.left_at, now, min_resident, book.evicted_busy):
             book.thrash += 1
             if self.on_thrash is not None:
                 self.on_thrash(name)
@@ -399,10 +398,10 @@ class Pool:
                 "%s: swapped back in %.1fs after it left%s (min_resident %gs): thrash",
                 name,
                 now - (book.left_at or now),
-                ", requests waiting for it then" if book.wanted_when_left else "",
+                ", swapped out while in use" if book.evicted_busy else "",
                 min_resident,
             )
-        book.wanted_when_left = False
+        book.evicted_busy = False
         log.info(
             "pool: %s holds %s (%s of %s used)",
             name,
@@ -418,9 +417,12 @@ class Pool:
 
         async def one(d: Demotion) -> None:
             log.info("pool: %s leaves for %s (to %s)", d.name, incoming, d.to)
+            book = self._books[d.name]
+            book.evicted_busy = d.drain
             try:
                 await self.members[d.name].demote(d.to, f"swapped out for {incoming}")
             except Exception as exc:  # it still serves; the next plan sees it resident
+                book.evicted_busy = False
                 log.warning("pool: %s could not leave the device: %s", d.name, exc)
                 refused[d.name] = str(exc)
 

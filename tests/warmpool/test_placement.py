@@ -307,21 +307,21 @@ def test_fits_ever(members: list[Member], budget_gib: float, problems: list[str]
 
 
 @pytest.mark.parametrize(
-    ("left_at", "now", "min_resident", "wanted", "thrash"),
+    ("left_at", "now", "min_resident", "evicted_busy", "thrash"),
     [
         (None, 100.0, 30.0, False, False),  # never left
         (90.0, 100.0, 30.0, False, True),  # back 10 s after leaving, min_resident 30 s
         (60.0, 100.0, 30.0, False, False),  # back after 40 s
-        (99.0, 100.0, 0.0, False, False),  # no min_resident, nobody waited when it left
-        (99.0, 100.0, 0.0, True, True),  # requests waited for it when it was swapped out
-        (10.0, 100.0, 0.0, True, True),  # however long it took to come back for them
+        (99.0, 100.0, 0.0, False, False),  # no min_resident, it was idle when chosen
+        (99.0, 100.0, 0.0, True, True),  # it was swapped out while in use
+        (10.0, 100.0, 0.0, True, True),  # however long it took to come back
         (None, 100.0, 0.0, True, False),  # never left: nothing to undo
     ],
 )
 def test_is_thrash(
-    left_at: float | None, now: float, min_resident: float, wanted: bool, thrash: bool
+    left_at: float | None, now: float, min_resident: float, evicted_busy: bool, thrash: bool
 ) -> None:
-    assert is_thrash(left_at, now, min_resident, wanted) is thrash
+    assert is_thrash(left_at, now, min_resident, evicted_busy) is thrash
 
 
 @pytest.mark.parametrize(
