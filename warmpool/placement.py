@@ -231,7 +231,7 @@ def _never(incoming: Member, budget: int, pinned: Sequence[Member]) -> str:
         return (
             f"{incoming.name} needs {_needs(incoming)}, but pinned workloads hold "
             f"{format_size(held)} ({sizes}) of the device budget of {format_size(budget)}: "
-            "nothing else can ever be resident beside them; raise device.memory_budget, "
+            "it can never be resident beside them; raise device.memory_budget, "
             "or unpin a workload"
         )
     return (

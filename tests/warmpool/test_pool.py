@@ -159,5 +159,6 @@ async def test_a_pinned_auto_workload_measured_above_the_budget_is_flagged(
     assert "needs 1B" not in message
     assert "b needs an unknown size until it is measured" in message
     assert "pinned workloads hold 600.0MiB (a 600.0MiB measured)" in message
+    assert "can never be resident" in message
     with pytest.raises(PoolFull, match=r"c needs 400\.0MiB \(declared\)"):
         await pool.reserve(c, timeout=1)
