@@ -100,7 +100,8 @@ class Metrics:
         )
         self.thrash = Counter(
             "dormant_thrash_total",
-            "Swaps back onto the device within the workload's own min_resident of leaving it",
+            "Swaps back onto the device of a workload swapped out while in use (past max_defer), "
+            "or back within its own min_resident",
             ["workload"],
             registry=r,
         )

@@ -89,6 +89,11 @@ class Workload:
         self._instance: Instance | None = None
         self._in_flight = 0
         self._waiting = 0
+        self._waiters: set[object] = set()
+        """One token per acquire() call that waits."""
+        self._owed: set[object] = set()
+        """Waiters that were waiting when the last wake ended and have no lease yet: the pool
+        does not swap the workload out before they have one (``placement().arriving``)."""
         self._last_activity = clock()
         self._since = clock()
         self._resident_since = clock()
@@ -202,6 +207,8 @@ class Workload:
             )
         wait = self.settings.wake_timeout if timeout is None else timeout
         deadline = self._clock() + wait
+        token = object()
+        self._waiters.add(token)
         self._waiting += 1
         self._metrics.queue_depth.labels(self.name).set(self._waiting)
         try:
@@ -230,6 +237,8 @@ class Workload:
                     return self._lease(record)
                 self._slots.give()  # it started hibernating while we waited for the slot
         finally:
+            self._waiters.discard(token)
+            self._owed.discard(token)
             self._waiting -= 1
             self._metrics.queue_depth.labels(self.name).set(self._waiting)
 
@@ -370,6 +379,7 @@ class Workload:
             path = "restore" if instance.restored_from else "boot"
             self.counters["restores" if path == "restore" else "boots"] += 1
         seconds = self._clock() - started
+        self._owed = set(self._waiters)  # served before the pool may swap it out again
         self._instance = instance
         self._last_activity = self._resident_since = self._clock()
         self.last_wake = WakeRecord(path, seconds, time.time())
@@ -506,6 +516,7 @@ class Workload:
         """This workload as the warm pool's placement policy sees it."""
         s = self.settings
         mid_operation = self._state is not State.READY and self._state not in _OFF_DEVICE
+        waking = self._wake_task is not None and not self._wake_task.done()
         return Member(
             name=self.name,
             tier=_TIERS.get(self._state, Tier.RESIDENT),
@@ -520,6 +531,7 @@ class Workload:
             queued=max(self._waiting, 1) if mid_operation else self._waiting,
             can_suspend=s.suspend != "none",
             can_hibernate=self._runtime.capabilities.checkpoint,
+            arriving=waking or bool(self._owed),
         )
 
     def _checkpoint_failed(self, exc: WarmpoolError, instance: Instance) -> None:

@@ -7,7 +7,9 @@ workload become resident.
 
 Rules, in order:
 
-1. Never a pinned workload, and none within its ``min_resident`` (anti-thrash).
+1. Never a pinned workload, none within its ``min_resident`` (anti-thrash), and none
+   still ``arriving`` (waking, or not yet done giving a lease to every request that waited
+   for it: a swap in serves the requests it was made for before it can be undone).
 2. Never one with requests in flight or queued — unless the incoming workload has
    waited longer than the starvation bound (``should_defer`` is False): then busy
    workloads may be chosen too, after every idle one, and their demotion says
@@ -17,6 +19,11 @@ Rules, in order:
 4. Suspend (device memory parked in host RAM) while host RAM allows and the workload
    can be suspended, giving that faster tier to the most valuable victims; otherwise
    hibernate (a snapshot), or stop when it cannot be checkpointed either.
+
+Who plans first when several wait to come in is ``queue_order``: first come, first
+served, a higher ``priority`` counting as having arrived earlier (``PRIORITY_AGING`` seconds
+per point: aging, so nobody is overtaken forever), and a waiter that has already made
+victims leave for itself stays first (the room freed for it is held for it).
 
 A workload that cannot fit now (everything evictable is busy, pinned or too recent)
 gets ``Verdict.WAIT`` with the blockers and, where known, when to retry; one that can
@@ -33,17 +40,25 @@ from enum import StrEnum
 from warmpool.units import format_size
 
 __all__ = [
+    "PRIORITY_AGING",
     "Blocker",
     "Demotion",
     "Member",
     "Plan",
     "Tier",
     "Verdict",
+    "Waiter",
     "choose_victims",
     "fits_ever",
     "is_thrash",
+    "queue_order",
     "should_defer",
 ]
+
+PRIORITY_AGING = 0.01
+"""Seconds of waiting one point of ``priority`` is worth in ``queue_order``: a workload of
+priority 100 waiting to come in goes before one of priority 0 that arrived up to 1 s
+earlier, never before one that arrived earlier than that."""
 
 
 class Tier(StrEnum):
@@ -68,6 +83,9 @@ class Member:
     tier: Tier
     device_bytes: int
     """Bytes it holds on the device when resident (measured or declared; 0 = unknown)."""
+    size_from: str = ""
+    """Where ``device_bytes`` comes from, for messages: ``declared``, ``measured``, or
+    ``unknown`` (never measured: ``device_bytes`` is an estimate); empty: not said."""
     host_bytes: int | None = None
     """Host RAM it holds while suspended; None = the same as ``device_bytes``."""
     pin: bool = False
@@ -86,6 +104,9 @@ class Member:
     """Its suspend engine (cuda, hooks) works for it."""
     can_hibernate: bool = True
     """It can be checkpointed (else demoting it means stopping it: cold)."""
+    arriving: bool = False
+    """It is coming in (waking) or has not yet given a lease to every request that waited
+    for it: never a victim, however long another has waited."""
 
     @property
     def parked_bytes(self) -> int:
@@ -153,9 +174,36 @@ def should_defer(waiting_since: float | None, now: float, max_defer: float) -> b
     return now - waiting_since < max_defer
 
 
-def is_thrash(left_at: float | None, now: float, min_resident: float) -> bool:
-    """A workload swapped back in within its own ``min_resident`` of being swapped out."""
-    return left_at is not None and min_resident > 0 and now - left_at < min_resident
+def is_thrash(
+    left_at: float | None, now: float, min_resident: float, evicted_busy: bool = False
+) -> bool:
+    """A workload swapped back in whose swap out should not have happened: it was chosen
+    while in use (``evicted_busy``: requests in flight or queued, past the starvation bound),
+    or it is back within its own ``min_resident`` of leaving."""
+    if left_at is None:
+        return False
+    return evicted_busy or (min_resident > 0 and now - left_at < min_resident)
+
+
+@dataclass(frozen=True)
+class Waiter:
+    """A workload waiting for the pool to make it resident."""
+
+    name: str
+    arrived: float
+    """When it asked (the caller's clock)."""
+    priority: int = 0
+    committed: bool = False
+    """It has already made victims leave for itself: it stays first in line."""
+
+
+def queue_order(waiters: Sequence[Waiter], aging: float = PRIORITY_AGING) -> list[Waiter]:
+    """Who plans first: the committed waiter, then by arrival with ``priority`` counting
+    ``aging`` seconds per point (a fixed place per waiter, so a waiter is only overtaken by
+    one that asks within ``aging`` x the difference of priorities after it); ties by name."""
+    return sorted(
+        waiters, key=lambda w: (not w.committed, w.arrived - w.priority * aging, w.arrived, w.name)
+    )
 
 
 def _pinned_note(pinned: Sequence[Member]) -> str:
@@ -165,15 +213,37 @@ def _pinned_note(pinned: Sequence[Member]) -> str:
     return f", {format_size(sum(m.device_bytes for m in pinned))} of it pinned by {names}"
 
 
+def _needs(m: Member) -> str:
+    """What ``m`` needs, as the 503 says it: the number and where it comes from."""
+    if m.size_from == "unknown":
+        return "an unknown size until it is measured"
+    note = f" ({m.size_from})" if m.size_from else ""
+    return f"{format_size(m.device_bytes)}{note}"
+
+
 def _never(incoming: Member, budget: int, pinned: Sequence[Member]) -> str:
+    held = sum(m.device_bytes for m in pinned)
+    if held >= budget:
+        sizes = ", ".join(
+            f"{m.name} {format_size(m.device_bytes)}{' ' + m.size_from if m.size_from else ''}"
+            for m in pinned
+        )
+        return (
+            f"{incoming.name} needs {_needs(incoming)}, but pinned workloads hold "
+            f"{format_size(held)} ({sizes}) of the device budget of {format_size(budget)}: "
+            "it can never be resident beside them; raise device.memory_budget, "
+            "or unpin a workload"
+        )
     return (
-        f"{incoming.name} needs {format_size(incoming.device_bytes)} but the device budget is "
+        f"{incoming.name} needs {_needs(incoming)} but the device budget is "
         f"{format_size(budget)}{_pinned_note(pinned)}: it can never be resident; raise "
         "device.memory_budget, lower its memory, or unpin a workload"
     )
 
 
 def _blocker(m: Member, now: float, overdue: bool) -> Blocker | None:
+    if m.arriving:
+        return Blocker(m.name, f"{m.name} is coming in for the requests that wait for it")
     if m.min_resident > 0 and now - m.resident_since < m.min_resident:
         until = m.resident_since + m.min_resident
         return Blocker(
@@ -241,7 +311,7 @@ def choose_victims(
         return Plan(
             Verdict.WAIT,
             reason=(
-                f"{incoming.name} needs {format_size(need)}, {format_size(max(free, 0))} of "
+                f"{incoming.name} needs {_needs(incoming)}, {format_size(max(free, 0))} of "
                 f"{format_size(budget)} is free and no more can be made now: {why}"
             ),
             retry_after=max(min(waits), 0.0) if waits else None,

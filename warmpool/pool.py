@@ -16,13 +16,24 @@ context and the like behind. On a GPU (``suspend_frees``) its residual is measur
 device when it leaves for the suspended tier and kept in the account until it comes back
 or leaves the device for good.
 
-Bounded: a reservation waits at most ``timeout`` for busy or too-recent residents
-(``PoolBusy``, with when to retry); one that can never fit fails at once (``PoolFull``).
+Reservations are served in order (``placement.queue_order``: first come, first served,
+aged by priority). Only the first in line plans and demotes; once it has made victims leave
+it stays first, so the room freed for it is held for it, and nobody else is granted room
+before it. A workload that has just come in is never a victim until every request that
+waited for it has its lease (``Member.arriving``): each wait costs one swap, never a swap
+undone before it served anyone.
+
+Bounded: a reservation waits at most ``timeout`` (in line, then for busy or too-recent
+residents: ``PoolBusy``, with when to retry); one that can never fit fails at once
+(``PoolFull``). A pinned workload measured larger than the budget allows is a problem the
+pool logs and shows (``problems``): nothing else can be resident beside it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -39,8 +50,11 @@ from warmpool.placement import (
     Plan,
     Tier,
     Verdict,
+    Waiter,
     choose_victims,
+    fits_ever,
     is_thrash,
+    queue_order,
     should_defer,
 )
 from warmpool.runtime import Instance
@@ -92,6 +106,16 @@ class _Book:
     swaps_out: int = 0
     residual: int = 0
     """Device bytes it still holds while suspended (measured after the suspend)."""
+    evicted_busy: bool = False
+    """It last left as a victim chosen while in use (coming back for that is thrash)."""
+
+
+@dataclass(eq=False)
+class _Ticket:
+    """One reservation waiting in line."""
+
+    waiter: Waiter
+    serial: int
 
 
 @dataclass
@@ -115,7 +139,13 @@ class Pool:
     members: dict[str, PoolMember] = field(default_factory=dict)
     _books: dict[str, _Book] = field(default_factory=dict)
     _instances: dict[str, Instance] = field(default_factory=dict)
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _line: list[_Ticket] = field(default_factory=list)
+    """Reservations waiting, in arrival order (``queue_order`` sorts them)."""
+    _serials: itertools.count[int] = field(default_factory=itertools.count)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set (and replaced) when the line or the room changes: waiters re-plan at once."""
+    _problems: set[str] = field(default_factory=set)
+    """Problems already logged (``problems``), so each is warned about once."""
 
     def join(self, member: PoolMember, declared: int = 0) -> None:
         """Add a workload; ``declared``: its size in bytes (0 = measure it)."""
@@ -137,6 +167,11 @@ class Pool:
         )
         return max(self.budget - pinned, 1)
 
+    def size_from(self, name: str) -> str:
+        """Where ``size(name)`` comes from: ``declared``, ``measured`` or ``unknown``."""
+        book = self._books[name]
+        return "declared" if book.declared else "measured" if book.measured else "unknown"
+
     def measure(self, name: str, footprint: int | None) -> None:
         """A resident member's measured footprint (the largest seen is kept)."""
         book = self._books.get(name)
@@ -145,6 +180,25 @@ class Pool:
         book.measured = max(book.measured, footprint)
         if book.held is not None and not book.declared:
             book.held = book.measured  # the estimate gives way to what was measured
+        for problem in self.problems():
+            if problem not in self._problems:
+                self._problems.add(problem)
+                log.warning("pool: %s", problem)
+
+    def problems(self) -> list[str]:
+        """What can never work with the sizes known now (declared or measured): e.g. a
+        pinned ``memory: auto`` workload measured larger than the budget leaves room for
+        nothing else. Empty when fine."""
+        known = [
+            replace(
+                self.members[n].placement(),
+                device_bytes=b.declared or b.measured,
+                size_from=self.size_from(n),
+            )
+            for n, b in self._books.items()
+            if b.declared or b.measured
+        ]
+        return fits_ever(known, self.budget)
 
     def sample(self, name: str, instance: Instance) -> int | None:
         """Measure a resident member's instance on the device (by the pid and cgroup its
@@ -173,6 +227,7 @@ class Pool:
             book.held = None
             book.left_at = self.clock()
             book.swaps_out += 1
+            self._notify()
         book.residual = 0
         instance = self._instances.get(name)
         if self.suspend_frees and instance is not None and self._suspended(name):
@@ -197,81 +252,117 @@ class Pool:
         member = self.members[name].placement()
         book = self._books[name]
         if book.held is None:
-            return replace(member, device_bytes=self.size(name))
+            return replace(member, device_bytes=self.size(name), size_from=self.size_from(name))
         return replace(
             member,
             tier=Tier.RESIDENT,
             device_bytes=book.held,
+            size_from=self.size_from(name),
             can_suspend=member.can_suspend and self.suspend_frees,
         )
+
+    def _notify(self) -> None:
+        """Wake every waiting reservation to re-plan (the line or the room changed)."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _in_order(self) -> list[_Ticket]:
+        by_waiter = {id(t.waiter): t for t in self._line}
+        return [by_waiter[id(w)] for w in queue_order([t.waiter for t in self._line])]
 
     # -- reservations ----------------------------------------------------------------------
 
     async def reserve(self, member: PoolMember, timeout: float) -> None:
         """Return once ``member`` fits, victims demoted; it then holds its room until
-        ``left``. Raises PoolFull (never fits), PoolBusy (not within ``timeout``)."""
+        ``left``. Reservations are served in order (``queue_order``); only the first in
+        line plans and demotes. Raises PoolFull (never fits), PoolBusy (not within
+        ``timeout``)."""
         name = member.name
         if self.holds(name):
             return
         started = self.clock()
         deadline = started + timeout
+        ticket = _Ticket(Waiter(name, started, member.placement().priority), next(self._serials))
+        self._line.append(ticket)
         refused: dict[str, str] = {}  # victims that could not leave during this reservation
-        while True:
-            async with self._lock:
+        try:
+            while True:
                 now = self.clock()
-                members = [
-                    replace(view, pin=True) if view.name in refused else view
-                    for view in (self._view(n) for n in self.members)
-                ]
-                incoming = next(m for m in members if m.name == name)
-                plan = choose_victims(
-                    members,
-                    incoming,
-                    self.budget - self._residuals(name),
-                    now,
-                    self.host_ram_free(),
-                    overdue=not should_defer(started, now, self.max_defer),
-                )
-                if plan.verdict is Verdict.NEVER and (unmeasured := self._unmeasured_pins(name)):
-                    # A pinned workload never measured yet holds the whole budget as its
-                    # estimate: the verdict is not final, its first sample settles it.
-                    plan = Plan(
-                        Verdict.WAIT,
-                        reason=(
-                            f"{name} waits for the size of pinned {', '.join(unmeasured)}, "
-                            "which has not been measured yet (until then it counts as the "
-                            "whole budget); declare its memory: to spare the wait"
-                        ),
-                    )
-                elif plan.verdict is Verdict.NEVER and (kept := self._residuals(name)):
-                    # What suspended workloads keep on the device goes when they hibernate.
-                    plan = Plan(
-                        Verdict.WAIT,
-                        reason=(
-                            f"{name} does not fit beside the {format_size(kept)} that suspended "
-                            "workloads keep on the device (CUDA contexts and the like); it "
-                            "fits once they have left it"
-                        ),
-                    )
-                elif plan.verdict is Verdict.NEVER and refused:
-                    why = "; ".join(
-                        f"{n} could not leave the device: {e}" for n, e in refused.items()
-                    )
-                    raise PoolBusy(f"{name} cannot be made room for now: {why}")
-                if plan.verdict is Verdict.NEVER:
-                    raise PoolFull(plan.reason)
-                if plan.fits and not plan.demotions:
-                    self._grant(name, incoming, now)
+                plan = self._plan(name, refused, started, now)
+                line = self._in_order()
+                ahead = [t.waiter.name for t in line[: line.index(ticket)]]
+                if not ahead and plan.fits and not plan.demotions:
+                    self._grant(name, now)
                     return
-                if plan.fits:
+                if not ahead and plan.fits:
+                    # First in line: the room these victims free is held for it.
+                    ticket.waiter = replace(ticket.waiter, committed=True)
                     refused.update(await self._demote(plan.demotions, name))
                     continue  # re-plan: sizes and states have changed
-            remaining = deadline - self.clock()
-            if remaining <= 0 or (plan.retry_after is not None and plan.retry_after > remaining):
-                # waiting longer is pointless (or not allowed): say when it may work
-                raise PoolBusy(plan.reason, plan.retry_after)
-            wait = min(self.poll, remaining, plan.retry_after or self.poll)
-            await asyncio.sleep(max(wait, 0.01))
+                if ahead:
+                    plan = Plan(
+                        Verdict.WAIT,
+                        reason=f"{name} waits its turn behind {', '.join(ahead)}"
+                        + (f" ({plan.reason})" if plan.reason else ""),
+                    )
+                changed = self._changed
+                remaining = deadline - self.clock()
+                if remaining <= 0 or (
+                    plan.retry_after is not None and plan.retry_after > remaining
+                ):
+                    # waiting longer is pointless (or not allowed): say when it may work
+                    raise PoolBusy(plan.reason, plan.retry_after)
+                wait = min(self.poll, remaining, plan.retry_after or self.poll)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(wait, 0.01)):
+                        await changed.wait()
+        finally:
+            self._line.remove(ticket)
+            self._notify()
+
+    def _plan(self, name: str, refused: dict[str, str], started: float, now: float) -> Plan:
+        """The policy's plan for ``name`` now; raises PoolFull (never fits) or PoolBusy
+        (only victims that refused to leave could make room)."""
+        members = [
+            replace(view, pin=True) if view.name in refused else view
+            for view in (self._view(n) for n in self.members)
+        ]
+        incoming = next(m for m in members if m.name == name)
+        plan = choose_victims(
+            members,
+            incoming,
+            self.budget - self._residuals(name),
+            now,
+            self.host_ram_free(),
+            overdue=not should_defer(started, now, self.max_defer),
+        )
+        if plan.verdict is not Verdict.NEVER:
+            return plan
+        if unmeasured := self._unmeasured_pins(name):
+            # A pinned workload never measured yet holds the whole budget as its
+            # estimate: the verdict is not final, its first sample settles it.
+            return Plan(
+                Verdict.WAIT,
+                reason=(
+                    f"{name} waits for the size of pinned {', '.join(unmeasured)}, "
+                    "which has not been measured yet (until then it counts as the "
+                    "whole budget); declare its memory: to spare the wait"
+                ),
+            )
+        if kept := self._residuals(name):
+            # What suspended workloads keep on the device goes when they hibernate.
+            return Plan(
+                Verdict.WAIT,
+                reason=(
+                    f"{name} does not fit beside the {format_size(kept)} that suspended "
+                    "workloads keep on the device (CUDA contexts and the like); it "
+                    "fits once they have left it"
+                ),
+            )
+        if refused:
+            why = "; ".join(f"{n} could not leave the device: {e}" for n, e in refused.items())
+            raise PoolBusy(f"{name} cannot be made room for now: {why}")
+        raise PoolFull(plan.reason)
 
     def _unmeasured_pins(self, name: str) -> list[str]:
         """Pinned members other than ``name`` holding room by the never-measured estimate."""
@@ -284,20 +375,23 @@ class Pool:
             and self.members[n].placement().pin
         ]
 
-    def _grant(self, name: str, incoming: Member, now: float) -> None:
+    def _grant(self, name: str, now: float) -> None:
         book = self._books[name]
         book.held = self.size(name)
         book.residual = 0
-        if is_thrash(book.left_at, now, incoming.min_resident):
+        min_resident = self.members[name].placement().min_resident
+        if is_thrash(book.left_at, now, min_resident, book.evicted_busy):
             book.thrash += 1
             if self.on_thrash is not None:
                 self.on_thrash(name)
             log.warning(
-                "%s: swapped back in %.1fs after it left (min_resident %gs): thrash",
+                "%s: swapped back in %.1fs after it left%s (min_resident %gs): thrash",
                 name,
                 now - (book.left_at or now),
-                incoming.min_resident,
+                ", swapped out while in use" if book.evicted_busy else "",
+                min_resident,
             )
+        book.evicted_busy = False
         log.info(
             "pool: %s holds %s (%s of %s used)",
             name,
@@ -313,9 +407,12 @@ class Pool:
 
         async def one(d: Demotion) -> None:
             log.info("pool: %s leaves for %s (to %s)", d.name, incoming, d.to)
+            book = self._books[d.name]
+            book.evicted_busy = d.drain
             try:
                 await self.members[d.name].demote(d.to, f"swapped out for {incoming}")
             except Exception as exc:  # it still serves; the next plan sees it resident
+                book.evicted_busy = False
                 log.warning("pool: %s could not leave the device: %s", d.name, exc)
                 refused[d.name] = str(exc)
 
@@ -332,6 +429,8 @@ class Pool:
             "max_defer_s": self.max_defer,
             "device": self.device.describe() if self.device is not None else None,
             "members": {name: self.member_view(name) for name in self._books},
+            "queue": [t.waiter.name for t in self._in_order()],
+            "problems": self.problems(),
         }
 
     def member_view(self, name: str) -> dict[str, Any]:

@@ -240,3 +240,17 @@ async def test_random_traffic_never_exceeds_the_budget() -> None:
     assert peak <= 2 * GB and not runtime.violations
     assert w["d"].counters["checkpoints"] == 0
     assert sum(x.counters["swaps_out"] for x in w.values()) > 3
+
+
+async def test_a_workload_swapped_in_serves_its_waiters_before_it_can_be_swapped_out() -> None:
+    """b asks while a boots for three waiting requests, and b may not wait at all
+    (max_defer 0). a used to be chosen mid-boot and hibernated before its waiters had a
+    lease: they waited for a second swap, the swap made for them undone unused."""
+    runtime = FakeRuntime(latency={"boot": 0.02, "checkpoint": 0.01, "restore": 0.01})
+    _, w = pooled(runtime, budget=GB, max_defer=0.0, a={"max_in_flight": 1}, b={})
+    first = [asyncio.ensure_future(use(w["a"], hold=0.01)) for _ in range(3)]
+    await asyncio.sleep(0.005)  # a is booting for them
+    assert await use(w["b"]) == "boot"
+    assert await asyncio.gather(*first) == ["boot"] * 3  # one swap served all three
+    assert runtime.calls["restore"] == 0 and runtime.calls["checkpoint"] == 1
+    assert w["a"].state is State.HIBERNATED and w["b"].state is State.READY

@@ -11,9 +11,11 @@ from warmpool.placement import (
     Member,
     Tier,
     Verdict,
+    Waiter,
     choose_victims,
     fits_ever,
     is_thrash,
+    queue_order,
     should_defer,
 )
 
@@ -305,13 +307,88 @@ def test_fits_ever(members: list[Member], budget_gib: float, problems: list[str]
 
 
 @pytest.mark.parametrize(
-    ("left_at", "now", "min_resident", "thrash"),
+    ("left_at", "now", "min_resident", "evicted_busy", "thrash"),
     [
-        (None, 100.0, 30.0, False),  # never left
-        (90.0, 100.0, 30.0, True),  # back 10 s after leaving, min_resident 30 s
-        (60.0, 100.0, 30.0, False),  # back after 40 s
-        (99.0, 100.0, 0.0, False),  # no min_resident: no thrash defined
+        (None, 100.0, 30.0, False, False),  # never left
+        (90.0, 100.0, 30.0, False, True),  # back 10 s after leaving, min_resident 30 s
+        (60.0, 100.0, 30.0, False, False),  # back after 40 s
+        (99.0, 100.0, 0.0, False, False),  # no min_resident, it was idle when chosen
+        (99.0, 100.0, 0.0, True, True),  # it was swapped out while in use
+        (10.0, 100.0, 0.0, True, True),  # however long it took to come back
+        (None, 100.0, 0.0, True, False),  # never left: nothing to undo
     ],
 )
-def test_is_thrash(left_at: float | None, now: float, min_resident: float, thrash: bool) -> None:
-    assert is_thrash(left_at, now, min_resident) is thrash
+def test_is_thrash(
+    left_at: float | None, now: float, min_resident: float, evicted_busy: bool, thrash: bool
+) -> None:
+    assert is_thrash(left_at, now, min_resident, evicted_busy) is thrash
+
+
+@pytest.mark.parametrize(
+    ("case", "waiters", "expected"),
+    [
+        ("first come, first served", [("b", 2.0, 0), ("a", 1.0, 0), ("c", 3.0, 0)], "abc"),
+        ("ties by name", [("b", 1.0, 0), ("a", 1.0, 0)], "ab"),
+        # priority 100 is worth 1 s of waiting (PRIORITY_AGING 10 ms a point)
+        ("priority counts as having waited", [("a", 1.0, 0), ("b", 1.5, 100)], "ba"),
+        ("but only so long", [("a", 1.0, 0), ("b", 2.5, 100)], "ab"),
+        ("a low priority is served later", [("a", 1.0, -100), ("b", 1.9, 0)], "ba"),
+        ("and ages: not forever", [("a", 1.0, -100), ("b", 2.1, 0)], "ab"),
+        ("committed stays first", [("a", 1.0, 0), ("z", 9.0, -1000, True)], "za"),
+    ],
+)
+def test_queue_order(case: str, waiters: list[tuple[Any, ...]], expected: str) -> None:
+    order = queue_order([Waiter(*w) for w in waiters])
+    assert "".join(w.name for w in order) == expected, case
+
+
+def test_an_arriving_member_is_never_a_victim_even_past_the_bound() -> None:
+    """A workload coming in (or still giving leases to the requests that waited for it) is
+    not swapped out by a reservation that has waited past max_defer: that undid every swap
+    before it served anyone (the livelock)."""
+    members = [m("coming", arriving=True, queued=1), m("busy", in_flight=1), m("new", C)]
+    plan = choose_victims(members, members[-1], 4 * GiB, NOW, 64 * GiB, overdue=True)
+    assert [d.name for d in plan.demotions] == ["busy"]
+    members = [m("coming", arriving=True, queued=1), m("new", C)]
+    plan = choose_victims(members, members[-1], 2 * GiB, NOW, 64 * GiB, overdue=True)
+    assert plan.verdict is Verdict.WAIT
+    assert "coming is coming in for the requests that wait for it" in plan.reason
+
+
+@pytest.mark.parametrize(
+    ("incoming", "pinned", "in_reason", "not_in_reason"),
+    [
+        # a pinned memory: auto workload measured above the budget; the incoming never seen
+        (
+            {"gib": 0, "size_from": "unknown"},
+            {"gib": 7, "size_from": "measured"},
+            [
+                "new needs an unknown size until it is measured",
+                "pinned workloads hold 7.0GiB (p 7.0GiB measured)",
+            ],
+            ["needs 0B", "needs 1B"],
+        ),
+        (
+            {"gib": 2, "size_from": "declared"},
+            {"gib": 6, "size_from": "declared"},
+            ["new needs 2.0GiB (declared), but pinned workloads hold 6.0GiB"],
+            [],
+        ),
+        (
+            {"gib": 5, "size_from": "measured"},
+            {"gib": 2, "size_from": "measured"},
+            ["new needs 5.0GiB (measured) but the device budget is 6.0GiB"],
+            [],
+        ),
+    ],
+)
+def test_never_says_what_it_needs_and_where_the_number_comes_from(
+    incoming: dict[str, Any], pinned: dict[str, Any], in_reason: list[str], not_in_reason: list[str]
+) -> None:
+    new = m("new", C, **incoming)
+    plan = plan_for([m("p", pin=True, **pinned), new], new)
+    assert plan.verdict is Verdict.NEVER
+    for text in in_reason:
+        assert text in plan.reason
+    for text in not_in_reason:
+        assert text not in plan.reason
