@@ -28,6 +28,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     # Config errors that need the filesystem, before anything starts (exit 2, one line):
     check_state_dir(settings.state_path)
     settings.check_token_files()
+    _require_free_addresses(settings)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     )
@@ -77,6 +78,20 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     asyncio.run(serve_both())
     return 0
+
+
+def _require_free_addresses(settings: Settings) -> None:
+    """A taken port is one line before anything starts, not "serving on" and a traceback."""
+    from activator.check import listen_problem
+
+    for key in ("listen", "admin_listen"):
+        address = getattr(settings, key)
+        problem = listen_problem(address) if address else None
+        if problem:
+            raise RuntimeError(
+                f"{problem}: something else listens there (another `dormant up`?); stop it, or "
+                f"choose another address with --listen or {key} in the config"
+            )
 
 
 def _print_addresses(settings: Settings, token: str) -> None:

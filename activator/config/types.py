@@ -65,6 +65,7 @@ __all__ = [
     "Timeout",
     "human_duration",
     "is_host_port",
+    "listen_problem",
     "reject",
 ]
 
@@ -349,15 +350,25 @@ def _existing_file(value: str) -> str:
     return str(Path(value).expanduser()) if value else value
 
 
+def listen_problem(value: object) -> str:
+    """Why ``value`` is not a HOST:PORT, the same for the config key and ``--listen``."""
+    text = str(value)
+    hint = f" (a port alone: write 127.0.0.1:{text})" if text.isdigit() else ""
+    return f"expected HOST:PORT like 127.0.0.1:8080, got {text!r}{hint}"
+
+
 def _listen_parser(empty_ok: bool) -> Callable[[Any], str]:
-    def check(value: str) -> str:
+    def check(value: Any) -> str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            reject(listen_problem(value))  # `listen: 8080` reads as a number
+        value = _str(value)
         if empty_ok and value == "":
             return value
         if not is_host_port(value):
-            reject(f"expected HOST:PORT like 127.0.0.1:8080, got {value!r}")
+            reject(listen_problem(value))
         return value
 
-    return _string_parser(check)
+    return check
 
 
 Listen = Annotated[

@@ -154,9 +154,9 @@ def test_a_bench_that_cannot_start_still_writes_its_report(tmp_path: Path) -> No
         busy.listen()
         port = busy.getsockname()[1]
         out = tmp_path / "results"
+        command = [sys.executable, "-m", "loadtests.bench", "--quick", "--out", str(out)]
         done = subprocess.run(
-            [sys.executable, "-m", "loadtests.bench", "--quick", "--out", str(out)]
-            + ["--port", str(port), "--weights-dir", str(tmp_path / "w")],
+            [*command, "--port", str(port), "--weights-dir", str(tmp_path / "w")],
             capture_output=True,
             text=True,
             timeout=120,
