@@ -31,7 +31,7 @@ help:
 	@echo "               BENCH_ARGS='--duration 2 --port N' passes options (python -m loadtests.bench_proxy --help)"
 	@echo "make bench-pool - three models in room for two: Zipf churn with CRIU vs restart, swap seconds vs bytes"
 	@echo "               BENCH_ARGS='--quick' passes options (python -m loadtests.pool_bench --help)"
-	@echo "make clean  - remove $(STATE) (snapshots, model weights), results and tool caches"
+	@echo "make clean  - remove $(STATE) (the benches' model weights), results and tool caches"
 
 setup-run: $(RUN_STAMP) criu
 
@@ -69,8 +69,9 @@ kube: $(STAMP)
 browser:
 	@bash scripts/setup-browser.sh
 
+# the default state directory ($$DORMANT_STATE_DIR or ~/.local/state/dormant), as every verb uses
 run: setup-run
-	$(VENV)/bin/dormant up --state-dir $(STATE)
+	$(VENV)/bin/dormant up
 
 test: setup
 	DORMANT_REQUIRE_CRIU=$$([ -e $(VENV)/bin/criu ] && echo 1) \

@@ -46,8 +46,8 @@ class NotebookAuthError(NotebookError):
 
 AUTH_HINT = (
     'the Jupyter server wants its token: pass --notebook-token "$(cat STATE_DIR/notebooks/'
-    "WORKLOAD/token)\" (Dormant generates it there at the first start; make run's STATE_DIR is"
-    " .state)"
+    'WORKLOAD/token)" (Dormant generates it there at the first start; STATE_DIR is'
+    " $DORMANT_STATE_DIR or ~/.local/state/dormant unless the config says otherwise)"
 )
 
 
