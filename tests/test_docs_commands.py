@@ -71,6 +71,8 @@ def classify(command: str) -> Plan:
         name = scenario.group(1)
         target = {"churn": "churn", "notebook": "notebooks"}.get(name, "default")
         return Plan(target, "run")
+    if command.startswith(".venv/bin/dormant ") and " alice" in command:
+        return Plan("notebooks", "run")
     if command.startswith(("curl ", ".venv/bin/dormant ")):
         return Plan("default", "run")
     raise AssertionError(f"a documented command this test does not know: {command}")
