@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -29,10 +28,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     check_state_dir(settings.state_path)
     settings.check_token_files()
     _require_free_addresses(settings)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request is noise
+    from activator.logformat import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
     try:
         token = settings.resolved_admin_token()
     except OSError as exc:

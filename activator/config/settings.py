@@ -63,6 +63,7 @@ from activator.config.types import (
     Kind,
     Listen,
     ListenOrEmpty,
+    LogFormat,
     LogLevel,
     Memory,
     Models,
@@ -409,6 +410,9 @@ class Settings:
     """Largest request body accepted on /v1/* (bytes)."""
     log_level: LogLevel = _group("server", "info")
     """debug, info, warning or error."""
+    log_format: LogFormat = _group("server", "text")
+    """'text' (one readable line per event) or 'json' (one JSON object a line; access lines
+    carry request_id, workload, status, outcome, wake and timings as fields)."""
     on_shutdown: OnShutdown = _group("lifecycle", "stop")
     """What happens to running workloads when Dormant stops: 'stop' or 'hibernate'.
     (Instances never outlive Dormant: that is what keeps a crash from leaving orphans.)"""

@@ -47,6 +47,7 @@ __all__ = [
     "Kind",
     "Listen",
     "ListenOrEmpty",
+    "LogFormat",
     "LogLevel",
     "Memory",
     "Models",
@@ -406,10 +407,14 @@ KINDS = ("openai", "http", "jupyter")
 """What a workload is: routed by `model`, by path or Host, or a notebook server."""
 _ENGINES = ("auto", "criu", "restart")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+_LOG_FORMATS = ("text", "json")
 _ON_SHUTDOWN = ("stop", "hibernate")
 Kind = Annotated[str, BeforeValidator(_choice_parser(KINDS)), _choice_schema(KINDS)]
 Engine = Annotated[str, BeforeValidator(_choice_parser(_ENGINES)), _choice_schema(_ENGINES)]
 LogLevel = Annotated[str, BeforeValidator(_choice_parser(_LOG_LEVELS)), _choice_schema(_LOG_LEVELS)]
+LogFormat = Annotated[
+    str, BeforeValidator(_choice_parser(_LOG_FORMATS)), _choice_schema(_LOG_FORMATS)
+]
 OnShutdown = Annotated[
     str, BeforeValidator(_choice_parser(_ON_SHUTDOWN, _no_leave)), _choice_schema(_ON_SHUTDOWN)
 ]
