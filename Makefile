@@ -1,20 +1,26 @@
-# Dormant: `make run` and `make test` set everything up first (idempotent).
+# Dormant: `make run` sets up what running needs (the venv with the reference server, CRIU);
+# `make test` sets up everything (also the Kubernetes control plane and chromium). Idempotent.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+HASH := $(shell cat pyproject.toml | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(HASH)
+RUN_STAMP := $(VENV)/.run-installed-$(HASH)
+# what running needs: the reference server, the load tests and notebooks (the README's commands)
+RUN_EXTRAS := refserver,loadtests,notebooks
 STATE ?= .state
 
-.PHONY: setup criu kube browser run test test-fast test-gpu lint format bench bench-proxy bench-pool clean help
+.PHONY: setup setup-run criu kube browser run test test-fast test-gpu lint format bench bench-proxy bench-pool clean help
 
 help:
-	@echo "make setup  - create .venv with Dormant and every extra, then the tools the tests need:"
-	@echo "make criu   - build CRIU into .venv/bin (part of setup)"
+	@echo "make setup-run - what running needs: .venv with the reference server, load tests, notebooks; CRIU"
+	@echo "make setup  - setup-run, every extra (tests, lint, Kubernetes client), and the tests' tools:"
+	@echo "make criu   - build CRIU into .venv/bin (part of setup-run)"
 	@echo "make kube   - build a Kubernetes API server for the kube tests into .deps/kube (part of setup)"
 	@echo "make browser - install Debian's chromium for the browser test (part of setup)"
-	@echo "make run    - set up, then start Dormant on the embedded default config (127.0.0.1:8080)"
-	@echo "make test   - set up, then run the whole test suite (real CRIU, servers, processes)"
+	@echo "make run    - setup-run, then start Dormant on the embedded default config (127.0.0.1:8080)"
+	@echo "make test   - setup, then run the whole test suite (real CRIU, servers, processes)"
 	@echo "make test-fast - the tests not marked slow"
 	@echo "make test-gpu  - the GPU tests only (skipped without an NVIDIA GPU), output shown"
 	@echo "make lint   - ruff + mypy"
@@ -25,19 +31,32 @@ help:
 	@echo "               BENCH_ARGS='--duration 2 --port N' passes options (python -m loadtests.bench_proxy --help)"
 	@echo "make bench-pool - three models in room for two: Zipf churn with CRIU vs restart, swap seconds vs bytes"
 	@echo "               BENCH_ARGS='--quick' passes options (python -m loadtests.pool_bench --help)"
-	@echo "make clean  - remove $(STATE) (snapshots, model weights), results and tool caches"
+	@echo "make clean  - remove $(STATE) (the benches' model weights), results and tool caches"
 
-setup: $(STAMP) criu kube browser
+setup-run: $(RUN_STAMP) criu
+
+setup: setup-run $(STAMP) kube browser
+
+CHECK_PYTHON := $(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Dormant needs Python >= 3.11"'
+
+# The venv for running (a venv with every extra, below, has it already).
+$(RUN_STAMP): pyproject.toml
+	@if [ -e $(STAMP) ]; then touch $@; exit 0; fi; set -e; $(CHECK_PYTHON); \
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV); \
+	$(PY) -m pip install -q --upgrade pip; \
+	echo "installing Dormant with [$(RUN_EXTRAS)] into $(VENV)"; \
+	$(PY) -m pip install -q -e '.[$(RUN_EXTRAS)]'; \
+	rm -f $(VENV)/.run-installed-*; touch $@
 
 $(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Dormant needs Python >= 3.11"'
-	$(PYTHON) -m venv $(VENV)
+	@$(CHECK_PYTHON)
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[refserver,loadtests,notebooks,kube,dev]'
-	@rm -f $(VENV)/.installed-*
-	@touch $@
+	$(PY) -m pip install -q -e '.[$(RUN_EXTRAS),kube,dev]'
+	@rm -f $(VENV)/.installed-* $(VENV)/.run-installed-*
+	@touch $@ $(RUN_STAMP)
 
-criu: $(STAMP)
+criu: $(RUN_STAMP)
 	@VENV=$(abspath $(VENV)) bash scripts/setup-criu.sh
 
 # kube-apiserver + kube-controller-manager (built once into .deps/kube) and etcd, for the
@@ -50,8 +69,9 @@ kube: $(STAMP)
 browser:
 	@bash scripts/setup-browser.sh
 
-run: setup
-	$(VENV)/bin/dormant up --state-dir $(STATE)
+# the default state directory ($$DORMANT_STATE_DIR or ~/.local/state/dormant), as every verb uses
+run: setup-run
+	$(VENV)/bin/dormant up
 
 test: setup
 	DORMANT_REQUIRE_CRIU=$$([ -e $(VENV)/bin/criu ] && echo 1) \
@@ -73,15 +93,15 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: setup
+bench: setup-run
 	$(PY) -m loadtests.bench --out results $(BENCH_ARGS)
 
-bench-proxy: setup
+bench-proxy: setup-run
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		apt-get install -y -qq wrk >/dev/null; } || echo "wrk unavailable: using the Python client"
 	$(PY) -m loadtests.bench_proxy --out results $(BENCH_ARGS)
 
-bench-pool: setup
+bench-pool: setup-run
 	$(PY) -m loadtests.pool_bench --out results $(BENCH_ARGS)
 
 clean:

@@ -111,20 +111,38 @@ def access_line(
     """Log the one access line for an exchange (also used for refusals made before any
     ASGI application ran, such as 431 and 408 from the HTTP protocol)."""
     outcome = rec.outcome or ("ok" if 0 < status < 500 else "error")
+    if not access.isEnabledFor(logging.INFO):
+        return
+    path = _printable(raw_path)
+    ttfb_ms = round(rec.ttfb * 1000, 1) if rec.ttfb is not None else None
+    fields = {  # the same values as structured fields, for log_format: json
+        "request_id": rec.request_id,
+        "workload": rec.workload or None,
+        "method": method,
+        "path": path,
+        "status": status,
+        "upstream": rec.upstream or None,
+        "outcome": outcome,
+        "wake": wake_header(rec.wake) if rec.wake else None,
+        "ttfb_ms": ttfb_ms,
+        "duration_ms": round(duration * 1000, 1),
+        "bytes": sent,
+    }
     access.info(
         "request_id=%s workload=%s method=%s path=%s status=%d upstream=%s outcome=%s "
         "wake=%s ttfb_ms=%s duration_ms=%.1f bytes=%d",
         rec.request_id,
         rec.workload or "-",
         method,
-        _printable(raw_path),
+        path,
         status,
         rec.upstream or "-",
         outcome,
         f'"{wake_header(rec.wake)}"' if rec.wake else "-",
-        f"{rec.ttfb * 1000:.1f}" if rec.ttfb is not None else "-",
+        "-" if ttfb_ms is None else f"{ttfb_ms:.1f}",
         duration * 1000,
         sent,
+        extra={"fields": fields},
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ __all__ = [
     "Finding",
     "check_state_dir",
     "detect_engine",
+    "listen_findings",
+    "listen_problem",
     "machine_report",
     "state_dir_finding",
     "workload_findings",
@@ -92,6 +95,44 @@ def machine_report(settings: Settings) -> tuple[list[Finding], EngineSetup]:
 
 
 # -- the state directory ---------------------------------------------------------------------
+
+
+def listen_problem(address: str) -> str | None:
+    """Why Dormant could not listen on ``address`` (HOST:PORT) now, or None when it can:
+    a bind as uvicorn does it (``SO_REUSEADDR``), released at once."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except (OSError, ValueError) as exc:
+        return f"cannot resolve {host!r} ({exc})"
+    family, _, _, _, sockaddr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(sockaddr)
+        except OSError as exc:
+            return f"cannot listen on {address}: {exc.strerror or exc}"
+    return None
+
+
+def listen_findings(settings: Settings) -> list[Finding]:
+    """Whether ``listen`` (and ``admin_listen``) can be bound here now."""
+    found = []
+    for key in ("listen", "admin_listen"):
+        address = getattr(settings, key)
+        if address:
+            problem = listen_problem(address)
+            detail = (
+                f"{address} is free"
+                if problem is None
+                else (
+                    f"{problem}: something else listens there (another `dormant up`?); stop it, "
+                    f"or choose another address with {key} in the config or --listen"
+                )
+            )
+            found.append(Finding(key, problem is None, detail))
+    return found
 
 
 def check_state_dir(path: Path) -> None:

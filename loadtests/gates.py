@@ -58,10 +58,12 @@ class Gate:
 
 @dataclass
 class Summary:
-    """One request type's samples: response times (ms) -> count, with the failure count."""
+    """One request type's samples: response times (ms) -> count, with the failure count and
+    the summed response lengths (tokens, for TTFT and E2E)."""
 
     histogram: dict[float, int] = field(default_factory=dict)
     failures: int = 0
+    length: int = 0
 
     @property
     def requests(self) -> int:
@@ -103,6 +105,7 @@ class Verdict:
 
     gate: Gate
     measured: float | None
+    samples: int = 0
 
     @property
     def passed(self) -> bool:
@@ -112,7 +115,10 @@ class Verdict:
         if self.measured is None:
             return f"SLO gate FAILED: {self.gate}: no {self.gate.request_type} samples"
         unit = "" if self.gate.metric == "fail_ratio" else " s"
-        shown = f"{self.measured:.4g}{unit}"
+        shown = f"{self.measured:.4g}{unit}, n={self.samples}"
+        q = METRICS[self.gate.metric]
+        if q is not None and 0.5 < q < 1 and self.samples < math.ceil(round(1 / (1 - q), 9)):
+            shown += f": too few samples for a {self.gate.metric}, it is nearly the max"
         if self.passed:
             return f"SLO gate passed: {self.gate} (measured {shown})"
         return f"SLO gate FAILED: {self.gate}: measured {shown}"
@@ -158,4 +164,8 @@ def standard_gates(
 def evaluate(gates: list[Gate], summaries: Mapping[str, Summary]) -> list[Verdict]:
     """Judge every gate against the summary of its request type."""
     empty = Summary()
-    return [Verdict(g, summaries.get(g.request_type, empty).value(g.metric)) for g in gates]
+    verdicts = []
+    for g in gates:
+        summary = summaries.get(g.request_type, empty)
+        verdicts.append(Verdict(g, summary.value(g.metric), summary.requests))
+    return verdicts

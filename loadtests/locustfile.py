@@ -6,11 +6,16 @@ as separate Locust request types named by the model:
 * ``TTFT``: time to the first non-empty content chunk (``TTFT-wake`` when the request waited
   for a wake: the response carries ``X-Dormant-Wake``, or it opened a ``wake`` burst);
 * ``ITL``: inter-token latency, one sample per gap between content chunks;
+* ``TPOT``: time per output token of one request, (E2E - TTFT) / (tokens - 1), for requests
+  with at least two tokens (one sample per request, where ITL has one per gap);
 * ``E2E``: the whole request. Every request has exactly one E2E sample, and failures (non-200,
   no content, broken stream) are recorded there, so E2E's failure ratio is the request
   failure ratio. TTFT and E2E carry the token count (content chunks) as response_length.
 
-Scenarios (``--scenario``): warm, wake, churn, notebook; see ``loadtests.scenarios``.
+Scenarios (``--scenario``): warm, wake, churn, notebook; see ``loadtests.scenarios``. warm and
+churn send one unrecorded request per model before any user starts (``--no-prewarm`` skips it),
+so that what they measure is warm. ``--report-json FILE`` writes every request type's sample
+count and percentiles (``loadtests/report.schema.json``'s ``locust`` shape).
 SLO gates (``--slo-ttft-p50/--slo-ttft-p95/--slo-fail-ratio/--slo``) are judged on quit and
 make the process exit 1 when one fails. Examples::
 
@@ -41,12 +46,13 @@ from locust.runners import MasterRunner, WorkerRunner
 
 from loadtests.admin import AdminClient, AdminError
 from loadtests.gates import Gate, Summary, evaluate, parse_gates, standard_gates
-from loadtests.notebook import KernelSession, NotebookError, notebook_workloads
+from loadtests.notebook import KernelSession, NotebookAuthError, NotebookError, notebook_workloads
 from loadtests.notebook import unavailable_message as notebook_unavailable
 from loadtests.openai_stream import StreamResult, completion_request, make_prompt
 from loadtests.openai_stream import stream_completion as stream
 from loadtests.samples import Sample, write_samples
 from loadtests.scenarios import SCENARIOS, ZipfPicker, parse_models
+from loadtests.stats import locust_report, write_json
 
 log = logging.getLogger("loadtests")
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
@@ -69,6 +75,7 @@ class _Run:
     gates: list[Gate] = field(default_factory=list)
     burst_left: int = 0
     notebook: str = ""
+    started: float = 0.0
     keep_samples: bool = False
     samples: list[Sample] = field(default_factory=list)
 
@@ -144,10 +151,25 @@ def add_options(parser: LocustArgumentParser) -> None:
         help="notebook: Jupyter server base URL (default: HOST/notebooks/WORKLOAD)",
     )
     parser.add_argument(
-        "--notebook-token", default="", is_secret=True, help="notebook: Jupyter token"
+        "--notebook-token",
+        default="",
+        is_secret=True,
+        help="notebook: the Jupyter server's token (Dormant keeps it in"
+        " STATE_DIR/notebooks/WORKLOAD/token)",
     )
     parser.add_argument("--notebook-code", default="print(6 * 7)", help="notebook: code to run")
     parser.add_argument("--samples-out", default="", help="write every raw sample to this CSV")
+    parser.add_argument(
+        "--report-json",
+        default="",
+        help="write n, mean and percentiles per request type, and output tokens/s, as JSON",
+    )
+    parser.add_argument(
+        "--no-prewarm",
+        action="store_true",
+        default=False,
+        help="warm, churn: do not send one unrecorded request per model before the run",
+    )
     parser.add_argument(
         "--slo-ttft-p50", type=float, default=None, help="gate: TTFT p50 <= SECONDS"
     )
@@ -269,25 +291,53 @@ def _prepare_notebook(environment: Environment) -> None:
         _hibernate(environment, admin, name)
 
 
+def _prewarm(environment: Environment) -> None:
+    """One unrecorded request per model the scenario asks for, so the run starts warm."""
+    opts = options(environment)
+    models = RUN.models if opts.scenario == "churn" else RUN.models[:1]
+    host = environment.host or OpenAIStreamUser.host
+    with httpx.Client(
+        base_url=host, timeout=httpx.Timeout(opts.request_timeout, connect=30.0), trust_env=False
+    ) as client:
+        for model in models:
+            began = time.perf_counter()
+            path, body = completion_request(opts.api, model, make_prompt(8, "prewarm"), 1)
+            result = stream(client, path, body)
+            if not result.ok:
+                raise PrewarmFailed(f"pre-warm request for {model!r} failed: {result.error}")
+            log.info(
+                "pre-warm: %s answered in %.2fs (not recorded)", model, time.perf_counter() - began
+            )
+
+
+class PrewarmFailed(Exception):
+    """The unrecorded request before the run failed: the target does not serve the model."""
+
+
 @events.test_start.add_listener
 def on_test_start(environment: Environment, **_: Any) -> None:
-    """Hibernate before any user starts (wake, notebook); users wait for the go signal."""
+    """Pre-warm (warm, churn) or hibernate (wake, notebook) before any user starts; users of
+    wake and notebook wait for the go signal."""
     RUN.go.clear()
     RUN.abort = None
     RUN.samples.clear()
-    scenario = options(environment).scenario
-    if scenario not in ("wake", "notebook"):
-        RUN.go.set()
-        return
+    RUN.started = time.time()
+    opts = options(environment)
+    scenario = opts.scenario
     if isinstance(environment.runner, WorkerRunner):
-        return  # the master (or the local runner) hibernates; workers wait for spawning
+        return  # the master (or the local runner) prepares; workers wait for spawning
     try:
         if scenario == "wake":
             _prepare_wake(environment)
-        else:
+        elif scenario == "notebook":
             _prepare_notebook(environment)
-    except (AdminError, NotebookError) as exc:
+        elif not opts.no_prewarm:
+            _prewarm(environment)
+            RUN.started = time.time()
+    except (AdminError, NotebookError, PrewarmFailed) as exc:
         _abort(environment, f"{scenario} scenario cannot start: {exc}")
+    if scenario not in ("wake", "notebook"):
+        RUN.go.set()
 
 
 @events.spawning_complete.add_listener
@@ -325,7 +375,9 @@ def summaries(environment: Environment) -> dict[str, Summary]:
     """Locust's stats merged per request type (over all names)."""
     out: dict[str, Summary] = {}
     for entry in environment.stats.entries.values():
-        out.setdefault(entry.method or "", Summary()).add(entry.response_times, entry.num_failures)
+        summary = out.setdefault(entry.method or "", Summary())
+        summary.add(entry.response_times, entry.num_failures)
+        summary.length += int(entry.total_content_length)
     return out
 
 
@@ -337,6 +389,12 @@ def on_quitting(environment: Environment, **_: Any) -> None:
         return
     if opts.samples_out and not isinstance(environment.runner, MasterRunner):
         write_samples(Path(opts.samples_out), RUN.samples)
+    if opts.report_json and not isinstance(environment.runner, WorkerRunner):
+        report = locust_report(
+            opts.scenario, summaries(environment), time.time() - (RUN.started or time.time())
+        )
+        report["aborted"] = RUN.abort
+        write_json(Path(opts.report_json), report)
     if not RUN.gates or isinstance(environment.runner, WorkerRunner):
         return
     if RUN.abort:
@@ -407,6 +465,8 @@ class OpenAIStreamUser(User):
             _fire(env, "TTFT-wake" if waited else "TTFT", model, result.ttft, result.tokens)
         for gap in result.gaps:
             _fire(env, "ITL", model, gap)
+        if result.ok and result.ttft is not None and result.tokens > 1:
+            _fire(env, "TPOT", model, (result.e2e - result.ttft) / (result.tokens - 1))
         _fire(env, "E2E", model, result.e2e, result.tokens, result.error)
 
     def _execute(self, wake: bool) -> None:
@@ -421,6 +481,11 @@ class OpenAIStreamUser(User):
             )
             try:
                 kernel.open()
+            except NotebookAuthError as exc:  # every request would fail the same way
+                _fire(self.environment, "EXEC", name, time.perf_counter() - began, 0, str(exc))
+                if not RUN.abort:
+                    _abort(self.environment, f"notebook scenario cannot run: {exc}")
+                raise StopUser() from None
             except NotebookError as exc:
                 _fire(self.environment, "EXEC", name, time.perf_counter() - began, 0, str(exc))
                 return

@@ -26,6 +26,7 @@ __all__ = [
     "NOTEBOOK_KIND",
     "ExecResult",
     "KernelSession",
+    "NotebookAuthError",
     "NotebookError",
     "notebook_workloads",
     "unavailable_message",
@@ -37,6 +38,17 @@ _OUTPUTS = {"stream", "execute_result", "display_data", "error"}
 
 class NotebookError(Exception):
     """The notebook server or kernel did not do what the scenario needs."""
+
+
+class NotebookAuthError(NotebookError):
+    """The Jupyter server refused us (401/403): no token or the wrong one."""
+
+
+AUTH_HINT = (
+    'the Jupyter server wants its token: pass --notebook-token "$(cat STATE_DIR/notebooks/'
+    'WORKLOAD/token)" (Dormant generates it there at the first start; STATE_DIR is'
+    " $DORMANT_STATE_DIR or ~/.local/state/dormant unless the config says otherwise)"
+)
 
 
 @dataclass
@@ -140,6 +152,11 @@ class KernelSession:
             )
         except httpx.HTTPError as exc:
             raise NotebookError(f"POST /api/kernels: {type(exc).__name__}: {exc}") from exc
+        if response.status_code in (401, 403):
+            given = "the token given was refused" if self._headers else "no token was given"
+            raise NotebookAuthError(
+                f"POST /api/kernels: HTTP {response.status_code} ({given}); {AUTH_HINT}"
+            )
         if response.status_code not in (200, 201):
             raise NotebookError(
                 f"POST /api/kernels: HTTP {response.status_code}: {response.text[:200]}"

@@ -20,16 +20,22 @@ __all__ = ["cmd_check", "cmd_config"]
 def cmd_check(args: argparse.Namespace) -> int:
     """The machine (informational: e.g. no GPU is fine), then whether the config's
     workloads can start here; exit 1 when one cannot."""
-    from activator.check import machine_report, state_dir_finding, workload_findings
+    from activator.check import (
+        listen_findings,
+        machine_report,
+        state_dir_finding,
+        workload_findings,
+    )
 
     settings = load(args)
     findings, _setup = machine_report(settings)
     findings.append(state_dir_finding(settings.state_path))
+    listens = listen_findings(settings)
     workloads = workload_findings(settings)
-    width = max(15, *(len(f.item) for f in [*findings, *workloads]))
-    for f in [*findings, *workloads]:
+    width = max(15, *(len(f.item) for f in [*findings, *listens, *workloads]))
+    for f in [*findings, *listens, *workloads]:
         print(f"{'ok ' if f.ok else 'NO '} {f.item:<{width}} {f.detail}")
-    return 0 if all(f.ok for f in workloads) else EXIT_FAILED
+    return 0 if all(f.ok for f in [*listens, *workloads]) else EXIT_FAILED
 
 
 def cmd_config(args: argparse.Namespace) -> int:

@@ -15,9 +15,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Scale-to-zero for model and notebook servers: hibernate idle servers with "
         "CRIU, restore them on the next request.",
     )
+    parser.add_argument("--version", action="version", version=f"dormant {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser("up", help="start the activator")
+    up = sub.add_parser(
+        "up",
+        help="start the activator",
+        description="Start the activator: serve the config's workloads on its listen address "
+        "(the OpenAI routes, the pass-through routes and the admin API under /-/), boot each "
+        "on its first request, hibernate it when idle and restore it on the next. Stops on "
+        "SIGTERM or Ctrl-C (see on_shutdown). Without -c: the embedded default config, one "
+        "reference model on 127.0.0.1:8080.",
+    )
     up.add_argument("-c", "--config", help="YAML config (default: the embedded default config)")
     up.add_argument("--listen", help="HOST:PORT (default from config, 127.0.0.1:8080)")
     up.add_argument(
@@ -28,12 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     def admin_args(p: argparse.ArgumentParser, timeout: float, waits_for: str) -> None:
         p.add_argument(
-            "--url",
-            default=os.environ.get("DORMANT_URL", "http://127.0.0.1:8080"),
-            help="activator URL (default $DORMANT_URL or http://127.0.0.1:8080)",
+            "-c",
+            "--config",
+            help="talk to the activator this YAML config starts (its admin_listen or listen, "
+            "its admin token)",
         )
         p.add_argument(
-            "--token-file", help="file holding the admin token (default: $DORMANT_ADMIN_TOKEN)"
+            "--url",
+            help="activator URL (default: -c's address, else $DORMANT_URL, else "
+            "http://127.0.0.1:8080)",
+        )
+        p.add_argument(
+            "--token-file",
+            help="file holding the admin token (default: $DORMANT_ADMIN_TOKEN, else -c's token)",
         )
         p.add_argument(
             "--timeout",
@@ -64,6 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("-c", "--config", help="YAML config (default: the embedded default)")
     check.add_argument("--state-dir", help="state directory (default from config)")
     check.set_defaults(func="activator.cli.check:cmd_check")
+
+    completion = sub.add_parser(
+        "completion",
+        help="print a shell completion script",
+        description="Print a completion script for bash (zsh: run `autoload -U +X bashcompinit "
+        "&& bashcompinit` first). Install: `dormant completion bash > "
+        '/etc/bash_completion.d/dormant`, or `eval "$(dormant completion bash)"` in ~/.bashrc.',
+    )
+    completion.add_argument("shell", choices=["bash", "zsh"], help="the shell")
+    completion.set_defaults(func="activator.cli.completion:cmd_completion")
 
     config = sub.add_parser(
         "config", help="print the config file's JSON Schema or its reference (docs/config.md)"
@@ -145,3 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_exec_arguments(exec_)
     exec_.set_defaults(func="activator.cli.programs:cmd_exec")
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dormant")
+    except PackageNotFoundError:
+        return "unknown (not installed)"

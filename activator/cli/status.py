@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -17,17 +18,40 @@ if TYPE_CHECKING:
 __all__ = ["cmd_lifecycle", "cmd_status", "status_text"]
 
 
-def _admin(args: argparse.Namespace, method: str, path: str) -> dict[str, Any]:
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+def target(args: argparse.Namespace) -> tuple[str, str]:
+    """The activator's base URL and the admin token to send: --url, else the config's
+    (-c) admin address (``admin_listen``, else ``listen``), else $DORMANT_URL, else
+    127.0.0.1:8080; --token-file or $DORMANT_ADMIN_TOKEN, else the config's token."""
     token = admin_token(args)
+    if args.url:
+        return args.url, token
+    if getattr(args, "config", None):
+        from activator.cli.common import load
+
+        settings = load(args)
+        address = settings.admin_listen or settings.listen
+        host, _, port = address.rpartition(":")
+        if host.strip("[]") in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        return f"http://{host}:{port}", token or settings.resolved_admin_token()
+    return os.environ.get("DORMANT_URL") or DEFAULT_URL, token
+
+
+def _admin(args: argparse.Namespace, method: str, path: str) -> dict[str, Any]:
+    base, token = target(args)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    url = args.url.rstrip("/") + path
+    url = base.rstrip("/") + path
     try:
         response = httpx.request(
             method, url, headers=headers, timeout=args.timeout, trust_env=False
         )
     except httpx.HTTPError as exc:
         raise RuntimeError(
-            f"cannot reach the activator at {args.url} ({exc}); is `dormant up` running?"
+            f"cannot reach the activator at {base} ({exc}); is `dormant up` running? "
+            "(-c FILE talks to that config's listen address, --url to any)"
         ) from exc
     try:
         data = response.json()

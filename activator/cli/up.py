@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -28,10 +27,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     # Config errors that need the filesystem, before anything starts (exit 2, one line):
     check_state_dir(settings.state_path)
     settings.check_token_files()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request is noise
+    _require_free_addresses(settings)
+    from activator.logformat import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
     try:
         token = settings.resolved_admin_token()
     except OSError as exc:
@@ -77,6 +76,20 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     asyncio.run(serve_both())
     return 0
+
+
+def _require_free_addresses(settings: Settings) -> None:
+    """A taken port is one line before anything starts, not "serving on" and a traceback."""
+    from activator.check import listen_problem
+
+    for key in ("listen", "admin_listen"):
+        address = getattr(settings, key)
+        problem = listen_problem(address) if address else None
+        if problem:
+            raise RuntimeError(
+                f"{problem}: something else listens there (another `dormant up`?); stop it, or "
+                f"choose another address with --listen or {key} in the config"
+            )
 
 
 def _print_addresses(settings: Settings, token: str) -> None:

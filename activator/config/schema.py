@@ -345,7 +345,7 @@ def _default(prop: dict[str, Any]) -> str:
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
     if isinstance(value, dict):
-        return "(see below)"
+        return "(see below)" if value else "`{}` (none)"
     if value == "":
         return '`""`'
     return f"`{value}`"

@@ -63,6 +63,7 @@ from activator.config.types import (
     Kind,
     Listen,
     ListenOrEmpty,
+    LogFormat,
     LogLevel,
     Memory,
     Models,
@@ -80,6 +81,7 @@ from activator.config.types import (
     TemplatePath,
     Timeout,
     is_host_port,
+    listen_problem,
     reject,
 )
 from warmpool.placement import Member, Tier, fits_ever
@@ -150,11 +152,30 @@ NOT_FOR_JUPYTER = {
 _NOT_EMPTY = ("python", "root_dir", "token_file")
 
 
+_MEANING = {
+    "idle_timeout": "idle_after",
+    "idle": "idle_after",
+    "hibernate_after": "idle_after",
+    "scale_down_after": "idle_after",
+    "scaledown_delay": "idle_after",
+    "ttl": "idle_after",
+    "model": "models",
+    "cmd": "command",
+    "timeout": "wake_timeout",
+    "max_queue": "queue_depth",
+    "health": "health_path",
+    "healthcheck": "health_path",
+}
+"""Keys other tools use, and the key that means the same here (suggested before spelling)."""
+
+
 def _check_keys(data: dict[Any, Any], allowed: Iterable[str]) -> None:
     allowed = list(allowed)
     for key in data:
         if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
+            meant = _MEANING.get(str(key).lower().replace("-", "_"))
+            close = [meant] if meant in allowed else []
+            close = close or difflib.get_close_matches(str(key), allowed, n=1)
             hint = (
                 f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(allowed)}"
             )
@@ -377,8 +398,8 @@ class Settings:
     `--state-dir` wins)."""
     engine: Engine = _group("engine", "auto")
     """'auto' (CRIU when it works here, else restart), 'criu' (required) or 'restart'."""
-    criu_path: Str = _group("engine", "")
-    """A criu binary to use instead of searching (see `dormant check`)."""
+    criu_path: ExistingFile = _group("engine", "")
+    """A criu binary to use instead of searching (must exist; see `dormant check`)."""
     admin_token: Str = _group("security", "")
     """Bearer token required on /-/* admin routes (empty = $DORMANT_ADMIN_TOKEN, else none)."""
     admin_token_file: ExistingFile = _group("security", "")
@@ -389,6 +410,9 @@ class Settings:
     """Largest request body accepted on /v1/* (bytes)."""
     log_level: LogLevel = _group("server", "info")
     """debug, info, warning or error."""
+    log_format: LogFormat = _group("server", "text")
+    """'text' (one readable line per event) or 'json' (one JSON object a line; access lines
+    carry request_id, workload, status, outcome, wake and timings as fields)."""
     on_shutdown: OnShutdown = _group("lifecycle", "stop")
     """What happens to running workloads when Dormant stops: 'stop' or 'hibernate'.
     (Instances never outlive Dormant: that is what keeps a crash from leaving orphans.)"""
@@ -642,8 +666,17 @@ def parse_settings(data: Any, source: str = "config") -> Settings:
 
 def parse_listen(value: str, path: str = "listen") -> str:
     if not is_host_port(value):
-        raise ConfigError(f"{path}: expected HOST:PORT like 127.0.0.1:8080, got {value!r}")
+        raise ConfigError(f"{path}: {listen_problem(value)}")
     return value
+
+
+def _yaml_problem(source: Path, exc: yaml.YAMLError) -> str:
+    """One line naming the file, the line and column, and what YAML found there."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(source)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    return f"{where}: not valid YAML: {problem}" + (f" ({context})" if context else "")
 
 
 def default_state_dir() -> str:
@@ -671,7 +704,7 @@ def load_settings(
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+        raise ConfigError(_yaml_problem(source, exc)) from None
     if listen and isinstance(data, dict):
         # before validation, so that ports are checked against the address really used
         data = {**data, "listen": parse_listen(listen, "--listen")}

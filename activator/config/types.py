@@ -47,6 +47,7 @@ __all__ = [
     "Kind",
     "Listen",
     "ListenOrEmpty",
+    "LogFormat",
     "LogLevel",
     "Memory",
     "Models",
@@ -65,6 +66,7 @@ __all__ = [
     "Timeout",
     "human_duration",
     "is_host_port",
+    "listen_problem",
     "reject",
 ]
 
@@ -349,15 +351,25 @@ def _existing_file(value: str) -> str:
     return str(Path(value).expanduser()) if value else value
 
 
+def listen_problem(value: object) -> str:
+    """Why ``value`` is not a HOST:PORT, the same for the config key and ``--listen``."""
+    text = str(value)
+    hint = f" (a port alone: write 127.0.0.1:{text})" if text.isdigit() else ""
+    return f"expected HOST:PORT like 127.0.0.1:8080, got {text!r}{hint}"
+
+
 def _listen_parser(empty_ok: bool) -> Callable[[Any], str]:
-    def check(value: str) -> str:
+    def check(value: Any) -> str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            reject(listen_problem(value))  # `listen: 8080` reads as a number
+        value = _str(value)
         if empty_ok and value == "":
             return value
         if not is_host_port(value):
-            reject(f"expected HOST:PORT like 127.0.0.1:8080, got {value!r}")
+            reject(listen_problem(value))
         return value
 
-    return _string_parser(check)
+    return check
 
 
 Listen = Annotated[
@@ -395,10 +407,14 @@ KINDS = ("openai", "http", "jupyter")
 """What a workload is: routed by `model`, by path or Host, or a notebook server."""
 _ENGINES = ("auto", "criu", "restart")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+_LOG_FORMATS = ("text", "json")
 _ON_SHUTDOWN = ("stop", "hibernate")
 Kind = Annotated[str, BeforeValidator(_choice_parser(KINDS)), _choice_schema(KINDS)]
 Engine = Annotated[str, BeforeValidator(_choice_parser(_ENGINES)), _choice_schema(_ENGINES)]
 LogLevel = Annotated[str, BeforeValidator(_choice_parser(_LOG_LEVELS)), _choice_schema(_LOG_LEVELS)]
+LogFormat = Annotated[
+    str, BeforeValidator(_choice_parser(_LOG_FORMATS)), _choice_schema(_LOG_FORMATS)
+]
 OnShutdown = Annotated[
     str, BeforeValidator(_choice_parser(_ON_SHUTDOWN, _no_leave)), _choice_schema(_ON_SHUTDOWN)
 ]

@@ -1,11 +1,17 @@
 """The OpenAI surface: ``GET /v1/models`` lists every configured model whatever its
 workload's state (a hibernated model never disappears), ``GET /v1/models/{id}``, and every
-``POST /v1/*`` routed by the ``model`` named in its JSON body."""
+``POST /v1/*`` routed by the ``model`` named in its body: a JSON object's ``model`` key, or
+the ``model`` field of a form (``multipart/form-data``, as ``/v1/audio/transcriptions`` and
+``/v1/images/edits`` send, or ``application/x-www-form-urlencoded``). The body is forwarded
+byte for byte either way."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from email.parser import BytesParser
+from email.policy import HTTP
+from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request, Response
 
@@ -17,8 +23,37 @@ from activator.workload import Workload
 __all__ = ["openai_router", "parse_openai"]
 
 
-def parse_openai(body: bytes) -> tuple[str, bool]:
-    """The `model` a request names, and whether it asks for a stream."""
+def _form_fields(body: bytes, content_type: str) -> dict[str, str]:
+    """The text fields of a form body (files are skipped; the body is bounded already)."""
+    if content_type.lower().startswith("application/x-www-form-urlencoded"):
+        try:
+            pairs = parse_qs(body.decode("latin-1"), keep_blank_values=True)
+        except ValueError as exc:
+            raise BadRequest(f"request body is not a valid form: {exc}") from None
+        return {k: v[0] for k, v in pairs.items()}
+    head = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1", "replace")
+    message = BytesParser(policy=HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        raise BadRequest("request body is not a valid multipart form (no boundary?)")
+    fields = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if isinstance(name, str) and part.get_filename() is None:
+            payload = part.get_payload(decode=True)
+            if isinstance(payload, bytes):
+                fields[name] = payload.decode("utf-8", "replace").strip()
+    return fields
+
+
+def parse_openai(body: bytes, content_type: str = "application/json") -> tuple[str, bool]:
+    """The `model` a request names, and whether it asks for a stream: from a JSON object, or
+    from a form's fields (``content_type`` multipart/form-data or urlencoded)."""
+    kind = content_type.split(";", 1)[0].strip().lower()
+    if kind in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        fields = _form_fields(body, content_type)
+        if not fields.get("model"):
+            raise BadRequest('request form needs a "model" field naming the model to use')
+        return fields["model"], fields.get("stream", "").lower() == "true"
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -60,7 +95,7 @@ def openai_router(
     async def openai(request: Request, path: str) -> Response:
         path = confined(request.scope["raw_path"].decode("latin-1"), "/v1")
         body = await read_body(request, max_body)
-        model, stream = parse_openai(body)
+        model, stream = parse_openai(body, request.headers.get("content-type", ""))
         return await handoff(request, registry().by_model(model), body, stream, path)
 
     @router.api_route(

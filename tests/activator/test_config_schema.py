@@ -26,7 +26,11 @@ from activator.config.settings import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = [ROOT / "activator" / "default.yaml", ROOT / "examples" / "notebooks.yaml"]
+EXAMPLES = [
+    ROOT / "activator" / "default.yaml",
+    ROOT / "examples" / "notebooks.yaml",
+    ROOT / "examples" / "churn.yaml",
+]
 GOOD: dict[str, Any] = {
     "workloads": [{"name": "a", "models": ["m-a"], "command": ["srv", "--port", "{port}"]}]
 }

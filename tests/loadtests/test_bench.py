@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
 
+from loadtests.stats import SCHEMA_PATH
 from snapshots import CriuEngine
 from tests.conftest import ROOT
 
@@ -38,4 +41,11 @@ def test_quick_bench_prints_the_table_and_writes_its_files(
     assert 0 < p50["warm"] < p50["wake (restore)"] < p50["cold boot"]
     assert (out / "bench.png").read_bytes().startswith(b"\x89PNG")
     assert (out / "bench.txt").read_text().startswith("scenario")
+    report = json.loads((out / "bench.json").read_text())
+    jsonschema.validate(report, json.loads(SCHEMA_PATH.read_text()))
+    by_name = {r["scenario"]: r for r in report["rows"]}
+    assert by_name["warm"]["tpot_s"]["n"] > 0 and by_name["warm"]["output_tokens_per_s"] > 0
+    assert by_name["cold boot"]["ttft_s"]["p95"] is None  # 2 samples support no p95
+    assert (out / "logs" / "dormant-auto.log").stat().st_size > 0
+    assert (out / "logs" / "dormant-restart.log").stat().st_size > 0
     assert (out / "locust" / "warm_stats.csv").exists()

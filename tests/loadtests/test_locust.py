@@ -4,6 +4,7 @@ warm and a woken model, SLO gates that pass and fail, the notebook scenario's re
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -125,7 +126,7 @@ def test_impossible_gate_fails_with_the_measured_value(dormant: Dormant, tmp_pat
     output = done.stdout + done.stderr
     assert done.returncode == 1, output
     assert "SLO gate FAILED: TTFT p50 <= 1e-06 s: measured" in output
-    assert "SLO gate passed: E2E fail_ratio <= 1 (measured 0)" in output
+    assert "SLO gate passed: E2E fail_ratio <= 1 (measured 0, n=" in output
     assert "SLO gates: 1 of 2 FAILED" in output
 
 
@@ -147,6 +148,7 @@ def test_failures_are_recorded_as_failures(dormant: Dormant, tmp_path: Path) -> 
         "no-such-model",
         "--slo-fail-ratio",
         "0.5",
+        "--no-prewarm",  # else the run stops before the first user (below)
         users=1,
         run_time="3s",
     )
@@ -159,6 +161,29 @@ def test_failures_are_recorded_as_failures(dormant: Dormant, tmp_path: Path) -> 
     with Path(f"{tmp_path / 'fail'}_failures.csv").open(newline="") as f:
         errors = [row["Error"] for row in csv.DictReader(f)]
     assert any("HTTP 404" in e for e in errors), errors
+
+
+def test_warm_prewarms_and_refuses_a_model_nobody_serves(dormant: Dormant, tmp_path: Path) -> None:
+    done = locust(dormant.url, tmp_path / "none", "--model", "no-such-model", run_time="3s")
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output
+    assert "pre-warm request for 'no-such-model' failed: HTTP 404" in output
+
+
+def test_warm_scenario_measures_a_warm_model_after_a_hibernate(
+    dormant: Dormant, tmp_path: Path
+) -> None:
+    """The model was hibernated: the pre-warm wakes it, so no measured request waited."""
+    httpx.post(f"{dormant.url}/-/workloads/ref/hibernate", timeout=120).raise_for_status()
+    report = tmp_path / "warm.json"
+    done = locust(dormant.url, tmp_path / "warm", "--report-json", str(report), run_time="4s")
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "pre-warm: ref-tiny answered" in output
+    rows = stats_rows(tmp_path / "warm")
+    assert "TTFT-wake" not in rows and int(rows["TTFT"]["Request Count"]) > 0, rows
+    data = json.loads(report.read_text())
+    assert data["request_types"]["TPOT"]["n"] > 0 and data["output_tokens"] > 0
 
 
 def test_wake_scenario_against_a_plain_server_fails_clearly(tmp_path: Path) -> None:

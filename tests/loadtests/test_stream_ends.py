@@ -130,7 +130,15 @@ def test_locust_counts_transformers_serve_streams_as_successes(
 def test_locust_counts_truncated_streams_as_failures(upstream: str, tmp_path: Path) -> None:
     prefix = tmp_path / "cut"
     done = _locust(
-        upstream, prefix, "--api", "completions", "--model", "truncated", "--slo-fail-ratio", "0"
+        upstream,
+        prefix,
+        "--api",
+        "completions",
+        "--model",
+        "truncated",
+        "--slo-fail-ratio",
+        "0",
+        "--no-prewarm",  # the pre-warm would refuse to start on a model that always fails
     )
     output = done.stdout + done.stderr
     assert done.returncode == 1, output

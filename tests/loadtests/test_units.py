@@ -169,8 +169,8 @@ def test_gates_parse_and_judge() -> None:
     e2e = Summary({500: 99, 900: 1}, failures=1)
     verdicts = evaluate(gates, {"TTFT": ttft, "E2E": e2e, "ITL": Summary({250: 1})})
     assert [v.passed for v in verdicts] == [True, False, True, False, False]
-    assert str(verdicts[1]) == "SLO gate FAILED: TTFT p95 <= 2 s: measured 3 s"
-    assert str(verdicts[2]) == "SLO gate passed: E2E fail_ratio <= 0.01 (measured 0.01)"
+    assert str(verdicts[1]) == "SLO gate FAILED: TTFT p95 <= 2 s: measured 3 s, n=100"
+    assert str(verdicts[2]) == "SLO gate passed: E2E fail_ratio <= 0.01 (measured 0.01, n=100)"
     assert str(verdicts[3]) == "SLO gate FAILED: TTFT-wake p95 <= 5 s: no TTFT-wake samples"
     assert ttft.value("avg") == pytest.approx(0.39)
 

@@ -18,7 +18,7 @@ from activator.config.schema import config_reference
 ROOT = Path(__file__).resolve().parents[3]
 GOLDEN = ROOT / "tests" / "golden"
 VERBS = ["", "up", "status", "hibernate", "wake", "snapshots", "check", "config", "bench"]
-VERBS += ["exec", "operator"]
+VERBS += ["exec", "operator", "completion"]
 
 
 def _cli(*args: str) -> str:
