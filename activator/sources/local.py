@@ -146,6 +146,8 @@ class LocalSource:
             )
         finally:
             await asyncio.gather(*(w.shutdown(settings.on_shutdown) for w in workloads))
+            if runtime.cgroups is not None:
+                runtime.cgroups.close()  # the parent group, once no instance is left in it
 
 
 def open_source(settings: Settings, engine: EngineSetup, metrics: Metrics) -> LocalSource:
