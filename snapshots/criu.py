@@ -372,7 +372,7 @@ class CriuEngine:
                         *options,
                     ],
                     work,
-                    max(started + timeout - time.monotonic(), 1.0),
+                    max(started + timeout - time.monotonic(), 0.0),  # the lock waited within it
                 )
         except subprocess.TimeoutExpired as exc:
             raise EngineDumpFailed(
