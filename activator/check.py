@@ -97,9 +97,9 @@ def machine_report(settings: Settings) -> tuple[list[Finding], EngineSetup]:
 
 # -- the state directory ---------------------------------------------------------------------
 
-_STATE_SUBDIRS = ("snapshots", "work")
-"""Directories of the state dir whose owner and mode are checked (with each workload's
-directory in the snapshot store): whoever can write them can replace a snapshot, which
+_STORE = "snapshots"
+"""The snapshot store in the state dir. It, the state dir and each workload's directory in it
+have their owner and mode checked: whoever can write them can replace a snapshot, which
 Dormant then restores as its own process."""
 
 
@@ -120,12 +120,12 @@ def ownership_problem(mode: int, owner: int, me: int) -> str:
 
 
 def unsafe_state_dirs(path: Path) -> list[str]:
-    """'DIR PROBLEM' for the state dir, its ``snapshots`` store (and each workload's directory
-    in it) and ``work``, where one exists and is not ours alone (``ownership_problem``; a
-    link is judged by its target). The state dir's own parents are not judged."""
+    """'DIR PROBLEM' for the state dir, its ``snapshots`` store and each workload's directory
+    in it, where one exists and is not ours alone (``ownership_problem``; a link is judged
+    by its target). The state dir's own parents are not judged."""
     me = os.geteuid()
-    store = path / "snapshots"
-    candidates = [path, *(path / d for d in _STATE_SUBDIRS)]
+    store = path / _STORE
+    candidates = [path, store]
     with contextlib.suppress(OSError):
         candidates += sorted(store / name for name in os.listdir(store))
     problems = []
@@ -155,9 +155,9 @@ def _unsafe_message(problems: list[str]) -> str:
 
 def check_state_dir(path: Path) -> None:
     """Before ``dormant up`` starts anything: create ``path`` if needed (mode 0700), write
-    (and remove) a file in it, and refuse it when it, its snapshot store or work directory
-    is another user's or writable by group or others (``unsafe_state_dirs``). ConfigError
-    (exit 2, one line) when any of that fails."""
+    (and remove) a file in it, and refuse it when it, its snapshot store or a workload's
+    directory there is another user's or writable by group or others
+    (``unsafe_state_dirs``). ConfigError (exit 2, one line) when any of that fails."""
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".dormant-write-test-"):

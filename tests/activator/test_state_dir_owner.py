@@ -1,4 +1,4 @@
-"""A state directory (its snapshot store, a workload's directory in it, ``work``) that another
+"""A state directory (its snapshot store, a workload's directory in it) that another
 user owns or that group or others may write is refused before anything starts — whoever can
 write there can replace a snapshot that Dormant would restore as its own process. `dormant up`
 exits 2 with one line; `dormant check` reports the same finding."""
@@ -54,7 +54,7 @@ def test_a_fresh_state_dir_is_created_private_and_accepted(tmp_path: Path) -> No
 def _layouts(tmp_path: Path) -> dict[str, tuple[Path, Path]]:
     """name -> (state dir, the directory that makes it unsafe)."""
     out = {}
-    for case in ("state-other", "state-777", "store-other", "store-777", "workload-777", "work"):
+    for case in ("state-other", "state-777", "store-other", "store-777", "workload-777"):
         state = tmp_path / case / "state"
         state.mkdir(parents=True, mode=0o700)
         out[case] = (state, state)
@@ -71,10 +71,6 @@ def _layouts(tmp_path: Path) -> dict[str, tuple[Path, Path]]:
     wl.mkdir(parents=True, mode=0o700)
     wl.chmod(0o777)
     out["workload-777"] = (out["workload-777"][0], wl)
-    work = tmp_path / "work" / "state" / "work"
-    work.mkdir(mode=0o700)
-    os.chown(work, OTHER, OTHER)
-    out["work"] = (out["work"][0], work)
     return out
 
 
