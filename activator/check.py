@@ -4,10 +4,12 @@ workloads can start here (``dormant check [-c FILE]``); the state directory chec
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -25,7 +27,9 @@ __all__ = [
     "listen_findings",
     "listen_problem",
     "machine_report",
+    "ownership_problem",
     "state_dir_finding",
+    "unsafe_state_dirs",
     "workload_findings",
 ]
 
@@ -96,6 +100,61 @@ def machine_report(settings: Settings) -> tuple[list[Finding], EngineSetup]:
 
 # -- the state directory ---------------------------------------------------------------------
 
+_STORE = "snapshots"
+"""The snapshot store in the state dir. It, the state dir and each workload's directory in it
+have their owner and mode checked: whoever can write them can replace a snapshot, which
+Dormant then restores as its own process."""
+
+
+def ownership_problem(mode: int, owner: int, me: int) -> str:
+    """Why a directory with ``mode`` owned by uid ``owner`` is unsafe for uid ``me`` to keep
+    snapshots in ('' when it is fine), as OpenSSH judges the directories of its keys: it
+    must be owned by ``me`` or root and not writable by group or others (sticky or not)."""
+    if not stat.S_ISDIR(mode):
+        return "is not a directory"
+    if owner not in (me, 0):
+        return f"is owned by uid {owner}, not by this user (uid {me}) or root"
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        who = " and ".join(
+            w for w, bit in (("group", stat.S_IWGRP), ("others", stat.S_IWOTH)) if mode & bit
+        )
+        return f"is writable by {who} (mode {mode & 0o7777:04o})"
+    return ""
+
+
+def unsafe_state_dirs(path: Path) -> list[str]:
+    """'DIR PROBLEM' for the state dir, its ``snapshots`` store and each workload's directory
+    in it, where one exists and is not ours alone (``ownership_problem``; a link is judged
+    by its target). The state dir's own parents are not judged."""
+    me = os.geteuid()
+    store = path / _STORE
+    candidates = [path, store]
+    with contextlib.suppress(OSError):
+        candidates += sorted(store / name for name in os.listdir(store))
+    problems = []
+    for candidate in candidates:
+        try:
+            st = candidate.stat()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            problems.append(f"{candidate} cannot be examined ({exc.strerror or exc})")
+            continue
+        if candidate.parent == store and not stat.S_ISDIR(st.st_mode):
+            continue  # not a workload's directory: the store ignores it
+        why = ownership_problem(st.st_mode, st.st_uid, me)
+        if why:
+            problems.append(f"{candidate} {why}")
+    return problems
+
+
+def _unsafe_message(problems: list[str]) -> str:
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return (
+        f"{problems[0]}{more}: another user could replace its snapshots; chown it to this "
+        "user and `chmod go-w` it, or choose another state_dir"
+    )
+
 
 def listen_problem(address: str) -> str | None:
     """Why Dormant could not listen on ``address`` (HOST:PORT) now, or None when it can:
@@ -136,10 +195,12 @@ def listen_findings(settings: Settings) -> list[Finding]:
 
 
 def check_state_dir(path: Path) -> None:
-    """Before ``dormant up`` starts anything: create ``path`` if needed and write (and
-    remove) a file in it. ConfigError (exit 2, one line) when that fails."""
+    """Before ``dormant up`` starts anything: create ``path`` if needed (mode 0700), write
+    (and remove) a file in it, and refuse it when it, its snapshot store or a workload's
+    directory there is another user's or writable by group or others
+    (``unsafe_state_dirs``). ConfigError (exit 2, one line) when any of that fails."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".dormant-write-test-"):
             pass
     except OSError as exc:
@@ -147,6 +208,9 @@ def check_state_dir(path: Path) -> None:
             f"state_dir: cannot use {str(path)!r} ({exc.strerror or exc}); choose a writable "
             "directory with state_dir in the config or --state-dir"
         ) from exc
+    problems = unsafe_state_dirs(path)
+    if problems:
+        raise ConfigError(f"state_dir: {_unsafe_message(problems)}")
 
 
 def state_dir_finding(path: Path) -> Finding:
@@ -155,6 +219,9 @@ def state_dir_finding(path: Path) -> Finding:
     if path.exists():
         if not path.is_dir():
             return Finding(item, False, f"{path} is not a directory; choose another state_dir")
+        problems = unsafe_state_dirs(path)
+        if problems:
+            return Finding(item, False, _unsafe_message(problems))
         try:
             with tempfile.NamedTemporaryFile(dir=path, prefix=".dormant-write-test-"):
                 pass

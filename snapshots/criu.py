@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
+import fcntl
 import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,6 +141,83 @@ def probe_criu(path: Path, timeout: float = 30.0) -> CriuInfo:
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
+
+PROC_MOUNTPOINT = "proc.crtools"
+"""What CRIU's parasite makes in the dumped root task's working directory (see ``_cwd_guard``)."""
+
+
+@contextlib.contextmanager
+def _cwd_guard(pid: int, deadline: float) -> Iterator[None]:
+    """Hold the dumped root task's working directory for the dump, cleared of a stale
+    ``proc.crtools``.
+
+    Our instances have a PID namespace of their own but the host's /proc, so CRIU's parasite
+    (criu/pie/parasite.c, ``get_proc_fd``) ``mkdir``s ``proc.crtools`` *in the root task's
+    current directory*, mounts a proc there and removes it again. Two dumps at once of
+    tasks sharing a working directory, or a directory a killed dump left, fail with EEXIST
+    ("Can't create a directory (-17)"). So: an exclusive ``flock`` on that directory itself
+    (every dump, from any Dormant, of a task there waits its turn, bounded by ``deadline``),
+    and an empty ``proc.crtools`` left there is removed first. Anything else by that name
+    (a mount point, a directory with content, a file) is never touched: EngineDumpFailed
+    says what to do. A task that is already gone yields without a lock (the dump fails)."""
+    try:
+        fd = os.open(f"/proc/{pid}/cwd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        yield
+        return
+    try:
+        where = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        where = f"the working directory of pid {pid}"
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise EngineDumpFailed(
+                        f"criu dump of pid {pid}: another dump of a task in {where} did not "
+                        "end in time (dumps of tasks sharing a working directory take turns)"
+                    ) from None
+                time.sleep(0.02)
+        _clear_stale_mountpoint(fd, where)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _clear_stale_mountpoint(cwd_fd: int, where: str) -> None:
+    """Remove ``proc.crtools`` from the directory ``cwd_fd`` if it is an empty directory on
+    the same filesystem (what a killed dump leaves); EngineDumpFailed if something else is
+    there. ``rmdir`` itself refuses mount points and directories with content."""
+    path = f"{where}/{PROC_MOUNTPOINT}"
+    try:
+        st = os.lstat(PROC_MOUNTPOINT, dir_fd=cwd_fd)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise EngineDumpFailed(f"cannot examine {path}: {exc.strerror or exc}") from exc
+    problem = ""
+    if not stat.S_ISDIR(st.st_mode):
+        problem = "is not a directory"
+    elif st.st_dev != os.fstat(cwd_fd).st_dev:
+        problem = "is a mount point (a proc a killed criu mounted?)"
+    else:
+        try:
+            os.rmdir(PROC_MOUNTPOINT, dir_fd=cwd_fd)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            problem = {errno.EBUSY: "is a mount point", errno.ENOTEMPTY: "is not empty"}.get(
+                exc.errno or 0, f"cannot be removed ({exc.strerror or exc})"
+            )
+    raise EngineDumpFailed(
+        f"{path} {problem}: CRIU needs that name free in the working directory of the task "
+        f"it dumps; look at it, then remove it (`umount {path}` if it is a mount, then "
+        f"`rmdir {path}`), or set the workload's cwd elsewhere"
+    )
 
 
 def _die_with_parent(cgroup: Path | None = None) -> None:  # in the child, before exec
@@ -274,25 +354,26 @@ class CriuEngine:
         images.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         try:
-            self._run(
-                [
-                    "dump",
-                    "-t",
-                    str(pid),
-                    "-D",
-                    str(images),
-                    "--work-dir",
-                    str(work),
-                    "-o",
-                    "dump.log",
-                    "-v2",
-                    "--tcp-close",
-                    "--file-locks",
-                    *options,
-                ],
-                work,
-                timeout,
-            )
+            with _cwd_guard(pid, started + timeout):
+                self._run(
+                    [
+                        "dump",
+                        "-t",
+                        str(pid),
+                        "-D",
+                        str(images),
+                        "--work-dir",
+                        str(work),
+                        "-o",
+                        "dump.log",
+                        "-v2",
+                        "--tcp-close",
+                        "--file-locks",
+                        *options,
+                    ],
+                    work,
+                    max(started + timeout - time.monotonic(), 0.0),  # the lock waited within it
+                )
         except subprocess.TimeoutExpired as exc:
             raise EngineDumpFailed(
                 f"criu dump of pid {pid} timed out after {timeout:.0f}s"

@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import stat
+import sys
 from pathlib import Path
 
 __all__ = [
@@ -117,26 +119,46 @@ def is_dir(path: Path) -> bool:
 
 
 def rmtree(path: Path) -> list[str]:
-    """Remove a directory tree without following links; returns what could not be removed."""
+    """Remove ``path`` without following any link; returns what could not be removed.
+
+    ``path`` itself is ``lstat``-ed first: a symlink (planted, or swapped in after the
+    caller looked) is removed as a link and its target is never entered; anything else
+    that is not a directory is unlinked. A directory is removed by the standard library's
+    ``shutil.rmtree``, which on Linux walks by file descriptor (``openat`` with
+    ``O_NOFOLLOW``, checking each directory it enters is the one it ``lstat``-ed): a
+    link replacing a subdirectory mid-walk is unlinked, never followed.
+    """
     problems: list[str] = []
 
-    def record(exc: OSError) -> None:
+    def record(_function: object, filename: str, info: object) -> None:
+        exc = info[1] if isinstance(info, tuple) else info
+        if not isinstance(exc, OSError):
+            exc = OSError(errno.EIO, str(exc), filename)
+        if exc.filename is None:
+            exc.filename = filename
         # a directory left non-empty by an earlier problem says nothing new
         if not isinstance(exc, FileNotFoundError) and not (
             problems and exc.errno == errno.ENOTEMPTY
         ):
             problems.append(explain(exc, f"removing {exc.filename}", path))
 
-    for dirpath, dirs, files in os.walk(path, topdown=False, onerror=record):
-        for name in files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
-            try:
-                os.unlink(os.path.join(dirpath, name))
-            except OSError as exc:
-                record(exc)
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        record(os.lstat, str(path), exc)
+        return problems
+    if not stat.S_ISDIR(mode):  # a link (never followed) or a stray file
         try:
-            os.rmdir(dirpath)
+            os.unlink(path)
         except OSError as exc:
-            record(exc)
+            record(os.unlink, str(path), exc)
+        return problems
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=record)
+    else:
+        shutil.rmtree(path, onerror=record)
     return problems
 
 

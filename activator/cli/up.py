@@ -5,31 +5,53 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from activator.cli.common import load
+from activator.cli.common import EXIT_CONFIG, fail, load
 from activator.config.settings import ConfigError, Settings
+from warmpool.process.statelock import StateLock
 
-if TYPE_CHECKING:
-    pass
+__all__ = ["busy_message", "cmd_up"]
 
-__all__ = ["cmd_up"]
+
+def busy_message(state_dir: object, lock: StateLock) -> str:
+    """The one line for a state dir another Dormant holds."""
+    return (
+        f"state_dir {state_dir} is in use by another Dormant ({lock.holder()}); stop that "
+        "one first, or give this one another state_dir"
+    )
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from activator.app import create_admin_app, create_app
-    from activator.check import check_state_dir, detect_engine
-    from activator.limits import BoundedHttpToolsProtocol
+    from activator.check import check_state_dir
 
     settings = load(args)
     # Config errors that need the filesystem, before anything starts (exit 2, one line):
     check_state_dir(settings.state_path)
     settings.check_token_files()
-    _require_free_addresses(settings)
+    # One Dormant per state dir, held until this process ends: a second one stops here,
+    # before it has touched anything of the first's (its snapshots, criu, instances).
+    lock = StateLock(settings.state_path)
+    try:
+        if not lock.try_acquire():
+            return fail(busy_message(settings.state_path, lock), EXIT_CONFIG)
+    except OSError as exc:
+        raise ConfigError(f"state_dir: cannot lock {lock.path} ({exc.strerror or exc})") from exc
+    try:
+        return _serve(settings)
+    finally:
+        lock.release()
+
+
+def _serve(settings: Settings) -> int:
+    import uvicorn
+
+    from activator.app import create_admin_app, create_app
+    from activator.check import detect_engine
+    from activator.limits import BoundedHttpToolsProtocol
     from activator.logformat import configure_logging
 
+    _require_free_addresses(settings)
     configure_logging(settings.log_level, settings.log_format)
     try:
         token = settings.resolved_admin_token()

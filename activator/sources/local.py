@@ -22,9 +22,12 @@ from snapshots import SnapshotStore
 from warmpool import WarmpoolError, format_size, open_device
 from warmpool.pool import Pool
 from warmpool.process.cgroup import CgroupTree
+from warmpool.process.statelock import StateLock, held_here
 from warmpool.runtimes.local import LocalRuntime
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import httpx
 
     from activator.metrics import Metrics
@@ -87,8 +90,24 @@ class LocalSource:
 
     @contextlib.asynccontextmanager
     async def workloads(self, client: httpx.AsyncClient) -> AsyncIterator[Served]:
+        state_dir = self.settings.state_path
+        # What an earlier Dormant left is cleaned only by the state dir's owner (`dormant up`
+        # took its lock before anything started; any other caller takes it here).
+        lock = None if held_here(state_dir) else StateLock(state_dir)
+        if lock is not None and not lock.try_acquire():
+            raise ConfigError(
+                f"state_dir {state_dir} is in use by another Dormant ({lock.holder()})"
+            )
+        try:
+            async with self._workloads(client, state_dir) as served:
+                yield served
+        finally:
+            if lock is not None:
+                lock.release()
+
+    @contextlib.asynccontextmanager
+    async def _workloads(self, client: httpx.AsyncClient, state_dir: Path) -> AsyncIterator[Served]:
         settings, setup, pool = self.settings, self.engine, self.pool
-        state_dir = settings.state_path
         store = SnapshotStore(state_dir / "snapshots")
         removed = store.clean_partial()
         if removed:
@@ -127,6 +146,8 @@ class LocalSource:
             )
         finally:
             await asyncio.gather(*(w.shutdown(settings.on_shutdown) for w in workloads))
+            if runtime.cgroups is not None:
+                runtime.cgroups.close()  # the parent group, once no instance is left in it
 
 
 def open_source(settings: Settings, engine: EngineSetup, metrics: Metrics) -> LocalSource:

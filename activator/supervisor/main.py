@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import json
 import logging
-import os
 import signal
 import socket
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -35,48 +31,12 @@ from snapshots import (
     SnapshotStore,
 )
 from warmpool import CgroupTree, LocalRuntime
+from warmpool.process.statelock import StateLock as VolumeLock
 from warmpool.system import probe_engine
 
 __all__ = ["VolumeLock", "run"]
 
 log = logging.getLogger("dormant.exec")
-
-
-class VolumeLock:
-    """``DIR/.lock``: one instance per snapshot volume (flock; released by the kernel when
-    the holder dies). The holder writes who it is, so a waiter can say what it waits for."""
-
-    def __init__(self, directory: Path) -> None:
-        self.path = directory / ".lock"
-        self._fd: int | None = None
-
-    def try_acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
-        self._fd = fd
-        return True
-
-    def holder(self) -> str:
-        try:
-            info = json.loads(self.path.read_text() or "{}")
-            since = time.strftime("%H:%M:%S", time.localtime(info["since"]))
-            return f"pid {info['pid']} on {info['host']} since {since}"
-        except (OSError, ValueError, KeyError, TypeError):
-            return "another instance"
-
-    def release(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, 0)
-            os.close(self._fd)  # closing the only descriptor releases the flock
-            self._fd = None
 
 
 def _engine(requested: str) -> tuple[CriuEngine | None, str]:

@@ -5,7 +5,9 @@ A killed Dormant cannot end what it started, and a process tree can outlive its 
 instance therefore runs in its own cgroup v2 group under one parent per state directory,
 ``dormant-DIGEST/`` (DIGEST: of the state directory). At start, Dormant ends every group
 left under its parent (``cgroup.kill``: the kernel kills every process in it, however it
-got there) and removes them. The group also gives the instance's memory figure
+got there) and removes them. The parent goes when its last instance group goes, at start
+once the leftovers are cleaned, and at shutdown (``close``): none is left behind for a state
+directory no longer in use. The group also gives the instance's memory figure
 (``memory.current``, where the memory controller is enabled for it).
 
 Needs a writable cgroup v2 hierarchy (root; ``/sys/fs/cgroup`` or, on hybrid systems,
@@ -16,6 +18,7 @@ says why, and the parent-death signals remain the only protection.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import itertools
 import logging
@@ -26,6 +29,8 @@ from pathlib import Path
 __all__ = ["CgroupTree", "find_cgroup2"]
 
 log = logging.getLogger("dormant.warmpool")
+
+_PARENT_PREFIX = "dormant-"
 
 _MOUNTS = Path("/proc/self/mounts")
 
@@ -54,7 +59,7 @@ class CgroupTree:
         if mount is None:
             self.why_not = "no cgroup v2 hierarchy is mounted"
             return
-        parent = mount / f"dormant-{digest}"
+        parent = mount / f"{_PARENT_PREFIX}{digest}"
         try:
             parent.mkdir(exist_ok=True)
         except OSError as exc:
@@ -71,12 +76,19 @@ class CgroupTree:
         if self.parent is None:
             return None
         group = self.parent / f"{name}-{os.getpid()}-{next(self._serial)}"
-        try:
-            group.mkdir()
-        except OSError as exc:
-            log.warning("%s: cannot create cgroup %s (%s); running without one", name, group, exc)
-            return None
-        return group
+        problem: OSError | None = None
+        for _ in range(3):  # the parent goes with its last group: made again if it went
+            try:
+                self.parent.mkdir(exist_ok=True)
+                group.mkdir()
+                return group
+            except FileNotFoundError as exc:  # the last other group took the parent meanwhile
+                problem = exc
+            except OSError as exc:
+                problem = exc
+                break
+        log.warning("%s: cannot create cgroup %s (%s); running without one", name, group, problem)
+        return None
 
     def clean(self) -> list[str]:
         """End every process of every group left under the parent, remove the groups;
@@ -84,11 +96,32 @@ class CgroupTree:
         if self.parent is None:
             return []
         ended = []
-        for group in sorted(p for p in self.parent.iterdir() if p.is_dir()):
+        try:
+            groups = sorted(p for p in self.parent.iterdir() if p.is_dir())
+        except FileNotFoundError:
+            groups = []
+        for group in groups:
             if procs(group):
                 ended.append(group.name)
             remove(group)
+        self.close()
         return ended
+
+    def close(self) -> None:
+        """Remove the parent if no instance group is left in it (at shutdown)."""
+        if self.parent is not None:
+            _remove_parent(self.parent)
+
+
+def _remove_parent(parent: Path) -> None:
+    """rmdir a ``dormant-DIGEST`` parent; the kernel refuses while a group is in it."""
+    try:
+        parent.rmdir()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY):
+            log.debug("cannot remove cgroup %s: %s", parent, exc)
 
 
 def procs(group: Path) -> list[int]:
@@ -115,15 +148,16 @@ def kill(group: Path) -> None:
 
 
 def remove(group: Path, timeout: float = 5.0) -> bool:
-    """Kill what is left in ``group`` and remove it; False when it could not be removed
-    within ``timeout`` (the processes did not die: logged)."""
+    """Kill what is left in ``group`` and remove it (and its ``dormant-DIGEST`` parent when it
+    was the last group there); False when it could not be removed within ``timeout`` (the
+    processes did not die: logged)."""
     deadline = time.monotonic() + timeout
     while True:
         if procs(group):
             kill(group)
         try:
             group.rmdir()
-            return True
+            break
         except FileNotFoundError:
             return True
         except OSError as exc:
@@ -131,3 +165,6 @@ def remove(group: Path, timeout: float = 5.0) -> bool:
                 log.warning("cannot remove cgroup %s: %s (pids %s)", group, exc, procs(group))
                 return False
             time.sleep(0.02)
+    if group.parent.name.startswith(_PARENT_PREFIX):
+        _remove_parent(group.parent)
+    return True
