@@ -28,7 +28,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     workloads = workload_findings(settings)
     width = max(15, *(len(f.item) for f in [*findings, *workloads]))
     for f in [*findings, *workloads]:
-        print(f"{'ok ' if f.ok else 'NO '} {f.item:<{width}} {f.detail}")
+        mark = "NO " if not f.ok else "!! " if f.warning else "ok "
+        print(f"{mark} {f.item:<{width}} {f.detail}")
     return 0 if all(f.ok for f in workloads) else EXIT_FAILED
 
 
