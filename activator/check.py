@@ -39,11 +39,13 @@ _PYTHON_PROBE_TIMEOUT = 30.0
 
 @dataclass(frozen=True)
 class Finding:
-    """One line of `dormant check`: what, whether it is fine, details."""
+    """One line of `dormant check`: what, whether it is fine, details. A ``warning`` is
+    fine (``ok``) but worth a look."""
 
     item: str
     ok: bool
     detail: str
+    warning: bool = False
 
 
 def detect_engine(settings: Settings) -> EngineSetup:
@@ -71,7 +73,13 @@ def machine_report(settings: Settings) -> tuple[list[Finding], EngineSetup]:
             os.geteuid() == 0,
             "root" if os.geteuid() == 0 else "not root: CRIU and PID namespaces need root",
         ),
-        Finding("PID namespaces", setup.pidns[0], setup.pidns[1]),
+        Finding(
+            "PID namespaces",
+            setup.pidns[0],
+            setup.pidns[1]
+            if setup.pidns[0]
+            else f"{setup.pidns[1]}; instances run without one (engine restart)",
+        ),
     ]
     if info is not None:
         findings.append(
@@ -214,7 +222,19 @@ def check_state_dir(path: Path) -> None:
 
 
 def state_dir_finding(path: Path) -> Finding:
-    """Whether ``dormant up`` could use ``path``, without creating it."""
+    """Whether ``dormant up`` could use ``path``, without creating it. Never raises."""
+    try:
+        return _state_dir_finding(path)
+    except OSError as exc:  # e.g. a parent this user may not enter
+        return Finding(
+            "state_dir",
+            False,
+            f"{path}: cannot look at it ({exc.strerror or exc}); choose a state_dir this user "
+            "can write (state_dir in the config, --state-dir or $DORMANT_STATE_DIR)",
+        )
+
+
+def _state_dir_finding(path: Path) -> Finding:
     item = "state_dir"
     if path.exists():
         if not path.is_dir():
@@ -260,6 +280,17 @@ def workload_findings(settings: Settings) -> list[Finding]:
             findings.append(_root_dir(w, settings))
         else:
             findings.append(_program(w, settings, cwd, f"{w.name}: command", "command"))
+            if w.port == 0 and not any("{port}" in arg for arg in w.command):
+                findings.append(
+                    Finding(
+                        f"{w.name}: port",
+                        True,
+                        "its command has no {port} and no fixed port is set: Dormant chooses "
+                        "a port the server is never told; put {port} where the port goes "
+                        "(e.g. --port {port}), or set `port:` to where it listens",
+                        warning=True,
+                    )
+                )
     return findings
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +39,7 @@ from warmpool import (
     Instance,
     InstanceSpec,
     NotSupported,
+    RestoreDeferred,
     Runtime,
     SnapshotInfo,
     WarmpoolError,
@@ -111,6 +113,7 @@ class Workload:
             "checkpoints": 0,
             "checkpoint_failures": 0,
             "start_failures": 0,
+            "restore_deferred": 0,
             "suspends": 0,
             "resumes": 0,
             "swaps_out": 0,
@@ -153,10 +156,31 @@ class Workload:
         """Activity seen outside the proxy (e.g. a notebook kernel computing), ``seconds_ago``."""
         self._last_activity = max(self._last_activity, self._clock() - seconds_ago)
 
+    def _latest(self) -> SnapshotInfo | Exception | None:
+        """The newest usable snapshot, None, or the error that kept the runtime from telling."""
+        try:
+            return self._runtime.latest(self.name)
+        except Exception as exc:  # cannot tell: the caller decides what that means
+            return exc
+
     def _at_rest(self) -> State:
         """Where a workload without an instance rests: HIBERNATED while it has a usable
-        snapshot (it must never look cold then), else COLD."""
-        return State.HIBERNATED if self._runtime.latest(self.name) is not None else State.COLD
+        snapshot (it must never look cold then), else COLD. When the runtime cannot tell
+        (its store unreadable now), HIBERNATED: a snapshot may be there."""
+        latest = self._latest()
+        if isinstance(latest, Exception):
+            log.warning("%s: cannot tell whether it has a snapshot (%s)", self.name, latest)
+            return State.HIBERNATED
+        return State.HIBERNATED if latest is not None else State.COLD
+
+    def _alive(self, instance: Instance) -> bool | None:
+        """Whether ``instance`` is alive; None when that cannot be told now (an error while
+        looking): "cannot tell" is never "dead"."""
+        try:
+            return instance.alive()
+        except Exception as exc:
+            log.warning("%s: cannot tell whether its instance is alive: %s", self.name, exc)
+            return None
 
     def _transition(self, new: State, reason: str = "") -> None:
         old = self._state
@@ -298,10 +322,12 @@ class Workload:
                 return self.last_wake
             since_failure = self._clock() - self._failed_at
             if self._state is State.FAILED and since_failure < self.settings.retry_backoff:
+                left = self.settings.retry_backoff - since_failure
                 raise WakeFailed(
                     f"{self.name} failed {since_failure:.1f}s ago: {self.last_error} "
-                    f"(next attempt in {self.settings.retry_backoff - since_failure:.1f}s)",
+                    f"(next attempt in {left:.1f}s)",
                     workload=self.name,
+                    headers={"Retry-After": str(max(1, math.ceil(left)))},
                 )
             started = self._clock()
             self._wake_from = self.placement().tier.value
@@ -364,13 +390,44 @@ class Workload:
         self._transition(State.STARTING, why)
 
     async def _restore_or_boot(self, spec: InstanceSpec) -> Instance:
+        """Rule 1 of ``warmpool.lifecycle``. Whatever fails, the workload never stays in a
+        transitional state: FAILED (requests fail fast for ``retry_backoff``), or where it
+        was when nothing had started yet."""
         try:
             steps = lifecycle.Steps(self._restoring, self._restore_failed, self._booting)
             return await lifecycle.restore_or_boot(self._runtime, spec, steps)
-        except WarmpoolError as exc:
+        except RestoreDeferred as exc:
+            # the environment refused; the snapshot is kept and nothing boots over it
+            self.counters["restore_deferred"] += 1
+            retry = max(1, math.ceil(exc.retry_after))
+            self._stop_trying(f"restore deferred: {exc}")
+            raise WakeFailed(
+                f"{self.name} cannot be restored now: {exc}",
+                workload=self.name,
+                headers={"Retry-After": str(retry)},
+            ) from exc
+        except Exception as exc:  # a WarmpoolError, or anything a runtime let through
             self.counters["start_failures"] += 1
-            self._fail(f"start failed: {exc}", backoff=True)
-            raise WakeFailed(f"{self.name} could not start: {exc}", workload=self.name) from exc
+            what = exc if isinstance(exc, WarmpoolError) else f"{type(exc).__name__}: {exc}"
+            retry = max(1, math.ceil(self.settings.retry_backoff))
+            self._stop_trying(f"start failed: {what}")
+            raise WakeFailed(
+                f"{self.name} could not start: {what}",
+                workload=self.name,
+                headers={"Retry-After": str(retry)},
+            ) from exc
+
+    def _stop_trying(self, reason: str) -> None:
+        """After a wake failed: FAILED (requests fail fast for ``retry_backoff``) when it had
+        begun (RESTORING, STARTING); when nothing had begun (the runtime could not even say
+        whether a snapshot exists) the state stays and only the error is recorded."""
+        if self._state in (State.RESTORING, State.STARTING):
+            self._fail(reason, backoff=True)
+        else:
+            self._error(reason)
+            log.error("%s: %s", self.name, reason)
+            if self._pool is not None:
+                self._pool.left(self.name)
 
     def _became_ready(
         self, instance: Instance, started: float, path: str | None = None
@@ -420,7 +477,14 @@ class Workload:
                 return self._state
             if not self._runtime.capabilities.checkpoint:
                 started = self._clock()
-                await self._runtime.stop(instance)
+                try:
+                    await self._runtime.stop(instance)
+                except Exception as exc:
+                    failed = _warmpool(exc, "stop")
+                    self._checkpoint_failed(failed, instance)
+                    if failed is exc:
+                        raise
+                    raise failed from exc
                 self._instance = None
                 self._transition(self._at_rest(), "stopped (restart engine: no snapshot)")
                 self._swapped_out("cold", "restart", started)
@@ -432,6 +496,10 @@ class Workload:
             except WarmpoolError as exc:
                 self._checkpoint_failed(exc, instance)
                 raise
+            except Exception as exc:  # never left CHECKPOINTING, whatever the runtime raised
+                failed = _warmpool(exc, "checkpoint")
+                self._checkpoint_failed(failed, instance)
+                raise failed from exc
             except asyncio.CancelledError:
                 self._checkpoint_failed(WarmpoolError("cancelled (shutdown)"), instance)
                 raise
@@ -466,9 +534,10 @@ class Workload:
             started = self._clock()
             try:
                 await self._runtime.suspend(instance)
-            except WarmpoolError as exc:
+            except Exception as exc:
+                exc = _warmpool(exc, "suspend")
                 self._error(f"suspend failed: {exc}")
-                if instance.alive():
+                if self._alive(instance) is not False:
                     self._transition(State.READY, f"suspend failed, still serving: {exc}")
                 else:
                     self._fail(f"suspend failed and the process is gone: {exc}")
@@ -499,7 +568,7 @@ class Workload:
                 f"{self.settings.drain_timeout:.0f}s; not {reason}",
                 workload=self.name,
             ) from None
-        if not instance.alive():
+        if self._alive(instance) is False:
             self._fail(f"process {instance.exit_reason()}")
             return None
         return instance
@@ -550,7 +619,7 @@ class Workload:
         measure a ready one."""
         if self._instance is None or self._lock.locked():
             return
-        if self._state in (State.READY, State.SUSPENDED) and not self._instance.alive():
+        if self._state in (State.READY, State.SUSPENDED) and self._alive(self._instance) is False:
             self._fail(f"process {self._instance.exit_reason()}")
         elif self._state is State.READY and self._pool is not None:
             self._pool.sample(self.name, self._instance)
@@ -574,7 +643,10 @@ class Workload:
                 await self._wake_task
         async with self._lock:
             if self._instance is not None:
-                await self._runtime.stop(self._instance)
+                try:
+                    await self._runtime.stop(self._instance)
+                except Exception as exc:  # shutting down: say so, and carry on
+                    log.error("%s: stopping its instance failed: %s", self.name, exc)
                 self._instance = None
             if self._state is State.READY:
                 self._transition(State.DRAINING, "shutdown")
@@ -584,7 +656,8 @@ class Workload:
     # -- reporting -----------------------------------------------------------------------
 
     def view(self) -> dict[str, Any]:
-        snapshot = self._runtime.latest(self.name)
+        latest = self._latest()
+        snapshot = None if isinstance(latest, Exception) else latest
         instance = self._instance
         facts = instance.describe() if instance else {}
         return {
@@ -620,3 +693,10 @@ class Workload:
             else "resident",
             "memory": self._pool.member_view(self.name) if self._pool is not None else None,
         }
+
+
+def _warmpool(exc: BaseException, what: str) -> WarmpoolError:
+    """``exc`` as a WarmpoolError (a runtime let a foreign error through)."""
+    if isinstance(exc, WarmpoolError):
+        return exc
+    return WarmpoolError(f"{what} failed: {type(exc).__name__}: {exc}")

@@ -17,6 +17,7 @@ Formats:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -34,6 +35,7 @@ import blake3
 from snapshots.errors import ManifestInvalid
 
 __all__ = [
+    "CANNOT_READ_NOW",
     "CHUNK_BYTES",
     "DEFAULT_DIGEST",
     "DIGESTS",
@@ -61,6 +63,11 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _PIPE = re.compile(r"^pipe:\[[0-9]+\]$")
 _tls = threading.local()
+CANNOT_READ_NOW = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EACCES, errno.EPERM, errno.EIO}
+)
+"""Errors reading a snapshot's file that are the machine's, not the file's: verification
+raises them (as StoreFailed) instead of calling the file corrupt."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,9 @@ class Manifest:
 
     ``meta`` is engine-specific (for CRIU: the upstream ``port``, the dumped
     ``stdio_pipe`` inode, the regular ``files`` the process had mapped with their sizes,
-    the ``health_path``); those keys are type-checked when a manifest is read.
+    the ``health_path``, the ``fingerprint`` of what was started — see
+    ``snapshots.fingerprint``; absent in older manifests); those keys are type-checked
+    when a manifest is read.
     """
 
     id: str
@@ -229,6 +238,10 @@ def _check_meta(meta: Mapping[str, Any]) -> None:
                 raise _invalid("meta.files", f"expected absolute path: size, got {path!r}")
     if "health_path" in meta:
         _get(meta, "health_path", str, "meta.")
+    if "fingerprint" in meta:
+        parts = _get(meta, "fingerprint", dict, "meta.")
+        if not all(isinstance(v, str) and _HEX64.match(v) for v in parts.values()):
+            raise _invalid("meta.fingerprint", "expected part: 64-digit hex digest")
 
 
 def _parse(data: Any) -> Manifest:
@@ -366,6 +379,8 @@ def check_files(root: Path, manifest: Manifest, names: Iterable[str]) -> list[st
         try:
             ok = _hash_range(root / name, offset, length, manifest.digest) == expected
         except OSError as exc:
+            if exc.errno in CANNOT_READ_NOW:
+                raise  # the machine refused to read it: says nothing about the snapshot
             return f"{name}: unreadable ({exc.strerror or exc})"
         return "" if ok else f"{name}: {manifest.digest} mismatch"
 

@@ -71,12 +71,14 @@ def mapped_files(pids: list[int]) -> dict[str, int]:
 
 
 def changed_files(recorded: dict[str, int]) -> list[str]:
-    """Problems with files recorded by ``mapped_files``: gone, or a different size."""
+    """Problems with files recorded by ``mapped_files``: gone, or a different size. An
+    error that says nothing about the file (EACCES, ENOMEM, ...) is raised as OSError:
+    the machine refused to look, the snapshot may be fine."""
     problems = []
     for path, size in sorted(recorded.items()):
         try:
             now = os.stat(path).st_size
-        except OSError:
+        except (FileNotFoundError, NotADirectoryError):
             problems.append(f"{path}: no longer exists")
             continue
         if now != size:

@@ -9,6 +9,9 @@ Layout::
         ID/                    committed: images + manifest.json (written last)
         ID.bad/                failed verification or restore, with BAD_REASON; the newest
                                ``keep_bad`` per workload are kept for inspection
+        .expected.json         the fingerprint of what the workload starts now (``expect``):
+                               a committed snapshot whose manifest records another is
+                               'stale' — kept, listed, never restored (snapshots.fingerprint)
 
 A snapshot holds a process's whole memory, so every directory is 0700 and every
 file 0600. A commit fsyncs each file and directory, writes the manifest, fsyncs,
@@ -20,15 +23,18 @@ Errors: writing raises ``StoreFailed`` (``CommitFailed`` from ``commit``) with w
 failed and what to do; retiring (``mark_bad``, ``prune``, ``clean_partial``,
 ``discard``) logs and carries on; reading (``entries``, ``list``, ``latest``, ``get``,
 ``verify``, ``verify_during``) raises only ``SnapshotError`` subclasses. A directory
-whose manifest is missing, unreadable or of the wrong shape is listed by ``entries`` as
-'invalid' with the reason and retired by ``prune``; it is never returned by
-``list``/``latest``.
+whose manifest is missing or of the wrong shape is listed by ``entries`` as 'invalid' with
+the reason and retired by ``prune``; it is never returned by ``list``/``latest``. A manifest
+that cannot be read *now* (too many open files, permission denied, an I/O error) says
+nothing about the snapshot: reading raises ``StoreFailed`` and nothing is retired.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
+import errno
+import json
 import logging
 import os
 import re
@@ -49,7 +55,9 @@ from snapshots.errors import (
     SnapshotNotFound,
     StoreFailed,
 )
+from snapshots.fingerprint import Fingerprint, stale_parts
 from snapshots.manifest import (
+    CANNOT_READ_NOW,
     CHUNK_BYTES,
     DEFAULT_DIGEST,
     MANIFEST_NAME,
@@ -63,7 +71,7 @@ __all__ = ["Entry", "PendingSnapshot", "Snapshot", "SnapshotStore", "Status"]
 
 log = logging.getLogger("dormant.snapshots")
 
-Status = Literal["ok", "bad", "invalid", "partial"]
+Status = Literal["ok", "bad", "invalid", "partial", "stale"]
 T = TypeVar("T")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -72,6 +80,10 @@ _DEL_PREFIX = ".del-"
 _BAD_SUFFIX = ".bad"
 BAD_REASON = "BAD_REASON"
 _REASON_LIMIT = 4096
+_EXPECTED = ".expected.json"
+_NOT_A_MANIFEST = frozenset({errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.EISDIR})
+"""Errors opening a manifest that say it is not there (or not a file): 'invalid'. Any other
+error (EMFILE, EACCES, EIO, ...) is the machine's, not the snapshot's."""
 
 
 @dataclass(frozen=True)
@@ -105,7 +117,8 @@ class Entry:
 
     ``status``: 'ok' (committed, manifest valid), 'bad' (taken out of use; ``reason``
     says why), 'invalid' (manifest missing or unreadable; ``reason``), 'partial'
-    (being written or deleted, or left so by a crash).
+    (being written or deleted, or left so by a crash), 'stale' (committed and valid, but
+    taken of another command, env or cwd than the workload's now: kept, never restored).
     """
 
     id: str
@@ -167,6 +180,7 @@ class SnapshotStore:
         # Snapshots mark_bad could not move out of use on disk: kept out of use here.
         self._quarantined: dict[Path, str] = {}
         self._warned: set[tuple[Path, str]] = set()
+        self._expected: dict[str, Fingerprint] = {}
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             os.chmod(self.root, 0o700)
@@ -335,23 +349,57 @@ class SnapshotStore:
     # -- reading -----------------------------------------------------------------
 
     def _read_manifest(self, path: Path) -> Manifest:
+        """The manifest of ``path``: ManifestInvalid when it is missing or malformed,
+        StoreFailed when the machine refused to read it now (the snapshot may be fine)."""
         try:
             fd = os.open(path / MANIFEST_NAME, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
             raise ManifestInvalid("no manifest (deleted, or never written)") from None
         except OSError as exc:
-            raise ManifestInvalid(f"manifest unreadable ({exc.strerror or exc})") from None
+            if exc.errno in _NOT_A_MANIFEST:
+                raise ManifestInvalid(f"manifest unreadable ({exc.strerror or exc})") from None
+            raise StoreFailed(disk.explain(exc, "reading a manifest", path)) from exc
         try:
             with os.fdopen(fd, "rb") as f:
                 text = f.read(MAX_MANIFEST_BYTES + 1)
         except OSError as exc:
-            raise ManifestInvalid(f"manifest unreadable ({exc.strerror or exc})") from None
+            raise StoreFailed(disk.explain(exc, "reading a manifest", path)) from exc
         return Manifest.from_json(text)
+
+    # -- what the workload is now ------------------------------------------------
+
+    def expect(self, workload: str, fingerprint: Fingerprint) -> None:
+        """Say what ``workload`` starts now: committed snapshots whose manifest records
+        another fingerprint are listed 'stale' (kept, never returned by ``list``/``latest``).
+        Recorded in ``WORKLOAD/.expected.json`` too, so that `dormant snapshots list` sees
+        it; a failure to write it is logged (the expectation holds in this process)."""
+        if self._expected.get(workload) == dict(fingerprint):
+            return
+        self._expected[workload] = dict(fingerprint)
+        try:
+            wdir = self._workload_dir(workload)
+            tmp = wdir / f"{_EXPECTED}.{os.getpid()}"
+            tmp.write_text(json.dumps(dict(fingerprint), sort_keys=True))
+            os.replace(tmp, wdir / _EXPECTED)
+        except OSError as exc:
+            log.warning("%s", disk.explain(exc, f"recording what {workload} starts", self.root))
+
+    def _expectation(self, workload: str) -> Fingerprint | None:
+        found = self._expected.get(workload)
+        if found is not None:
+            return found
+        try:
+            data = json.loads((self.root / workload / _EXPECTED).read_text())
+        except (OSError, ValueError):
+            return None
+        if isinstance(data, dict) and all(isinstance(v, str) for v in data.values()):
+            return data
+        return None
 
     def _committed(self, path: Path, workload: str) -> Entry:
         if path in self._quarantined:
             entry = self._other(path, workload, path.name, "bad", self._quarantined[path])
-            with contextlib.suppress(ManifestInvalid):
+            with contextlib.suppress(ManifestInvalid, StoreFailed):
                 m = self._read_manifest(path)
                 entry = Entry(entry.id, workload, path, "bad", entry.reason, entry.bytes, m.created)
             return entry
@@ -366,6 +414,17 @@ class SnapshotStore:
                 self._warned.add((path, str(exc)))
                 log.warning("snapshot %s is unusable: %s", path, exc)
             return self._other(path, workload, path.name, "invalid", str(exc))
+        recorded = m.meta.get("fingerprint")
+        changed = stale_parts(recorded, self._expectation(workload))
+        if changed:
+            why = (
+                f"stale: taken of another {', '.join(changed)} than the workload has now; "
+                "kept, never restored (`dormant snapshots delete` removes it)"
+            )
+            if (path, why) not in self._warned:
+                self._warned.add((path, why))
+                log.warning("snapshot %s/%s is %s", workload, m.id, why)
+            return Entry(m.id, workload, path, "stale", why, m.total_bytes, m.created, m)
         return Entry(m.id, workload, path, "ok", "", m.total_bytes, m.created, m)
 
     def _other(self, path: Path, workload: str, snap_id: str, status: Status, why: str) -> Entry:
@@ -382,7 +441,7 @@ class SnapshotStore:
         except OSError as exc:
             reason = f"reason not recorded ({exc.strerror or exc})"
         entry = self._other(path, workload, path.name[: -len(_BAD_SUFFIX)], "bad", reason)
-        with contextlib.suppress(ManifestInvalid):
+        with contextlib.suppress(ManifestInvalid, StoreFailed):
             m = self._read_manifest(path)
             entry = Entry(entry.id, workload, path, "bad", reason, entry.bytes, m.created, m)
         return entry
@@ -476,15 +535,19 @@ class SnapshotStore:
                 return entry
         raise SnapshotNotFound(f"no snapshot {snapshot_id!r} under {self.root}")
 
-    def verify(self, snapshot: Snapshot) -> None:
+    def _verify(self, snapshot: Snapshot) -> None:
         """Raise SnapshotCorrupt unless every file matches the manifest (size, then the
         digest of every chunk), no file was added and each is a regular file. A file that
-        cannot be read is a problem too (never an OSError)."""
+        cannot be read is a problem too (never an OSError) -- unless the machine refused to
+        read it now (too many open files, permission denied, an I/O error: StoreFailed,
+        and nothing is said about the snapshot)."""
         problems: list[str] = []
         expected = snapshot.manifest.files
         present: dict[str, os.stat_result] = {}
 
         def unreadable(exc: OSError) -> None:
+            if exc.errno in CANNOT_READ_NOW:
+                raise exc
             problems.append(f"{exc.filename or snapshot.path}: unreadable ({exc.strerror})")
 
         for dirpath, _dirs, files in os.walk(snapshot.path, onerror=unreadable):
@@ -508,6 +571,17 @@ class SnapshotStore:
         if problems:
             raise SnapshotCorrupt(snapshot.id, problems)
 
+    def verify(self, snapshot: Snapshot) -> None:
+        """Raise SnapshotCorrupt unless every file matches the manifest (size, then the
+        digest of every chunk), no file was added and each is a regular file; StoreFailed
+        when the machine refused to read them now (the snapshot may be fine)."""
+        try:
+            self._verify(snapshot)
+        except OSError as exc:
+            raise StoreFailed(
+                disk.explain(exc, f"verifying snapshot {snapshot.id}", snapshot.path)
+            ) from exc
+
     def verify_during(
         self, snapshot: Snapshot, work: Callable[[], T], undo: Callable[[T], None]
     ) -> T:
@@ -517,8 +591,10 @@ class SnapshotStore:
         Returns ``work()``'s result once both are done and every digest matched. When
         verification fails, ``undo(result)`` runs first (e.g. end the restored tree, which
         must not have served anything yet) and SnapshotCorrupt is raised -- also when
-        ``work`` failed too (the corruption is the likelier cause). Otherwise an exception
-        from ``work`` propagates. No thread outlives the call.
+        ``work`` failed too (the corruption is the likelier cause). When verification could
+        not be done now (StoreFailed: too many open files, ...) ``undo(result)`` runs too and
+        StoreFailed is raised. Otherwise an exception from ``work`` propagates. No thread
+        outlives the call.
         """
         with ThreadPoolExecutor(1, thread_name_prefix="verify") as pool:
             verifying = pool.submit(self.verify, snapshot)
@@ -532,7 +608,7 @@ class SnapshotStore:
                 raise
             try:
                 verifying.result()
-            except SnapshotCorrupt:
+            except BaseException:  # corrupt, or not verified: it must never run
                 undo(result)
                 raise
         return result

@@ -13,6 +13,7 @@ __all__ = [
     "CheckpointFailed",
     "DeviceUnavailable",
     "NotSupported",
+    "RestoreDeferred",
     "RestoreFailed",
     "ResumeFailed",
     "StartFailed",
@@ -37,6 +38,19 @@ class RestoreFailed(WarmpoolError):
     def __init__(self, message: str, snapshot_id: str = "") -> None:
         super().__init__(message)
         self.snapshot_id = snapshot_id
+
+
+class RestoreDeferred(WarmpoolError):
+    """The environment refused a restore (the snapshot's port is taken, file descriptors or
+    disk space are exhausted, permission denied, a timeout, the store cannot be read now):
+    the snapshot is fine and kept as it is. Nothing must boot over it; the owner answers
+    503 with ``Retry-After: retry_after`` and this message. ``snapshot_id`` names it when
+    one was found."""
+
+    def __init__(self, message: str, snapshot_id: str = "", retry_after: float = 5.0) -> None:
+        super().__init__(message)
+        self.snapshot_id = snapshot_id
+        self.retry_after = retry_after
 
 
 class CheckpointFailed(WarmpoolError):

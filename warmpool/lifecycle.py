@@ -6,7 +6,11 @@ in what they tell the world (states, metrics, the control API) and agree on thes
 
 1. **Restore the newest snapshot, else boot** (``restore_or_boot``): a snapshot the runtime
    cannot restore is retired by the runtime and the next newest is tried, up to
-   ``attempts``; then the command boots.
+   ``attempts``; then the command boots. **Never boot over a kept snapshot**: when the
+   environment refused the restore (``RestoreDeferred``: its port taken, no file
+   descriptors, no space, no permission, a timeout, the store unreadable now) the snapshot
+   is fine; nothing boots, and the error goes to the owner, who answers 503 with
+   ``Retry-After`` and the reason.
 2. **After a failed checkpoint, the survivor serves** (``survivor``): the replacement a
    ``CheckpointFailed`` names (restored from images that could not be committed), else the
    instance itself if it was never stopped; None when nothing alive is left.
@@ -24,7 +28,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from warmpool.errors import CheckpointFailed, WarmpoolError
+from warmpool.errors import CheckpointFailed, RestoreDeferred, WarmpoolError
 from warmpool.runtime import Instance, InstanceSpec, Runtime, SnapshotInfo
 
 __all__ = ["Steps", "restore_or_boot", "resume_or_stop", "survivor"]
@@ -53,7 +57,8 @@ async def restore_or_boot(
     boot: Callable[[InstanceSpec], Awaitable[Instance]] | None = None,
 ) -> Instance:
     """Rule 1. Returns the running instance; a failed boot raises its ``WarmpoolError``
-    (``boot`` defaults to ``runtime.boot``)."""
+    (``boot`` defaults to ``runtime.boot``); RestoreDeferred when a kept snapshot could not
+    be restored now (nothing was booted)."""
     why = "cold boot"
     for _ in range(max(1, attempts)):
         latest = await asyncio.to_thread(runtime.latest, spec.name)
@@ -62,6 +67,8 @@ async def restore_or_boot(
         steps.restoring(latest)
         try:
             instance = await runtime.restore(spec)
+        except RestoreDeferred:
+            raise  # the snapshot is fine: booting over it would lose its state
         except WarmpoolError as exc:
             steps.restore_failed(exc)
             why = "restore failed; cold boot"
@@ -77,7 +84,14 @@ async def restore_or_boot(
 def survivor(exc: WarmpoolError, instance: Instance) -> Instance | None:
     """Rule 2: which instance serves after ``instance``'s checkpoint failed with ``exc``."""
     serving = exc.instance if isinstance(exc, CheckpointFailed) else instance
-    return serving if serving is not None and serving.alive() else None
+    if serving is None:
+        return None
+    try:
+        alive = serving.alive()
+    except Exception as unsure:  # cannot tell is not dead: the next look decides
+        log.warning("after a failed checkpoint, cannot tell whether it serves: %s", unsure)
+        alive = True
+    return serving if alive else None
 
 
 async def resume_or_stop(runtime: Runtime, instance: Instance) -> WarmpoolError | None:
@@ -85,10 +99,12 @@ async def resume_or_stop(runtime: Runtime, instance: Instance) -> WarmpoolError 
     instance has been stopped (a failure to stop it is logged)."""
     try:
         await runtime.resume(instance)
-    except WarmpoolError as exc:
+    except Exception as exc:  # whatever the error: the instance cannot serve
         try:
             await runtime.stop(instance)
-        except WarmpoolError as stop_error:
+        except Exception as stop_error:
             log.warning("after a failed resume, stopping the instance failed: %s", stop_error)
-        return exc
+        if isinstance(exc, WarmpoolError):
+            return exc
+        return WarmpoolError(f"resume failed: {type(exc).__name__}: {exc}")
     return None

@@ -5,15 +5,19 @@ through this protocol. A runtime must implement:
 
 * ``boot(spec)`` — start the command and return once it answers its health check.
 * ``restore(spec)`` — bring the newest usable snapshot back, or return None when there
-  is none. A snapshot that fails to restore is retired by the runtime (marked bad) and
-  ``RestoreFailed`` is raised; the workload then cold-boots.
+  is none (a snapshot of another command, env or cwd is none: ``spec.fingerprint()``).
+  A snapshot that fails to restore is retired by the runtime (marked bad) and
+  ``RestoreFailed`` is raised; the workload then cold-boots. When the environment refused
+  (a port taken, no file descriptors, no space, no permission, a timeout) the snapshot is
+  kept and ``RestoreDeferred`` is raised: nothing boots over it
+  (``warmpool.runtimes.verdict`` draws the line).
 * ``checkpoint(instance)`` — capture a drained instance into a committed snapshot; the
   instance is gone afterwards. On failure ``CheckpointFailed`` says which instance (if
   any) is serving now.
 * ``suspend`` / ``resume`` — park device memory in host RAM and back, where the
   runtime's engine can (``capabilities.suspend``); otherwise ``NotSupported``.
 * ``stop(instance)``, ``latest(name)`` (the newest usable snapshot, for status and the
-  initial state), ``capabilities``.
+  initial state; ``RestoreDeferred`` when the store cannot be read now), ``capabilities``.
 * ``idle_for(instance)`` — seconds since the instance itself last carried traffic, for a
   runtime whose instances can be reached without the activator (a pod behind its Service:
   warm traffic bypasses the proxy); None when it cannot tell (local processes: the
@@ -30,6 +34,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+from snapshots.fingerprint import fingerprint
 
 __all__ = [
     "PORT_PLACEHOLDER",
@@ -95,6 +101,18 @@ class InstanceSpec:
     """The suspend engine: 'none', 'cuda' or 'hooks' (warmpool.suspend)."""
     hooks: Mapping[str, str] = field(default_factory=dict)
     """suspend 'hooks': {'sleep': 'POST /sleep?level=1', 'wake': 'POST /wake_up'}."""
+
+    def fingerprint(self) -> dict[str, str]:
+        """What this spec starts (``snapshots.fingerprint``): ``command`` as it stands
+        (``{port}`` left in until ``with_port``), ``env`` and ``cwd``. A snapshot recorded
+        with another fingerprint is not this workload's: never restored."""
+        return fingerprint(self.command, self.env, str(self.cwd) if self.cwd else None)
+
+    @property
+    def told_port(self) -> bool:
+        """Whether the command is told where to listen: ``{port}`` in it, or a fixed port
+        (a command with neither cannot know the port the runtime chooses)."""
+        return self.port != 0 or any(PORT_PLACEHOLDER in arg for arg in self.command)
 
     def with_port(self, port: int) -> InstanceSpec:
         """This spec on ``port``, with the port filled into the command."""

@@ -32,9 +32,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     findings.append(state_dir_finding(settings.state_path))
     listens = listen_findings(settings)
     workloads = workload_findings(settings)
-    width = max(15, *(len(f.item) for f in [*findings, *listens, *workloads]))
-    for f in [*findings, *listens, *workloads]:
-        print(f"{'ok ' if f.ok else 'NO '} {f.item:<{width}} {f.detail}")
+    shown = [*findings, *listens, *workloads]
+    width = max(15, *(len(f.item) for f in shown))
+    for f in shown:
+        mark = "NO " if not f.ok else "!! " if f.warning else "ok "
+        print(f"{mark} {f.item:<{width}} {f.detail}")
     return 0 if all(f.ok for f in [*listens, *workloads]) else EXIT_FAILED
 
 

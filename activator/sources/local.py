@@ -13,10 +13,11 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from activator.config.settings import ConfigError, Settings, pool_problems
+from activator.errors import WakeFailed
 from activator.notebooks import ActivityProbe
 from activator.registry import Registry
 from activator.sources import Served
-from activator.specs import spec_factory
+from activator.specs import SpecFactory, spec_factory
 from activator.workload import Workload
 from snapshots import SnapshotStore
 from warmpool import WarmpoolError, format_size, open_device
@@ -71,6 +72,18 @@ def make_pool(settings: Settings, metrics: Metrics) -> Pool | None:
     )
 
 
+def _expect(runtime: LocalRuntime, specs: list[SpecFactory]) -> None:
+    """Tell the store what each workload starts now, before its state is read: a snapshot of
+    another command, env or cwd is 'stale' (kept, never restored) from the start."""
+    if runtime.engine is None:
+        return  # no snapshots here
+    for build in specs:
+        try:
+            runtime.expect(build())
+        except WakeFailed as exc:  # its spec cannot be built yet: the first wake will say
+            log.warning("%s", exc)
+
+
 def _pool_metrics(pool: Pool, metrics: Metrics) -> None:
     for name, member in pool.view()["members"].items():
         metrics.device_memory.labels(name).set(member["held_bytes"] or 0)
@@ -119,11 +132,21 @@ class LocalSource:
             client,
             CgroupTree(state_dir),
             engine_why=setup.choice.reason,
+            pid_namespaces=setup.pidns[0],
         )
+        if not setup.pidns[0]:
+            log.warning(
+                "instances run without a PID namespace of their own (%s): each is its "
+                "command in a session of its own, stopped by its process group; nothing is "
+                "checkpointed (engine restart)",
+                setup.pidns[1],
+            )
         await asyncio.to_thread(runtime.clean_leftovers)
+        specs = [spec_factory(w, state_dir) for w in settings.workloads]
+        await asyncio.to_thread(_expect, runtime, specs)
         workloads = [
-            Workload(w, runtime, self.metrics, spec_factory(w, state_dir), pool=pool)
-            for w in settings.workloads
+            Workload(w, runtime, self.metrics, spec, pool=pool)
+            for w, spec in zip(settings.workloads, specs, strict=True)
         ]
         if pool is not None:
             for workload in workloads:

@@ -40,6 +40,7 @@ from warmpool import (
     InstanceSpec,
     NotSupported,
     ProcessInstance,
+    RestoreDeferred,
     ResumeFailed,
     Runtime,
     StartFailed,
@@ -235,7 +236,13 @@ class Supervisor:
                 attempts=self.settings.restore_attempts,
                 boot=self._boot,
             )
-        except WarmpoolError as exc:
+        except RestoreDeferred as exc:
+            # the environment refused; the snapshot is kept and nothing booted over it
+            if P.FAILED in TRANSITIONS[self.phase]:
+                self._to(P.FAILED, "the restore was deferred; the snapshot is kept")
+            self._error(f"restore deferred (the snapshot is kept): {exc}")
+            return
+        except Exception as exc:  # a WarmpoolError, or anything the runtime let through
             self._to(P.FAILED, "the boot failed")
             self._error(f"boot failed: {exc}")
             return

@@ -1,11 +1,17 @@
 """A state-machine property test: random interleavings of requests, wakes, hibernations,
-crashes, and checkpoint / commit / restore / boot failures, on the fake runtime.
+crashes, and checkpoint / commit / restore / boot failures, on the fake runtime -- including
+errors of any type where a runtime should have translated them (OSErrors: EMFILE, ENOSPC,
+EPERM), restores the environment refused (the snapshot kept), and an instance whose
+liveness cannot be told for a while.
 
 Invariants (the classes of failure made impossible):
-- no IllegalTransition (or any error outside the documented trees) ever reaches a caller;
+- no IllegalTransition (or any error outside the documented trees) ever reaches a caller,
+  and no error of any type leaves the workload in a transitional state;
 - every request is answered: a lease on a READY workload's live instance, or a defined
   error (QueueFull, WakeTimeout, WakeFailed) — none hangs;
-- a workload with a committed snapshot never rests COLD;
+- a workload with a committed snapshot never rests COLD, and a restore the environment
+  refused never retires it nor boots over it;
+- "cannot tell" is never "dead": no instance is replaced while it runs;
 - no instance ever runs twice, and none is leased while draining or checkpointing.
 
 Sequences are seeded: a failure names its seed, and ``SEEDS`` reruns it exactly.
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import random
 
@@ -22,9 +29,16 @@ import pytest
 
 from activator.errors import Conflict, QueueFull, WakeFailed, WakeTimeout
 from activator.lease import Lease
-from activator.states import State
+from activator.states import STABLE, State
 from tests.activator.test_workload import workload
-from warmpool import CheckpointFailed, FakeRuntime, RestoreFailed, StartFailed, WarmpoolError
+from warmpool import (
+    CheckpointFailed,
+    FakeRuntime,
+    RestoreDeferred,
+    RestoreFailed,
+    StartFailed,
+    WarmpoolError,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -45,7 +59,20 @@ OPS = (
     "lose_checkpoint",
     "fail_restore",
     "fail_boot",
+    "defer_restore",
+    "oserror",
+    "oserror",
+    "unsure",
 )
+FOREIGN = ("boot", "restore", "checkpoint", "stop", "latest")
+"""Operations an OSError is scripted into ("oserror")."""
+
+
+def _oserror(rng: random.Random) -> OSError:
+    code = rng.choice([errno.EMFILE, errno.ENOSPC, errno.EPERM, errno.EIO])
+    return OSError(code, os.strerror(code))
+
+
 REQUEST_ERRORS = (QueueFull, WakeTimeout, WakeFailed)
 HIBERNATE_ERRORS = (Conflict, WarmpoolError)
 
@@ -75,8 +102,10 @@ async def _sequence(seed: int) -> None:
     outstanding: set[Lease] = set()
 
     def check_at_rest() -> None:
-        if w.state is State.COLD and runtime.latest("w") is not None:
-            raise Violation(f"seed {seed}: cold with snapshot {runtime.latest('w')}")
+        if w.state is State.COLD and runtime._newest("w") is not None:
+            raise Violation(f"seed {seed}: cold with snapshot {runtime._newest('w')}")
+        if not w._lock.locked() and w.state not in STABLE:
+            raise Violation(f"seed {seed}: left {w.state} with no operation running")
         if w.state is State.CHECKPOINTING and any(
             lease.instance is w._instance for lease in outstanding
         ):
@@ -115,7 +144,7 @@ async def _sequence(seed: int) -> None:
             tasks.append(asyncio.ensure_future(hibernate()))
         elif op == "crash":
             live = runtime.live.get("w")
-            if live is not None and live.alive():
+            if live is not None and live._alive:
                 live.crash()
         elif op == "reap":
             w.check_alive()
@@ -129,6 +158,14 @@ async def _sequence(seed: int) -> None:
             runtime.fail_next("restore", RestoreFailed("corrupt"))
         elif op == "fail_boot":
             runtime.fail_next("boot", StartFailed("exit 1"))
+        elif op == "defer_restore":
+            runtime.fail_next("restore", RestoreDeferred("port 8000 is taken", retry_after=0.001))
+        elif op == "oserror":
+            runtime.fail_next(rng.choice(FOREIGN), _oserror(rng))
+        elif op == "unsure":
+            live = runtime.live.get("w")
+            if live is not None:
+                live.cannot_tell(None if live._unsure else _oserror(rng))
         check_at_rest()
         await asyncio.sleep(rng.choice([0.0, 0.0, 0.0, 0.001]))
 
@@ -147,7 +184,7 @@ async def _sequence(seed: int) -> None:
     if runtime.violations:
         raise Violation(f"seed {seed}: {runtime.violations}")
     live = runtime.live.get("w")
-    assert live is None or not live.alive(), f"seed {seed}: an instance outlived shutdown"
+    assert live is None or not live._alive, f"seed {seed}: an instance outlived shutdown"
 
 
 async def test_random_sequences_keep_every_invariant() -> None:

@@ -6,7 +6,14 @@ import asyncio
 
 import pytest
 
-from warmpool import CheckpointFailed, FakeRuntime, InstanceSpec, RestoreFailed, StartFailed
+from warmpool import (
+    CheckpointFailed,
+    FakeRuntime,
+    InstanceSpec,
+    RestoreDeferred,
+    RestoreFailed,
+    StartFailed,
+)
 from warmpool.errors import ResumeFailed, WarmpoolError
 from warmpool.lifecycle import Steps, restore_or_boot, resume_or_stop, survivor
 
@@ -126,3 +133,16 @@ def test_a_resume_whose_stop_fails_too_still_says_so() -> None:
         return await resume_or_stop(runtime, instance)
 
     assert isinstance(asyncio.run(run()), ResumeFailed)
+
+
+def test_a_restore_the_environment_refused_never_boots_over_the_snapshot() -> None:
+    """Rule 1, both owners: RestoreDeferred goes to the owner; the snapshot stays, no boot."""
+    runtime = FakeRuntime()
+    snapshot = runtime.add_snapshot("m")
+    runtime.fail_next("restore", RestoreDeferred("port 8000 is taken", retry_after=3))
+    steps, said = _recorder()
+    with pytest.raises(RestoreDeferred) as deferred:
+        asyncio.run(restore_or_boot(runtime, SPEC, steps, attempts=3))
+    assert deferred.value.snapshot_id == snapshot.id
+    assert runtime.calls["boot"] == 0 and runtime.latest("m") == snapshot
+    assert said == [f"restoring {snapshot.id}"]

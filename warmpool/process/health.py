@@ -36,9 +36,10 @@ async def wait_healthy(
         except httpx.HTTPError as exc:
             last = f"{type(exc).__name__}"
         if time.monotonic() >= deadline:
+            # from a TimeoutError: a server that is only slow says nothing about a snapshot
             raise StartFailed(
                 f"{spec.name}: not healthy after {timeout:.0f}s ({last}); {_output(instance)}"
-            )
+            ) from TimeoutError(f"not healthy after {timeout:.0f}s")
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.25)
 

@@ -7,6 +7,11 @@ and ``--kill-child`` plus a parent-death signal mean the tree dies with Dormant
 instead of being orphaned. Restored instances are children of this process
 (CRIU ``--restore-sibling``) and keep the parent-death signal they were dumped with.
 
+Without PID namespaces (not root: ``spawn(..., pid_namespace=False)``, the ``restart``
+engine) the command runs directly as the leader of a session and process group of its
+own; it is signalled through that group, and gets SIGTERM first whether or not it handles
+it (only PID 1 of a namespace ignores what it does not handle).
+
 stdout and stderr go to one pipe read by a thread into a bounded tail: never a
 growing regular file, which CRIU would refuse to restore.
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import signal
@@ -97,11 +103,17 @@ def _prepare_child(group: Path | None) -> None:  # runs in the child between for
 
 
 def _running(pid: int) -> bool:
-    """Whether ``pid`` exists and is neither a zombie nor dead."""
+    """Whether ``pid`` exists and is neither a zombie nor dead. "Cannot tell" (too many
+    open files, no memory) is not "dead": True then, and the next look decides."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+    except (FileNotFoundError, ProcessLookupError):
         return False
+    except OSError as exc:
+        if exc.errno == errno.ESRCH:
+            return False
+        log.warning("cannot tell whether pid %d runs (%s): taken as running", pid, exc)
+        return True
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X", "x")
 
 
@@ -124,9 +136,14 @@ class ProcessInstance:
         popen: subprocess.Popen[bytes] | None,
         restored_from: str | None = None,
         cgroup: Path | None = None,
+        namespaced: bool = True,
     ) -> None:
         self.spec = spec
         self.pid = pid
+        self.namespaced = namespaced
+        """PID 1 of its own namespace; False: a process group leader (no namespace)."""
+        self.fingerprint: dict[str, str] | None = None
+        """What was started (``InstanceSpec.fingerprint``), recorded with its snapshots."""
         self.output = output
         self._restored_from = restored_from
         self.cgroup = cgroup
@@ -195,8 +212,13 @@ class ProcessInstance:
         return f"{what}; last output: {tail}" if tail else what
 
     def signal(self, sig: int) -> None:
+        """``sig`` to the server (PID 1 of its namespace), or to its whole process group
+        when it has no namespace (the tree ends with its group)."""
         with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, sig)
+            if self.namespaced:
+                os.kill(self.pid, sig)
+            else:
+                os.killpg(self.pid, sig)
 
     def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the tree to be gone and reaped."""
@@ -229,7 +251,7 @@ class ProcessInstance:
     def _terminate(self) -> None:
         if not self.alive():
             return
-        if self.catches(signal.SIGTERM):
+        if not self.namespaced or self.catches(signal.SIGTERM):
             self.signal(signal.SIGTERM)
             if self.wait(self.spec.stop_timeout):
                 return
@@ -263,14 +285,18 @@ class ProcessInstance:
             self.cgroup = None
 
 
-def spawn(spec: InstanceSpec, group: Path | None = None) -> ProcessInstance:
+def spawn(
+    spec: InstanceSpec, group: Path | None = None, *, pid_namespace: bool = True
+) -> ProcessInstance:
     """Start ``spec.command`` as PID 1 of a new PID namespace (in cgroup ``group`` when
-    given), output to a pipe."""
+    given), output to a pipe. ``pid_namespace`` False: as the leader of a new session and
+    process group instead (where namespaces cannot be had: not root)."""
     read_fd, write_fd = os.pipe()
     env = {**os.environ, **spec.env, "PYTHONUNBUFFERED": "1"}
+    wrap = ["unshare", "--pid", "--fork", "--kill-child", "setsid"] if pid_namespace else []
     try:
         popen = subprocess.Popen(
-            ["unshare", "--pid", "--fork", "--kill-child", "setsid", *spec.command],
+            [*wrap, *spec.command],
             stdin=subprocess.DEVNULL,
             stdout=write_fd,
             stderr=write_fd,
@@ -285,6 +311,8 @@ def spawn(spec: InstanceSpec, group: Path | None = None) -> ProcessInstance:
     finally:
         os.close(write_fd)
     output = OutputTail(spec.name, read_fd)
+    if not pid_namespace:
+        return ProcessInstance(spec, popen.pid, output, popen, cgroup=group, namespaced=False)
     deadline = time.monotonic() + 5.0
     while not (kids := _children(popen.pid)):
         if popen.poll() is not None or time.monotonic() > deadline:

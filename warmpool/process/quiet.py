@@ -25,7 +25,9 @@ until the server sends again; pings also count as data, so a server that pings i
 never looks idle for longer than its ping interval.
 
 ``bind_problem`` says whether the server's listening addresses survive a restore on another
-pod IP.
+pod IP; ``listen_problem`` whether a booting tree listens where it can be reached at all
+(both owners share it: the local runtime's boot fails fast with its line); ``port_taken``
+whether another process holds the port a snapshot's server will take back.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from collections.abc import Iterable, Sequence
 
 from warmpool.process.sockets import TcpSocket
 
-__all__ = ["bind_problem", "busy_reasons", "last_data_age"]
+__all__ = ["bind_problem", "busy_reasons", "last_data_age", "listen_problem", "port_taken"]
 
 
 def _where(address: tuple[str, int]) -> str:
@@ -122,4 +124,41 @@ def bind_problem(listeners: Sequence[TcpSocket], port: int) -> tuple[str, str] |
         "warning",
         f"the served command listens on {shown} only: it is reachable from inside the pod "
         f"alone, not through a Service; {fix}",
+    )
+
+
+def listen_problem(listeners: Sequence[TcpSocket], port: int, *, told: bool) -> str | None:
+    """Why a booting process tree that listens on ``listeners`` (its own LISTEN sockets) will
+    never answer on 127.0.0.1:``port``, in one line; None while it may still. ``told``: its
+    command was given the port (``{port}`` in it, or a fixed port).
+
+    1. Not told, and listening elsewhere: it chose its own port, which Dormant cannot guess.
+    2. Listening on ``port``, but not where 127.0.0.1 reaches it: ``bind_problem``'s error.
+    A tree that was told and listens only on other ports may still open ``port`` (a metrics
+    port first, the API after the model loaded): not a problem yet.
+    """
+    ours = [s for s in listeners if s.local[1] == port]
+    others = sorted({_where(s.local) for s in listeners if s.local[1] != port})
+    if not told and not ours and others:
+        theirs = sorted({s.local[1] for s in listeners})
+        return (
+            f"the command listens on {', '.join(others)}, not on the port Dormant chose "
+            f"({port}): its command has no {{port}}; put {{port}} where the port goes "
+            f"(e.g. --port {{port}}), or set `port: {theirs[0]}` if it always listens there"
+        )
+    problem = bind_problem(ours, port)
+    if problem is not None and problem[0] == "error":
+        return problem[1]
+    return None
+
+
+def port_taken(listeners: Sequence[TcpSocket], port: int) -> str | None:
+    """Whether ``listeners`` (everything listening on ``port`` now) keep a restored server
+    from binding it again: the line that says so, or None."""
+    if not listeners:
+        return None
+    where = ", ".join(sorted({_where(s.local) for s in listeners}))
+    return (
+        f"port {port} is taken by another process (listening on {where}); stop it, or delete "
+        "the snapshot to cold boot on another port"
     )

@@ -44,6 +44,7 @@ __all__ = [
     "port_activity",
     "read_sockets",
     "served_side",
+    "tree_listeners",
 ]
 
 NETLINK_SOCK_DIAG = 4
@@ -267,6 +268,18 @@ def read_sockets(use_diag: bool = True) -> tuple[list[TcpSocket], str]:
                 f"cannot read this network namespace's TCP sockets: sock_diag: {diag_error}; "
                 f"/proc/net/tcp: {exc}"
             ) from exc
+
+
+def tree_listeners(pids: Iterable[int], use_diag: bool = True) -> list[TcpSocket]:
+    """The LISTEN sockets the processes ``pids`` hold (by their socket inodes), in this
+    network namespace. Blocking; NotSupported when the sockets cannot be read."""
+    inodes: set[int] = set()
+    for pid in pids:
+        inodes |= _own_inodes(pid)
+    if not inodes:
+        return []
+    sockets, _ = read_sockets(use_diag)
+    return [s for s in sockets if s.state == "LISTEN" and s.inode in inodes]
 
 
 def _own_inodes(pid: int) -> set[int]:

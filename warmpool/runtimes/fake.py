@@ -6,7 +6,10 @@ real one must guarantee — never two live instances of one workload — and cou
 call, so tests assert on what happened rather than on timing.
 
     runtime = FakeRuntime(latency={"restore": 0.01})
-    runtime.fail_next("restore", RestoreFailed("images corrupt"))
+    runtime.fail_next("restore", RestoreFailed("images corrupt"))      # retired, as a real one
+    runtime.fail_next("restore", RestoreDeferred("port 8000 is taken"))  # kept
+    runtime.fail_next("latest", OSError(24, "Too many open files"))    # any error, any step
+    instance.cannot_tell(OSError(24, "Too many open files"))           # alive() raises
 """
 
 from __future__ import annotations
@@ -17,12 +20,18 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from warmpool.errors import CheckpointFailed, NotSupported, RestoreFailed, WarmpoolError
+from warmpool.errors import (
+    CheckpointFailed,
+    NotSupported,
+    RestoreDeferred,
+    RestoreFailed,
+    WarmpoolError,
+)
 from warmpool.runtime import Capabilities, Endpoint, Instance, InstanceSpec, SnapshotInfo
 
 __all__ = ["FakeInstance", "FakeRuntime"]
 
-OPERATIONS = ("boot", "restore", "checkpoint", "suspend", "resume", "stop")
+OPERATIONS = ("boot", "restore", "checkpoint", "suspend", "resume", "stop", "latest")
 
 
 @dataclass(eq=False)
@@ -37,9 +46,16 @@ class FakeInstance:
     """Its device memory is parked (by ``FakeRuntime.suspend``)."""
     _alive: bool = True
     _why: str = "running"
+    _unsure: Exception | None = None
 
     def alive(self) -> bool:
+        if self._unsure is not None:
+            raise self._unsure
         return self._alive
+
+    def cannot_tell(self, error: Exception | None) -> None:
+        """``alive()`` raises ``error`` from now on (None: it answers again)."""
+        self._unsure = error
 
     def exit_reason(self) -> str:
         return self._why
@@ -53,7 +69,7 @@ class FakeInstance:
 
 @dataclass
 class _Failure:
-    error: WarmpoolError
+    error: Exception
     keep_instance: bool = True
     """checkpoint only: whether the instance survives the failure (False: it is gone)."""
     replace: bool = False
@@ -96,13 +112,16 @@ class FakeRuntime:
     def fail_next(
         self,
         operation: str,
-        error: WarmpoolError,
+        error: Exception,
         *,
         keep_instance: bool = True,
         replace: bool = False,
     ) -> None:
-        """The next ``operation`` raises ``error``. For checkpoint: ``keep_instance`` False
-        means the process is gone afterwards; ``replace`` means a replacement serves."""
+        """The next ``operation`` raises ``error`` (any exception: a real runtime translates
+        foreign errors, but its owner must survive one that slips through). For restore:
+        a snapshot is retired unless the error is RestoreDeferred (or foreign: kept). For
+        checkpoint: ``keep_instance`` False means the process is gone afterwards;
+        ``replace`` means a replacement serves (both for WarmpoolErrors only)."""
         assert operation in OPERATIONS, operation
         self._failures[operation].append(_Failure(error, keep_instance, replace))
 
@@ -120,7 +139,7 @@ class FakeRuntime:
 
     def _new(self, spec: InstanceSpec, restored_from: str | None) -> FakeInstance:
         current = self.live.get(spec.name)
-        if current is not None and current.alive():
+        if current is not None and current._alive:
             self.violations.append(f"{spec.name}: a second instance started while one runs")
         serial = next(self._serial)
         instance = FakeInstance(
@@ -137,6 +156,13 @@ class FakeRuntime:
     # -- Runtime -----------------------------------------------------------------------------
 
     def latest(self, name: str) -> SnapshotInfo | None:
+        queue = self._failures.get("latest")
+        if queue:
+            self.calls["latest"] += 1
+            raise queue.popleft().error
+        return self._newest(name)
+
+    def _newest(self, name: str) -> SnapshotInfo | None:
         found = self.snapshots.get(name)
         return found[-1] if found and self.checkpoint_ok else None
 
@@ -148,13 +174,16 @@ class FakeRuntime:
 
     async def restore(self, spec: InstanceSpec) -> FakeInstance | None:
         failure = await self._step("restore")
-        snapshot = self.latest(spec.name)
+        snapshot = self._newest(spec.name)
         if snapshot is None:
             return None
         if failure is not None:
-            self.snapshots[spec.name].remove(snapshot)  # retired, as a real runtime does
-            if isinstance(failure.error, RestoreFailed):
+            if isinstance(failure.error, (RestoreFailed, RestoreDeferred)):
                 failure.error.snapshot_id = snapshot.id
+            if isinstance(failure.error, WarmpoolError) and not isinstance(
+                failure.error, RestoreDeferred
+            ):
+                self.snapshots[spec.name].remove(snapshot)  # retired, as a real runtime does
             raise failure.error
         return self._new(spec, snapshot.id)
 
@@ -163,6 +192,8 @@ class FakeRuntime:
         if not self.checkpoint_ok:
             raise NotSupported(self.capabilities.checkpoint_why)
         failure = await self._step("checkpoint")
+        if failure is not None and not isinstance(failure.error, WarmpoolError):
+            raise failure.error  # a foreign error: the instance is left as it was
         if failure is not None:
             if failure.replace:
                 fake.crash("checkpointed")

@@ -3,7 +3,12 @@ images in the state directory. Implements ``warmpool.runtime.Runtime``.
 
 Every instance runs in its own PID namespace and, where cgroup v2 is writable, in its
 own cgroup (``warmpool.process.cgroup``): the next start ends whatever a killed Dormant left.
-Foreign errors (OSError, CRIU, the snapshot store) are translated here into warmpool's.
+Foreign errors (OSError, CRIU, the snapshot store) are translated here into warmpool's;
+a failed restore is judged by ``warmpool.runtimes.verdict``: the snapshot is retired
+(``RestoreFailed``) only when it is what failed, else kept (``RestoreDeferred``).
+
+Without PID namespaces (not root: the ``restart`` engine) an instance is its command in a
+session of its own, stopped by its process group; there is nothing to checkpoint then.
 """
 
 from __future__ import annotations
@@ -35,12 +40,22 @@ from snapshots import (
 )
 from snapshots.cuda_criu import CudaCriu
 from snapshots.errors import CommitFailed
-from warmpool.errors import CheckpointFailed, NotSupported, RestoreFailed, StartFailed
+from warmpool.errors import (
+    CheckpointFailed,
+    NotSupported,
+    RestoreDeferred,
+    RestoreFailed,
+    StartFailed,
+    WarmpoolError,
+)
 from warmpool.process.cgroup import CgroupTree
 from warmpool.process.cgroup import remove as remove_cgroup
 from warmpool.process.health import wait_healthy
 from warmpool.process.instance import ProcessInstance, adopt_restored, spawn
+from warmpool.process.quiet import listen_problem, port_taken
+from warmpool.process.sockets import port_activity, tree_listeners
 from warmpool.runtime import Capabilities, Instance, InstanceSpec, SnapshotInfo
+from warmpool.runtimes.verdict import verdict
 from warmpool.suspend import SuspendEngine, SuspendTarget, make_engine
 
 __all__ = ["LocalRuntime", "free_port"]
@@ -48,6 +63,11 @@ __all__ = ["LocalRuntime", "free_port"]
 log = logging.getLogger("dormant.warmpool")
 
 T = TypeVar("T")
+
+RETRY_AFTER = 5.0
+"""Seconds a client is told to wait (``Retry-After``) after the environment refused a restore."""
+_LISTEN_CHECK = 0.25
+"""Seconds between two looks at where a booting tree listens."""
 
 
 def free_port() -> int:
@@ -88,8 +108,11 @@ class LocalRuntime:
         client: httpx.AsyncClient,
         cgroups: CgroupTree | None = None,
         engine_why: str = "",
+        pid_namespaces: bool = True,
     ) -> None:
         self.store = store
+        self.pid_namespaces = pid_namespaces
+        """False: instances run without a PID namespace of their own (not root)."""
         self.work_dir = Path(work_dir)
         # CUDA-aware CRIU: a tree with CUDA processes has its device memory parked through
         # the driver API around the dump (no NVIDIA binaries); any other tree, or a machine
@@ -128,14 +151,31 @@ class LocalRuntime:
     # -- snapshots -------------------------------------------------------------------------
 
     def latest(self, name: str) -> SnapshotInfo | None:
+        """The newest usable snapshot; RestoreDeferred when the store cannot be read now
+        (too many open files, permission denied): "cannot tell" is not "none"."""
         if self.engine is None:
             return None
-        try:
-            snapshot = self.store.latest(name)
-        except SnapshotError as exc:
-            log.warning("%s: cannot read the snapshot store: %s", name, exc)
-            return None
+        snapshot = self._latest(name)
         return _info(snapshot) if snapshot else None
+
+    def _latest(self, name: str) -> Snapshot | None:
+        try:
+            return self.store.latest(name)
+        except SnapshotError as exc:
+            raise RestoreDeferred(
+                f"{name}: cannot read the snapshot store now ({exc}); its snapshots are kept, "
+                "nothing was restored or booted over them",
+                retry_after=RETRY_AFTER,
+            ) from exc
+
+    def expect(self, spec: InstanceSpec) -> None:
+        """What ``spec`` starts, for the store: snapshots of another command, env or cwd
+        are 'stale' from now on (kept, listed, never restored). Never raises."""
+        if self.engine is not None:
+            try:
+                self.store.expect(spec.name, spec.fingerprint())
+            except (SnapshotError, OSError, ValueError) as exc:
+                log.warning("%s: cannot record what it starts: %s", spec.name, exc)
 
     def _retire(self, snapshot: Snapshot, reason: str) -> None:
         try:
@@ -150,21 +190,57 @@ class LocalRuntime:
 
     async def boot(self, spec: InstanceSpec) -> ProcessInstance:
         """Start the command (on a free port when ``spec.port`` is 0) and wait until it
-        is healthy, or fail with its output."""
-        spec = spec.with_port(spec.port or free_port())
-        group = self._group(spec.name)
+        is healthy, or fail with its output. Fails fast, in one line, when the tree
+        listens where it cannot be reached (``warmpool.process.quiet.listen_problem``)."""
+        told, fingerprint = spec.told_port, spec.fingerprint()
         try:
-            instance = spawn(spec, group)
+            spec = spec.with_port(spec.port or free_port())
+            group = self._group(spec.name)
+        except OSError as exc:
+            raise StartFailed(f"{spec.name}: cannot prepare its start: {exc}") from exc
+        try:
+            instance = spawn(spec, group, pid_namespace=self.pid_namespaces)
         except OSError as exc:
             if group is not None:
                 remove_cgroup(group)
             raise StartFailed(f"{spec.name}: cannot run {spec.command[0]!r}: {exc}") from exc
+        instance.fingerprint = fingerprint
         try:
-            await wait_healthy(instance, spec, self.client, spec.start_timeout)
+            await self._serving(instance, spec, told)
         except BaseException:
             await asyncio.to_thread(instance.stop)
             raise
         return instance
+
+    async def _serving(self, instance: ProcessInstance, spec: InstanceSpec, told: bool) -> None:
+        """``wait_healthy``, looking meanwhile where the tree listens (see ``boot``)."""
+        healthy = asyncio.ensure_future(
+            wait_healthy(instance, spec, self.client, spec.start_timeout)
+        )
+        try:
+            while True:
+                done, _ = await asyncio.wait({healthy}, timeout=_LISTEN_CHECK)
+                if done:
+                    healthy.result()
+                    return
+                problem = await asyncio.to_thread(self._listen_problem, instance, told)
+                if problem is not None:
+                    raise StartFailed(f"{spec.name}: {problem}")
+        except OSError as exc:
+            raise StartFailed(f"{spec.name}: its health could not be checked: {exc}") from exc
+        finally:
+            if not healthy.done():
+                healthy.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await healthy
+
+    @staticmethod
+    def _listen_problem(instance: ProcessInstance, told: bool) -> str | None:
+        try:
+            listeners = tree_listeners(process_tree(instance.pid))
+        except (WarmpoolError, OSError):
+            return None  # cannot tell: the health check decides
+        return listen_problem(listeners, instance.spec.port, told=told)
 
     async def stop(self, instance: Instance) -> None:
         await asyncio.to_thread(self._own(instance).stop)
@@ -234,12 +310,14 @@ class LocalRuntime:
                         str(exc), instance if instance.alive() else None
                     ) from exc
                 instance.forget()
-                meta = {
+                meta: dict[str, Any] = {
                     "port": spec.port,
                     "stdio_pipe": pipe,
                     "files": files,
                     "health_path": spec.health_path,
                 }
+                if instance.fingerprint is not None:
+                    meta["fingerprint"] = instance.fingerprint
                 try:
                     return self.store.commit(
                         pending,
@@ -251,9 +329,11 @@ class LocalRuntime:
                 except CommitFailed as exc:
                     log.error("%s: %s; restoring from the uncommitted images", spec.name, exc)
                     try:
-                        replacement: ProcessInstance | None = self._criu_restore(
+                        restored = self._criu_restore(
                             pending.path / "images", meta, spec, f"uncommitted {pending.id}"
                         )
+                        restored.fingerprint = instance.fingerprint
+                        replacement: ProcessInstance | None = restored
                     except (SnapshotError, OSError) as restore_exc:
                         log.error(
                             "%s: restore from uncommitted images failed: %s", spec.name, restore_exc
@@ -279,17 +359,24 @@ class LocalRuntime:
     # -- restore ------------------------------------------------------------------------------
 
     async def restore(self, spec: InstanceSpec) -> ProcessInstance | None:
-        """Restore the newest usable snapshot and wait until it answers; None when there
-        is none. On any failure the snapshot is marked bad and RestoreFailed raised."""
+        """Restore the newest usable snapshot of what ``spec`` starts (its fingerprint) and
+        wait until it answers; None when there is none. When the snapshot is what failed
+        (``verdict``) it is marked bad and RestoreFailed raised; when the environment
+        refused (its port taken, the store unreadable now, EMFILE, ENOSPC, EPERM, a
+        timeout) it is kept and RestoreDeferred raised."""
         if self.engine is None:
             return None
-        try:
-            snapshot = await asyncio.to_thread(self.store.latest, spec.name)
-        except SnapshotError as exc:
-            log.warning("%s: cannot read the snapshot store: %s", spec.name, exc)
-            return None
+        self.expect(spec)
+        snapshot = await asyncio.to_thread(self._latest, spec.name)
         if snapshot is None:
             return None
+        taken = await asyncio.to_thread(self._port_taken, snapshot)
+        if taken is not None:
+            raise RestoreDeferred(
+                f"snapshot {snapshot.id} not restored: {taken}; the snapshot is kept",
+                snapshot.id,
+                RETRY_AFTER,
+            )
         started = time.monotonic()
         try:
             instance = await _in_thread(
@@ -302,11 +389,33 @@ class LocalRuntime:
                 await asyncio.to_thread(instance.stop)
                 raise
         except (SnapshotError, StartFailed, OSError) as exc:
+            judged = verdict(exc)
+            if not judged.retire:
+                raise RestoreDeferred(
+                    f"snapshot {snapshot.id} not restored, {judged.why}: {exc}; the snapshot "
+                    "is kept, retry later",
+                    snapshot.id,
+                    RETRY_AFTER,
+                ) from exc
             await asyncio.to_thread(self._retire, snapshot, str(exc))
             raise RestoreFailed(
-                f"restore of snapshot {snapshot.id} failed: {exc}", snapshot.id
+                f"restore of snapshot {snapshot.id} failed ({judged.why}): {exc}", snapshot.id
             ) from exc
+        instance.fingerprint = spec.fingerprint()
         return instance
+
+    @staticmethod
+    def _port_taken(snapshot: Snapshot) -> str | None:
+        """Whether another process listens on the port the snapshot's server will take
+        back (CRIU would fail with "Can't bind inet socket"); None when free or unknown."""
+        port = snapshot.manifest.meta.get("port")
+        if not isinstance(port, int):
+            return None
+        try:
+            activity = port_activity(port, own_pid=0)
+        except (WarmpoolError, OSError):
+            return None  # cannot tell: CRIU will say, and the verdict judges that
+        return port_taken(activity.listeners, port)
 
     def _verified_restore(self, snapshot: Snapshot, spec: InstanceSpec) -> ProcessInstance:
         """Check the files the process had mapped (before CRIU runs: CRIU would refuse them
