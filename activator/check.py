@@ -63,6 +63,20 @@ def _device() -> list[Finding]:
     return [Finding(f.item, f.ok, f.detail) for f in device_findings()]
 
 
+def _xsave(setup: EngineSetup) -> Finding:
+    """Whether a process's AMX permission (a dynamically enabled XSAVE feature) survives a
+    CRIU restore here: a real dump and restore of a probe on a CPU with AMX."""
+    from snapshots.xsave import cpu_model, has_amx, survives_restore
+
+    item = "dynamic XSAVE features (AMX) survive restore"
+    if not has_amx():
+        return Finding(item, True, f"not applicable (no AMX on this CPU, {cpu_model()})")
+    if setup.criu is None:
+        return Finding(item, False, "not probed: no usable CRIU (see above)")
+    verdict = survives_restore(setup.criu)
+    return Finding(item, verdict.survives, verdict.detail)
+
+
 def machine_report(settings: Settings) -> tuple[list[Finding], EngineSetup]:
     setup = detect_engine(settings)
     info = setup.criu_info
@@ -95,6 +109,7 @@ def machine_report(settings: Settings) -> tuple[list[Finding], EngineSetup]:
         findings.append(
             Finding("CRIU", False, setup.criu_problem or "not probed (engine: restart)")
         )
+    findings.append(_xsave(setup))
     findings += _device()
     findings.append(
         Finding(

@@ -172,8 +172,14 @@ async def _open(call: Call, lease: Lease) -> aiohttp.ClientResponse:
         raise UpstreamTimeout(
             f"{workload} sent no response within {timeouts.first_byte:.0f}s", workload=workload
         ) from exc
-    except aiohttp.ClientError as exc:
+    except aiohttp.ClientConnectorError as exc:
         raise UpstreamError(f"{workload} is unreachable: {exc!r}", workload=workload) from exc
+    except aiohttp.ClientError as exc:  # it took the request, then the connection went
+        raise UpstreamError(
+            f"{workload} closed the connection before answering ({type(exc).__name__}): "
+            "its process may have died; `dormant status` says what became of it",
+            workload=workload,
+        ) from exc
 
 
 class _Broken(Exception):

@@ -101,6 +101,7 @@ class Workload:
         self._resident_since = clock()
         self._wake_from = "cold"  # the tier the running wake started from (swap metrics)
         self._failed_at = float("-inf")
+        self._deaths = lifecycle.Deaths()  # rule 4: early deaths after a restore, in a row
         self.reason = ""
         self.last_error = ""
         self.last_error_at: float | None = None
@@ -117,6 +118,7 @@ class Workload:
             "suspends": 0,
             "resumes": 0,
             "swaps_out": 0,
+            "snapshots_set_aside": 0,
         }
         self._state = self._at_rest()
         metrics.set_state(self.name, self._state)
@@ -620,9 +622,32 @@ class Workload:
         if self._instance is None or self._lock.locked():
             return
         if self._state in (State.READY, State.SUSPENDED) and self._alive(self._instance) is False:
-            self._fail(f"process {self._instance.exit_reason()}")
+            self._fail(self._death(self._instance))
         elif self._state is State.READY and self._pool is not None:
             self._pool.sample(self.name, self._instance)
+
+    def _death(self, instance: Instance) -> str:
+        """Why ``instance`` is gone, in one line; sets its snapshot aside as suspect when
+        it is the second restore of it in a row to die within seconds (lifecycle rule 4)."""
+        died = f"process {instance.exit_reason()}"
+        lived = self._clock() - self._resident_since
+        snapshot = instance.restored_from
+        self._deaths, suspect = lifecycle.after_death(snapshot, lived, self._deaths)
+        if not suspect or snapshot is None:
+            return died
+        hint = (
+            " (SIGILL: the restored process lost a CPU feature; see `dormant check`)"
+            if "signal 4" in died
+            else ""
+        )
+        why = (
+            f"the process restored from it died {lived:.1f}s after its restore, "
+            f"{lifecycle.SUSPECT_AFTER} times in a row{hint}"
+        )
+        if not self._runtime.set_aside(self.name, snapshot, f"{why}; last: {died}"):
+            return died
+        self.counters["snapshots_set_aside"] += 1
+        return f"snapshot {snapshot} set aside as suspect: {why}; the next wake boots cold; {died}"
 
     async def shutdown(self, mode: str) -> None:
         """At Dormant's exit: 'hibernate' checkpoints a ready workload (falling back to

@@ -12,6 +12,9 @@ Layout::
         .expected.json         the fingerprint of what the workload starts now (``expect``):
                                a committed snapshot whose manifest records another is
                                'stale' — kept, listed, never restored (snapshots.fingerprint)
+        ID.suspect/            restored fine, but its restored process died soon after,
+                               again and again (``mark_suspect``); BAD_REASON says why.
+                               Never restored again; kept like ``.bad`` (``keep_bad``)
 
 A snapshot holds a process's whole memory, so every directory is 0700 and every
 file 0600. A commit fsyncs each file and directory, writes the manifest, fsyncs,
@@ -20,7 +23,7 @@ snapshot is either complete or absent. A directory is only ever removed after it
 was renamed out of use, so a half-deleted snapshot is never usable either.
 
 Errors: writing raises ``StoreFailed`` (``CommitFailed`` from ``commit``) with what
-failed and what to do; retiring (``mark_bad``, ``prune``, ``clean_partial``,
+failed and what to do; retiring (``mark_bad``, ``mark_suspect``, ``prune``, ``clean_partial``,
 ``discard``) logs and carries on; reading (``entries``, ``list``, ``latest``, ``get``,
 ``verify``, ``verify_during``) raises only ``SnapshotError`` subclasses. A directory
 whose manifest is missing or of the wrong shape is listed by ``entries`` as 'invalid' with
@@ -71,13 +74,14 @@ __all__ = ["Entry", "PendingSnapshot", "Snapshot", "SnapshotStore", "Status"]
 
 log = logging.getLogger("dormant.snapshots")
 
-Status = Literal["ok", "bad", "invalid", "partial", "stale"]
+Status = Literal["ok", "bad", "suspect", "invalid", "partial", "stale"]
 T = TypeVar("T")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _TMP_PREFIX = ".tmp-"
 _DEL_PREFIX = ".del-"
 _BAD_SUFFIX = ".bad"
+_SUSPECT_SUFFIX = ".suspect"
 BAD_REASON = "BAD_REASON"
 _REASON_LIMIT = 4096
 _EXPECTED = ".expected.json"
@@ -116,7 +120,8 @@ class Entry:
     """One directory of the store, usable or not.
 
     ``status``: 'ok' (committed, manifest valid), 'bad' (taken out of use; ``reason``
-    says why), 'invalid' (manifest missing or unreadable; ``reason``), 'partial'
+    says why), 'suspect' (set aside: what it restores died soon after, repeatedly;
+    ``reason``), 'invalid' (manifest missing or unreadable; ``reason``), 'partial'
     (being written or deleted, or left so by a crash), 'stale' (committed and valid, but
     taken of another command, env or cwd than the workload's now: kept, never restored).
     """
@@ -434,16 +439,17 @@ class SnapshotStore:
             created = 0.0
         return Entry(snap_id, workload, path, status, why, disk.disk_bytes(path), created)
 
-    def _bad(self, path: Path, workload: str) -> Entry:
+    def _bad(self, path: Path, workload: str, status: Status = "bad") -> Entry:
         try:
             with open(path / BAD_REASON, errors="replace") as f:
                 reason = f.read(_REASON_LIMIT).strip() or "no reason recorded"
         except OSError as exc:
             reason = f"reason not recorded ({exc.strerror or exc})"
-        entry = self._other(path, workload, path.name[: -len(_BAD_SUFFIX)], "bad", reason)
+        snap_id = path.name.removesuffix(_BAD_SUFFIX).removesuffix(_SUSPECT_SUFFIX)
+        entry = self._other(path, workload, snap_id, status, reason)
         with contextlib.suppress(ManifestInvalid, StoreFailed):
             m = self._read_manifest(path)
-            entry = Entry(entry.id, workload, path, "bad", reason, entry.bytes, m.created, m)
+            entry = Entry(entry.id, workload, path, status, reason, entry.bytes, m.created, m)
         return entry
 
     def _scan(self, workload: str) -> builtins.list[Entry]:
@@ -478,6 +484,8 @@ class SnapshotStore:
                 continue
             elif name.endswith(_BAD_SUFFIX):
                 entry = self._bad(path, workload)
+            elif name.endswith(_SUSPECT_SUFFIX):
+                entry = self._bad(path, workload, "suspect")
             else:
                 entry = self._committed(path, workload)
             if disk.lexists(path):  # not renamed or removed meanwhile
@@ -528,8 +536,8 @@ class SnapshotStore:
         return Snapshot(entry.path, entry.manifest)
 
     def entry(self, snapshot_id: str) -> Entry:
-        """Any entry by id (``ID`` or ``ID.bad``), whatever its status."""
-        wanted = snapshot_id.removesuffix(_BAD_SUFFIX)
+        """Any entry by id (``ID``, ``ID.bad`` or ``ID.suspect``), whatever its status."""
+        wanted = snapshot_id.removesuffix(_BAD_SUFFIX).removesuffix(_SUSPECT_SUFFIX)
         for entry in self.entries():
             if entry.id == wanted:
                 return entry
@@ -625,14 +633,25 @@ class SnapshotStore:
         in memory (``entries`` shows it 'bad'). A BAD_REASON that cannot be written
         leaves the snapshot bad with the reason "reason not recorded".
         """
+        return self._set_aside(snapshot, reason, _BAD_SUFFIX)
+
+    def mark_suspect(self, snapshot: Snapshot, reason: str) -> Path:
+        """Set a snapshot aside as suspect: it verifies and restores, but what it restores
+        dies soon after. Renamed ``ID.suspect`` (kept, with the reason in BAD_REASON),
+        never restored again; bounded by ``keep_bad`` like ``.bad``. Never raises, as
+        ``mark_bad``."""
+        return self._set_aside(snapshot, reason, _SUSPECT_SUFFIX)
+
+    def _set_aside(self, snapshot: Snapshot, reason: str, suffix: str) -> Path:
+        what = "suspect" if suffix == _SUSPECT_SUFFIX else "bad"
         path = snapshot.path
-        bad = path.with_name(path.name + _BAD_SUFFIX)
+        bad = path.with_name(path.name + suffix)
         try:
             if disk.lexists(bad):
                 self._remove_tree(bad, f"old {bad.name}")
             disk.rename(path, bad)
         except OSError as exc:
-            log.error("%s", disk.explain(exc, f"marking snapshot {snapshot.id} bad", path))
+            log.error("%s", disk.explain(exc, f"marking snapshot {snapshot.id} {what}", path))
             self._quarantined[path] = reason
             try:
                 (path / MANIFEST_NAME).unlink()
@@ -645,14 +664,14 @@ class SnapshotStore:
             with os.fdopen(fd, "w") as f:
                 f.write(reason + "\n")
         except OSError as exc:
-            log.error("%s", disk.explain(exc, f"recording why {snapshot.id} is bad", bad))
-        log.warning("snapshot %s marked bad: %s", snapshot.id, reason)
-        self._bound_bad(snapshot.workload)
+            log.error("%s", disk.explain(exc, f"recording why {snapshot.id} is {what}", bad))
+        log.warning("snapshot %s marked %s: %s", snapshot.id, what, reason)
+        self._bound_bad(snapshot.workload, suffix)
         return bad
 
-    def _bound_bad(self, workload: str) -> builtins.list[str]:
+    def _bound_bad(self, workload: str, suffix: str = _BAD_SUFFIX) -> builtins.list[str]:
         try:
-            bad = [e for e in self._scan(workload) if e.path.name.endswith(_BAD_SUFFIX)]
+            bad = [e for e in self._scan(workload) if e.path.name.endswith(suffix)]
         except StoreFailed as exc:
             log.error("%s", exc)
             return []

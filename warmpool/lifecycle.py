@@ -17,6 +17,11 @@ in what they tell the world (states, metrics, the control API) and agree on thes
 3. **A failed resume stops the process** (``resume_or_stop``): an instance whose device
    memory could not come back cannot serve; it is stopped so that a restore or a boot can
    take its place.
+4. **A snapshot whose restored process keeps dying is set aside** (``after_death``): an
+   instance restored from snapshot S that dies within ``EARLY_DEATH_SECONDS`` of becoming
+   ready counts against S; at the ``SUSPECT_AFTER``-th such death in a row S is set aside
+   as suspect (``Runtime.set_aside``) and the next wake boots cold, instead of restoring
+   the same crash again and again (e.g. SIGILL: a CPU feature lost across the restore).
 
 Each owner reports the steps through ``Steps`` (three callbacks); nothing here keeps state.
 """
@@ -31,7 +36,16 @@ from dataclasses import dataclass
 from warmpool.errors import CheckpointFailed, RestoreDeferred, WarmpoolError
 from warmpool.runtime import Instance, InstanceSpec, Runtime, SnapshotInfo
 
-__all__ = ["Steps", "restore_or_boot", "resume_or_stop", "survivor"]
+__all__ = [
+    "EARLY_DEATH_SECONDS",
+    "SUSPECT_AFTER",
+    "Deaths",
+    "Steps",
+    "after_death",
+    "restore_or_boot",
+    "resume_or_stop",
+    "survivor",
+]
 
 log = logging.getLogger("dormant.warmpool")
 
@@ -79,6 +93,39 @@ async def restore_or_boot(
         return instance
     steps.booting(why)
     return await (boot or runtime.boot)(spec)
+
+
+EARLY_DEATH_SECONDS = 30.0
+"""A restored instance that dies this soon after becoming ready died of its restore."""
+SUSPECT_AFTER = 2
+"""Early deaths in a row after which the snapshot is set aside as suspect."""
+
+
+@dataclass(frozen=True)
+class Deaths:
+    """The tally of rule 4: early deaths in a row of instances restored from ``snapshot``."""
+
+    snapshot: str | None = None
+    count: int = 0
+
+
+def after_death(
+    restored_from: str | None,
+    lived: float,
+    before: Deaths,
+    *,
+    window: float = EARLY_DEATH_SECONDS,
+    limit: int = SUSPECT_AFTER,
+) -> tuple[Deaths, bool]:
+    """Rule 4, for an instance that died ``lived`` seconds after it became ready:
+    the new tally, and whether its snapshot (``restored_from``) is to be set aside now.
+    A booted instance, or one that lived longer than ``window``, clears the tally."""
+    if restored_from is None or lived > window:
+        return Deaths(), False
+    count = before.count + 1 if before.snapshot == restored_from else 1
+    if count >= limit:
+        return Deaths(), True
+    return Deaths(restored_from, count), False
 
 
 def survivor(exc: WarmpoolError, instance: Instance) -> Instance | None:

@@ -18,6 +18,9 @@ through this protocol. A runtime must implement:
   runtime's engine can (``capabilities.suspend``); otherwise ``NotSupported``.
 * ``stop(instance)``, ``latest(name)`` (the newest usable snapshot, for status and the
   initial state; ``RestoreDeferred`` when the store cannot be read now), ``capabilities``.
+* ``set_aside(name, snapshot_id, reason)`` — take a snapshot that restores but whose
+  restored process keeps dying out of use as *suspect* (kept, with the reason; never
+  restored again). False when the runtime cannot (its snapshots live elsewhere).
 * ``idle_for(instance)`` — seconds since the instance itself last carried traffic, for a
   runtime whose instances can be reached without the activator (a pod behind its Service:
   warm traffic bypasses the proxy); None when it cannot tell (local processes: the
@@ -174,6 +177,8 @@ class Runtime(Protocol):
     def capabilities(self) -> Capabilities: ...
 
     def latest(self, name: str) -> SnapshotInfo | None: ...
+
+    def set_aside(self, name: str, snapshot_id: str, reason: str) -> bool: ...
 
     async def boot(self, spec: InstanceSpec) -> Instance: ...
 

@@ -67,6 +67,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         " (default cpu); exits with status 2 if CUDA is asked for and not usable",
     )
     parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="the parameters' dtype (default float32); bfloat16 matmuls on a CPU with AMX use"
+        " its tile instructions (oneDNN asks the kernel for AMX first)",
+    )
+    parser.add_argument(
         "--hold-device-memory",
         type=_size,
         default=0,
@@ -121,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     began = time.monotonic()
-    model = load_model(args.state_dir, args.size, args.seed, device)
+    model = load_model(args.state_dir, args.size, args.seed, device, getattr(torch, args.dtype))
     cache = PrefixKVCache(max_tokens=args.kv_cache_tokens)
     try:
         residency = Residency(

@@ -115,11 +115,13 @@ def load_model(
     size: str,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> GPT2LMHeadModel:
-    """Load (generating on first use) the model of (size, seed) onto `device`, warmed up.
+    """Load (generating on first use) the model of (size, seed) onto `device` as `dtype`,
+    warmed up.
 
-    On CPU the parameters are views of the memory-mapped weights file; on another device they are
-    copies of it there.
+    On CPU in float32 the parameters are views of the memory-mapped weights file; on another
+    device, or in another dtype, they are copies of it.
     """
     path = ensure_weights(state_dir, size, seed)
     with torch.device("meta"):
@@ -134,6 +136,8 @@ def load_model(
     device = torch.device(device)
     if device.type != "cpu":
         model.to(device)  # type: ignore[arg-type]  # transformers' stubs wrap `to` oddly
+    if dtype != torch.float32:
+        model.to(dtype)  # type: ignore[arg-type]
     with torch.inference_mode():
         model(torch.full((1, 8), ord(" "), device=device))
     return model

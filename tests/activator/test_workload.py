@@ -311,3 +311,48 @@ async def test_max_in_flight_queues_in_order() -> None:
     for task in waiting:
         (await task).release()
     assert order == [0, 1, 2]
+
+
+async def test_second_early_death_after_a_restore_sets_the_snapshot_aside() -> None:
+    """Issue "Restore that survives today's CPUs": a snapshot whose restored process dies
+    within seconds (SIGILL) was restored again and again; the second early death in a row
+    sets it aside as suspect and the next wake boots cold, saying why in one line."""
+    clock = Clock()
+    runtime = FakeRuntime()
+    w = workload(runtime, clock)
+    await serve_after_a_restore(w)
+    snapshot = runtime.live["w"].restored_from
+    assert snapshot is not None
+    runtime.live["w"].crash("killed by signal 4")
+    clock.now += 0.5
+    w.check_alive()
+    assert w.state is State.FAILED and runtime.calls["set_aside"] == 0
+    lease = await w.acquire()  # the first death: restore once more
+    assert lease.waited is not None and lease.waited.path == "restore"
+    lease.release()
+    runtime.live["w"].crash("killed by signal 4")
+    clock.now += 0.5
+    w.check_alive()
+    assert runtime.suspect.keys() == {snapshot}
+    assert "2 times in a row" in runtime.suspect[snapshot]
+    assert f"snapshot {snapshot} set aside as suspect" in w.last_error
+    assert "SIGILL" in w.last_error and "\n" not in w.last_error
+    assert w.view()["counters"]["snapshots_set_aside"] == 1
+    lease = await w.acquire()
+    assert lease.waited is not None and lease.waited.path == "boot"
+    lease.release()
+
+
+async def test_a_restored_process_that_served_a_while_does_not_count_against_its_snapshot() -> None:
+    clock = Clock()
+    runtime = FakeRuntime()
+    w = workload(runtime, clock)
+    await serve_after_a_restore(w)
+    for _ in range(3):
+        runtime.live["w"].crash()
+        clock.now += 120  # it served for two minutes: the snapshot is fine
+        w.check_alive()
+        lease = await w.acquire()
+        assert lease.waited is not None and lease.waited.path == "restore"
+        lease.release()
+    assert runtime.calls["set_aside"] == 0 and not runtime.suspect

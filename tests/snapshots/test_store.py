@@ -300,3 +300,21 @@ def test_verify_during_passes_the_works_failure_on_an_intact_snapshot(tmp_path: 
 
     with pytest.raises(RuntimeError, match="criu restore failed"):
         store.verify_during(snap, failing, lambda _: None)
+
+
+def test_mark_suspect_sets_it_aside_kept_with_its_reason(tmp_path: Path) -> None:
+    """A suspect snapshot (its restored process kept dying) is kept, distinct from bad,
+    listed with the reason, and never restored again."""
+    store = SnapshotStore(tmp_path / "snaps")
+    snap = _write(store)
+    aside = store.mark_suspect(snap, "restored process died 0.4s after its restore, twice")
+    assert aside.name == f"{snap.id}.suspect" and (aside / "images" / "core.img").exists()
+    assert store.latest("m") is None and store.list() == []
+    entry = store.entry(f"{snap.id}.suspect")
+    assert (entry.id, entry.status) == (snap.id, "suspect")
+    assert entry.reason == "restored process died 0.4s after its restore, twice"
+    assert entry.manifest is not None and entry.to_dict()["status"] == "suspect"
+    with pytest.raises(SnapshotNotFound, match="suspect"):
+        store.get(snap.id)
+    store.prune("m", keep=1)  # retention leaves it where it is
+    assert store.entry(snap.id).status == "suspect"

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+import warmpool.lifecycle as lifecycle
 from warmpool import (
     CheckpointFailed,
     FakeRuntime,
@@ -146,3 +147,39 @@ def test_a_restore_the_environment_refused_never_boots_over_the_snapshot() -> No
     assert deferred.value.snapshot_id == snapshot.id
     assert runtime.calls["boot"] == 0 and runtime.latest("m") == snapshot
     assert said == [f"restoring {snapshot.id}"]
+
+
+_S = "20260101T000000-aaaa"
+_T = "20260101T000100-bbbb"
+
+
+@pytest.mark.parametrize(
+    ("restored_from", "lived", "before", "after", "set_aside"),
+    [
+        # a booted instance never counts, and clears the tally
+        (None, 1.0, lifecycle.Deaths(_S, 1), lifecycle.Deaths(), False),
+        # the first early death after a restore of S
+        (_S, 1.0, lifecycle.Deaths(), lifecycle.Deaths(_S, 1), False),
+        # the second in a row: set S aside, start over
+        (_S, 1.0, lifecycle.Deaths(_S, 1), lifecycle.Deaths(), True),
+        # exactly at the window still counts; past it, it served: clear
+        (_S, lifecycle.EARLY_DEATH_SECONDS, lifecycle.Deaths(_S, 1), lifecycle.Deaths(), True),
+        (
+            _S,
+            lifecycle.EARLY_DEATH_SECONDS + 0.1,
+            lifecycle.Deaths(_S, 1),
+            lifecycle.Deaths(),
+            False,
+        ),
+        # another snapshot's death starts its own tally
+        (_T, 1.0, lifecycle.Deaths(_S, 1), lifecycle.Deaths(_T, 1), False),
+    ],
+)
+def test_after_death(
+    restored_from: str | None,
+    lived: float,
+    before: lifecycle.Deaths,
+    after: lifecycle.Deaths,
+    set_aside: bool,
+) -> None:
+    assert lifecycle.after_death(restored_from, lived, before) == (after, set_aside)

@@ -90,6 +90,8 @@ class FakeRuntime:
     latency: dict[str, float] = field(default_factory=dict)
     snapshots: dict[str, list[SnapshotInfo]] = field(default_factory=dict)
     calls: collections.Counter[str] = field(default_factory=collections.Counter)
+    suspect: dict[str, str] = field(default_factory=dict)
+    """Snapshots set aside (``set_aside``): id -> reason."""
     violations: list[str] = field(default_factory=list)
     """Broken guarantees seen (e.g. a second live instance): a test asserts it stays empty."""
     live: dict[str, FakeInstance] = field(default_factory=dict)
@@ -165,6 +167,16 @@ class FakeRuntime:
     def _newest(self, name: str) -> SnapshotInfo | None:
         found = self.snapshots.get(name)
         return found[-1] if found and self.checkpoint_ok else None
+
+    def set_aside(self, name: str, snapshot_id: str, reason: str) -> bool:
+        self.calls["set_aside"] += 1
+        found = self.snapshots.get(name, [])
+        kept = [s for s in found if s.id != snapshot_id]
+        if len(kept) == len(found):
+            return False
+        self.snapshots[name] = kept
+        self.suspect[snapshot_id] = reason
+        return True
 
     async def boot(self, spec: InstanceSpec) -> FakeInstance:
         failure = await self._step("boot")

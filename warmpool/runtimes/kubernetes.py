@@ -154,6 +154,13 @@ class KubernetesRuntime:
     def latest(self, name: str) -> SnapshotInfo | None:
         return self._snapshot
 
+    def set_aside(self, name: str, snapshot_id: str, reason: str) -> bool:
+        """The pod's supervisor owns its volume's snapshots: nothing to do from here."""
+        log.warning(
+            "%s: snapshot %s should be set aside (%s); its pod owns it", name, snapshot_id, reason
+        )
+        return False
+
     def detach(self) -> None:
         """From now on ``stop`` only forgets the pods: nothing is scaled or re-routed."""
         self._detached = True

@@ -177,6 +177,20 @@ class LocalRuntime:
             except (SnapshotError, OSError, ValueError) as exc:
                 log.warning("%s: cannot record what it starts: %s", spec.name, exc)
 
+    def set_aside(self, name: str, snapshot_id: str, reason: str) -> bool:
+        """Set ``snapshot_id`` aside as suspect (``ID.suspect``, kept with the reason):
+        what it restores dies soon after. False when it is not a usable snapshot of
+        ``name`` any more."""
+        try:
+            snapshot = self.store.get(snapshot_id)
+        except SnapshotError as exc:
+            log.warning("%s: cannot set snapshot %s aside: %s", name, snapshot_id, exc)
+            return False
+        if snapshot.workload != name:
+            return False
+        self.store.mark_suspect(snapshot, reason)
+        return True
+
     def _retire(self, snapshot: Snapshot, reason: str) -> None:
         try:
             self.store.mark_bad(snapshot, reason)
