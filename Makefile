@@ -52,7 +52,7 @@ $(STAMP): pyproject.toml
 	@$(CHECK_PYTHON)
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[$(RUN_EXTRAS),kube,dev]'
+	$(PY) -m pip install -q -e '.[$(RUN_EXTRAS),kube,otel,dev]'
 	@rm -f $(VENV)/.installed-* $(VENV)/.run-installed-*
 	@touch $@ $(RUN_STAMP)
 

@@ -27,7 +27,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from starlette.requests import HTTPConnection
@@ -35,6 +35,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from activator.lease import WakeRecord
 from activator.metrics import Metrics
+
+if TYPE_CHECKING:
+    from activator.tracing import RequestTracer
 
 __all__ = [
     "AccessLog",
@@ -165,9 +168,15 @@ _QUIET = _QuietAbort()
 class AccessLog:
     """ASGI middleware: request id in and out, one access line, the request counter."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics | None = None,
+        tracer: RequestTracer | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.tracer = tracer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -182,6 +191,10 @@ class AccessLog:
         scope[_KEY] = rec
         rid = rec.request_id.encode()
         started = time.monotonic()
+        method = scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET"
+        span = None
+        if self.tracer is not None:  # off: this test is all a request pays
+            span = self.tracer.start(method, scope["path"], scope["headers"])
         status, sent, complete = 0, 0, False
 
         async def traced_send(message: Message) -> None:
@@ -226,7 +239,6 @@ class AccessLog:
                 uvicorn_errors = logging.getLogger("uvicorn.error")
                 if _QUIET not in uvicorn_errors.filters:
                     uvicorn_errors.addFilter(_QUIET)
-            method = scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET"
             access_line(
                 rec,
                 method,
@@ -235,9 +247,11 @@ class AccessLog:
                 time.monotonic() - started,
                 sent,
             )
+            outcome = rec.outcome or ("ok" if 0 < status < 500 else "error")
             if self.metrics is not None and rec.workload and scope["type"] == "http":
-                outcome = rec.outcome or ("ok" if 0 < status < 500 else "error")
                 self.metrics.requests.labels(rec.workload, metric_outcome(outcome)).inc()
+            if span is not None and self.tracer is not None:
+                self.tracer.finish(span, rec, status or 500, outcome)
 
 
 def _with_request_id(headers: Any, rid: bytes) -> list[tuple[bytes, bytes]]:
@@ -248,9 +262,11 @@ def _with_request_id(headers: Any, rid: bytes) -> list[tuple[bytes, bytes]]:
 
 class TracedFastAPI(FastAPI):
     """A FastAPI app whose outermost layer is ``AccessLog`` (outside even Starlette's
-    error middleware, so a 500 is traced too). ``access_metrics`` counts requests."""
+    error middleware, so a 500 is traced too). ``access_metrics`` counts requests;
+    ``access_tracer`` (when tracing is on) gives each a span."""
 
     access_metrics: Metrics | None = None
+    access_tracer: RequestTracer | None = None
 
     def build_middleware_stack(self) -> ASGIApp:
-        return AccessLog(super().build_middleware_stack(), self.access_metrics)
+        return AccessLog(super().build_middleware_stack(), self.access_metrics, self.access_tracer)

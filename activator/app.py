@@ -25,7 +25,7 @@ from fastapi import FastAPI, Request
 
 from activator.access import TracedFastAPI, record
 from activator.check import detect_engine
-from activator.config.settings import Settings
+from activator.config.settings import ConfigError, Settings
 from activator.edge import install_error_handlers
 from activator.errors import ActivatorError
 from activator.metrics import Metrics
@@ -36,6 +36,7 @@ from activator.routes.handoff import Handoff
 from activator.routes.openai import openai_router
 from activator.routes.passthrough import passthrough_router
 from activator.sources import open_source, serve_workloads
+from activator.tracing import RequestTracer, TracingUnavailable, make_tracer
 from warmpool.system import EngineSetup
 
 __all__ = ["create_admin_app", "create_app"]
@@ -50,10 +51,19 @@ def _record_error(request: Request, exc: ActivatorError) -> None:
     rec.workload = rec.workload or (exc.workload or "")
 
 
+def _tracer(settings: Settings) -> RequestTracer | None:
+    """The request tracer ``tracing:`` asks for (None: off); ConfigError without the extra."""
+    try:
+        return make_tracer(settings.tracing)
+    except TracingUnavailable as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def create_admin_app(app: FastAPI) -> FastAPI:
     """The admin API alone, for `admin_listen`; it serves ``app``'s workloads."""
     admin = TracedFastAPI(title="Dormant admin", docs_url=None, redoc_url=None)
     admin.state.settings = app.state.settings  # e.g. /-/snapshots reports its state dir
+    admin.access_tracer = getattr(app, "access_tracer", None)  # traced like the app
     install_error_handlers(admin, _record_error)
     admin.include_router(health_router(lambda: app.state.registry))
     admin.include_router(
@@ -69,6 +79,7 @@ def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI
     setup = engine or detect_engine(settings)
     settings.state_path.mkdir(parents=True, exist_ok=True)
     metrics = Metrics()
+    tracer = _tracer(settings)
     source = open_source(settings, setup, metrics)
 
     @contextlib.asynccontextmanager
@@ -80,10 +91,15 @@ def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI
         ):
             app.state.registry = registry
             app.state.client = session
-            yield
+            try:
+                yield
+            finally:
+                if tracer is not None:
+                    tracer.shutdown()  # send the spans still buffered
 
     app = TracedFastAPI(title="Dormant activator", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.access_metrics = metrics  # dormant_requests_total, counted with the access line
+    app.access_tracer = tracer  # a span per request when `tracing:` is on
     app.state.settings = settings
     app.state.engine = setup
     app.state.admin_token = settings.resolved_admin_token()

@@ -80,6 +80,7 @@ from activator.config.types import (
     SuspendKind,
     TemplatePath,
     Timeout,
+    Tracing,
     is_host_port,
     listen_problem,
     reject,
@@ -413,6 +414,10 @@ class Settings:
     log_format: LogFormat = _group("server", "text")
     """'text' (one readable line per event) or 'json' (one JSON object a line; access lines
     carry request_id, workload, status, outcome, wake and timings as fields)."""
+    tracing: Tracing = _group("server", "off")
+    """OpenTelemetry traces (the `otel` extra): 'off', 'otlp' (OTLP/HTTP to
+    $OTEL_EXPORTER_OTLP_ENDPOINT, default http://localhost:4318) or 'console' (stdout): a span
+    per request, its wake a child span."""
     on_shutdown: OnShutdown = _group("lifecycle", "stop")
     """What happens to running workloads when Dormant stops: 'stop' or 'hibernate'.
     (Instances never outlive Dormant: that is what keeps a crash from leaving orphans.)"""

@@ -64,6 +64,7 @@ __all__ = [
     "SuspendKind",
     "TemplatePath",
     "Timeout",
+    "Tracing",
     "human_duration",
     "is_host_port",
     "listen_problem",
@@ -408,6 +409,7 @@ KINDS = ("openai", "http", "jupyter")
 _ENGINES = ("auto", "criu", "restart")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _LOG_FORMATS = ("text", "json")
+_TRACING = ("off", "otlp", "console")
 _ON_SHUTDOWN = ("stop", "hibernate")
 Kind = Annotated[str, BeforeValidator(_choice_parser(KINDS)), _choice_schema(KINDS)]
 Engine = Annotated[str, BeforeValidator(_choice_parser(_ENGINES)), _choice_schema(_ENGINES)]
@@ -415,6 +417,7 @@ LogLevel = Annotated[str, BeforeValidator(_choice_parser(_LOG_LEVELS)), _choice_
 LogFormat = Annotated[
     str, BeforeValidator(_choice_parser(_LOG_FORMATS)), _choice_schema(_LOG_FORMATS)
 ]
+Tracing = Annotated[str, BeforeValidator(_choice_parser(_TRACING)), _choice_schema(_TRACING)]
 OnShutdown = Annotated[
     str, BeforeValidator(_choice_parser(_ON_SHUTDOWN, _no_leave)), _choice_schema(_ON_SHUTDOWN)
 ]
