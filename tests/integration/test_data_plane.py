@@ -747,8 +747,9 @@ def test_metrics_token_admin_listener_and_startup_lines(tmp_path: Path) -> None:
         text=True,
         timeout=60,
     )
-    assert "file holding the admin token (default: $DORMANT_ADMIN_TOKEN)" in " ".join(
-        usage.stdout.split()
+    assert (
+        "file holding the admin token (default: $DORMANT_ADMIN_TOKEN, else -c's token)"
+        in " ".join(usage.stdout.split())
     )
 
 
