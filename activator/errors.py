@@ -18,6 +18,7 @@ __all__ = [
     "Conflict",
     "HeadersTooLarge",
     "MethodNotAllowed",
+    "NotAwake",
     "NotFound",
     "OperationFailed",
     "PayloadTooLarge",
@@ -109,6 +110,17 @@ class WakeFailed(ActivatorError):
     """The workload could not be started or restored."""
 
     status, code, type = 503, "wake_failed", "server_error"
+
+
+class NotAwake(ActivatorError):
+    """The workload sleeps and this request does not wake it: a page's background
+    refresh of a notebook (see ``activator.activity``). Retry after a user action.
+
+    409, not 503: JupyterLab answers a 503 (or 424) from its kernel, session and terminal
+    polls with a "Server Connection Error" dialog, meant for a JupyterHub server that is
+    gone; any other error it retries quietly, with backoff."""
+
+    status, code, type = 409, "not_awake", "invalid_request_error"
 
 
 class WakeTimeout(ActivatorError):

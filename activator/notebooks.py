@@ -9,8 +9,11 @@ and never in a URL.
 
 Before the idle reaper hibernates a notebook server it asks the server itself
 (``ActivityProbe``): a kernel that is busy computing keeps it awake however long it
-runs, even with no client connected. The answer is reduced to a ``JupyterActivity``;
-what to do with it is a pure rule in ``activator.reaper``.
+runs, even with no client connected, and so does a kernel or terminal that produced
+output more recently than the proxy saw its user act. Jupyter's own server-wide
+``last_activity`` is not asked: every poll of an open page refreshes it. The answer is
+reduced to a ``JupyterActivity``; what to do with it is a pure rule in
+``activator.reaper``.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ __all__ = [
     "ProbeFailed",
     "activity_from",
     "base_path",
+    "ensure_token",
     "jupyter_command",
     "prepare",
     "read_token",
@@ -83,7 +87,9 @@ class JupyterActivity:
     busy_kernels: int
     """Kernels whose execution_state is 'busy' (running code) right now."""
     idle_for: float
-    """Seconds since Jupyter's own last activity (API calls, kernel messages, terminals)."""
+    """Seconds since a kernel or terminal last did something (kernel messages other than
+    Jupyter's untracked housekeeping, terminal input or output); infinite when there is
+    neither."""
 
 
 # -- configuration (pure) ------------------------------------------------------------------
@@ -118,14 +124,19 @@ def runtime_dir(workload: WorkloadSettings, state_dir: Path) -> Path:
 
 
 def activity_from(
-    status: Mapping[str, Any], kernels: Sequence[Mapping[str, Any]], now: datetime
+    kernels: Sequence[Mapping[str, Any]],
+    terminals: Sequence[Mapping[str, Any]],
+    now: datetime,
 ) -> JupyterActivity:
-    """Reduce ``GET api/status`` and ``GET api/kernels`` answers to a JupyterActivity.
+    """Reduce ``GET api/kernels`` and ``GET api/terminals`` answers to a JupyterActivity.
 
     Raises ValueError (or KeyError, TypeError) on answers that are not Jupyter's."""
-    stamps = [_parse_time(status["last_activity"])]
-    stamps += [_parse_time(k["last_activity"]) for k in kernels if k.get("last_activity")]
-    busy = sum(1 for k in kernels if k.get("execution_state") == "busy")
+    stamps = [
+        _parse_time(k["last_activity"]) for k in (*kernels, *terminals) if "last_activity" in k
+    ]
+    busy = sum(1 for k in kernels if k["execution_state"] == "busy")
+    if not stamps:
+        return JupyterActivity(busy, float("inf"))
     return JupyterActivity(busy, max(0.0, (now - max(stamps)).total_seconds()))
 
 
@@ -151,6 +162,18 @@ def read_token(path: Path) -> str:
     """The token in ``path`` (surrounding whitespace removed); OSError when unreadable,
     ValueError when empty."""
     return read_token_file(path, "the notebook's token file", "a notebook server needs a token")
+
+
+def ensure_token(workload: WorkloadSettings, state_dir: Path) -> Path:
+    """The workload's token file, generated now when the config names none (at start,
+    so that its path can be shown before the first request). Raises OSError or
+    ValueError."""
+    path = token_path(workload, state_dir)
+    if workload.token_file:
+        read_token(path)
+    else:
+        _ensure_token(path)
+    return path
 
 
 def _ensure_token(path: Path) -> str:
@@ -201,9 +224,9 @@ def terminal_shell(workload: WorkloadSettings) -> dict[str, str]:
 class ActivityProbe:
     """Asks a notebook server (at its endpoint, with its token) what it is doing.
 
-    ``GET api/status`` gives the server's last activity; ``GET api/kernels`` (with
-    ``no_track_activity``, so that asking is not itself activity) gives each kernel's
-    execution_state and last activity."""
+    ``GET api/kernels`` and ``GET api/terminals`` (with ``no_track_activity``, so that
+    asking is not itself activity) give each kernel's execution_state and last activity,
+    and each terminal's last activity (a server without terminals answers 404: none)."""
 
     def __init__(self, client: httpx.AsyncClient, state_dir: Path, timeout: float = 5.0) -> None:
         self._client = client
@@ -219,22 +242,30 @@ class ActivityProbe:
         api = f"{endpoint.url}{base_path(workload.name)}/api"
         headers = {"Authorization": f"token {token}"}
         try:
-            status = await self._get(api, "/status", headers, {})
-            kernels = await self._get(api, "/kernels", headers, {"no_track_activity": "1"})
-            if not isinstance(status, dict) or not isinstance(kernels, list):
+            quiet = {"no_track_activity": "1"}
+            kernels = await self._get(api, "/kernels", headers, quiet)
+            terminals = await self._get(api, "/terminals", headers, quiet, missing=[])
+            if not isinstance(kernels, list) or not isinstance(terminals, list):
                 raise ValueError("unexpected JSON shape")
-            return activity_from(status, kernels, datetime.now(UTC))
+            return activity_from(kernels, terminals, datetime.now(UTC))
         except httpx.HTTPError as exc:
             raise ProbeFailed(f"{type(exc).__name__}: {exc}") from exc
         except (ValueError, KeyError, TypeError) as exc:
             raise ProbeFailed(f"not a Jupyter answer: {exc!r}") from exc
 
     async def _get(
-        self, api: str, path: str, headers: dict[str, str], params: dict[str, str]
+        self,
+        api: str,
+        path: str,
+        headers: dict[str, str],
+        params: dict[str, str],
+        missing: Any = None,
     ) -> Any:
         response = await self._client.get(
             api + path, headers=headers, params=params, timeout=self._timeout
         )
+        if response.status_code == 404 and missing is not None:
+            return missing
         if response.status_code != 200:
             raise ProbeFailed(f"GET api{path} answered {response.status_code}")
         return response.json()

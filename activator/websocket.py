@@ -2,8 +2,11 @@
 
 The upstream is dialled only after the workload is ready (a connect wakes it, queued like a
 request; a client that leaves while it waits leaves the queue: ``connect_or_abandon``);
-messages in either direction count as activity. When the workload hibernates, the
-connection is closed with 1012 (service restart) so clients reconnect, which wakes it.
+which messages count as activity is the caller's ``Traffic`` (every message, for ``http``;
+what a user does, for notebooks: ``activator.activity``). When the workload hibernates, the
+connection is closed with 1012 (service restart) so clients reconnect. A notebook's
+reconnecting page does not wake it: its socket is held (``activator.parking``) and
+relayed here once the user acts, with what it sent meanwhile (``pending``).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import asyncio
 import contextlib
 import logging
 import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect
@@ -25,7 +30,7 @@ from activator.lease import Connection
 from activator.proxy import clean_headers
 from activator.workload import Workload
 
-__all__ = ["connect_or_abandon", "proxy_websocket", "refuse"]
+__all__ = ["EVERYTHING", "Traffic", "connect_or_abandon", "proxy_websocket", "refuse"]
 
 log = logging.getLogger("dormant.websocket")
 
@@ -37,6 +42,19 @@ _SKIP = (
     "sec-websocket-extensions",
     "sec-websocket-protocol",
 )
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Which relayed messages count as activity: a client's, by ``client(message)``; the
+    upstream's, all or none (``upstream``)."""
+
+    client: Callable[[bytes | str], bool]
+    upstream: bool
+
+
+EVERYTHING = Traffic(lambda _: True, True)
+"""Every message either way is activity (``http`` workloads)."""
 
 
 async def refuse(websocket: WebSocket, error: ActivatorError) -> None:
@@ -61,12 +79,15 @@ async def _gone(websocket: WebSocket) -> None:
         pass
 
 
-async def connect_or_abandon(websocket: WebSocket, workload: Workload) -> Connection:
-    """A connection to ``workload`` (waking it: queued like a request, with its errors),
-    but leave the queue as soon as the client disconnects: ClientGone. Takes the upgrade's
-    ``websocket.connect`` message (``accept`` then does not wait for it)."""
+async def connect_or_abandon(
+    websocket: WebSocket, workload: Workload, *, wake: bool = True, activity: bool = True
+) -> Connection:
+    """A connection to ``workload`` (``Workload.connect(wake=, activity=)``: queued like a
+    request, with its errors), but leave the queue as soon as the client disconnects:
+    ClientGone. Takes the upgrade's ``websocket.connect`` message (``accept`` then does not
+    wait for it)."""
     await websocket.receive()  # websocket.connect: the handshake request itself
-    connecting = asyncio.ensure_future(workload.connect())
+    connecting = asyncio.ensure_future(workload.connect(wake=wake, activity=activity))
     watching = asyncio.ensure_future(_gone(websocket))
     try:
         await asyncio.wait({connecting, watching}, return_when=asyncio.FIRST_COMPLETED)
@@ -87,24 +108,26 @@ async def connect_or_abandon(websocket: WebSocket, workload: Workload) -> Connec
 
 
 async def _client_to_upstream(
-    websocket: WebSocket, upstream: ClientConnection, connection: Connection
+    websocket: WebSocket, upstream: ClientConnection, connection: Connection, traffic: Traffic
 ) -> None:
     while True:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return
-        connection.touch()
-        if message.get("bytes") is not None:
-            await upstream.send(message["bytes"])
-        elif message.get("text") is not None:
-            await upstream.send(message["text"])
+        data = message["bytes"] if message.get("bytes") is not None else message.get("text")
+        if data is None:
+            continue
+        if traffic.client(data):
+            connection.touch()
+        await upstream.send(data)
 
 
 async def _upstream_to_client(
-    websocket: WebSocket, upstream: ClientConnection, connection: Connection
+    websocket: WebSocket, upstream: ClientConnection, connection: Connection, traffic: Traffic
 ) -> None:
     async for data in upstream:
-        connection.touch()
+        if traffic.upstream:
+            connection.touch()
         if isinstance(data, bytes):
             await websocket.send_bytes(data)
         else:
@@ -117,8 +140,21 @@ async def proxy_websocket(
     path: str,
     connect_timeout: float,
     max_message_bytes: int,
+    traffic: Traffic = EVERYTHING,
+    pending: Sequence[bytes | str] | None = None,
+    subprotocol: str | None = None,
 ) -> None:
-    """Relay ``websocket`` to the connection's instance until either side closes."""
+    """Relay ``websocket`` to the connection's instance until either side closes.
+
+    ``pending`` (not None) means the client's socket was accepted already, with
+    ``subprotocol``, and sent these messages while it waited: the upstream is asked for
+    that subprotocol alone, gets them first, and a failure to reach it (or its choice of
+    another subprotocol) closes the client's socket with 1011 (an upgrade can no longer
+    be refused)."""
+    accepted = pending is not None
+    offered = [subprotocol] if subprotocol else []
+    if not accepted:
+        offered = list(websocket.scope.get("subprotocols", []))
     query = websocket.url.query
     # The client's Host goes in the URI (websockets sends exactly one Host, from it;
     # Jupyter checks Origin against it); the socket always goes to the instance.
@@ -135,7 +171,7 @@ async def proxy_websocket(
             port=endpoint.port,
             proxy=None,  # never an HTTP(S)_PROXY from the environment
             additional_headers=headers,
-            subprotocols=list(websocket.scope.get("subprotocols", [])) or None,  # type: ignore[arg-type]
+            subprotocols=offered or None,  # type: ignore[arg-type]
             open_timeout=connect_timeout,
             max_size=max_message_bytes,
             ping_interval=None,
@@ -147,21 +183,33 @@ async def proxy_websocket(
         record(websocket).upstream = status
         refused = UpstreamError(f"the upstream refused the WebSocket with {status}")
         refused.status = status if 400 <= status < 600 else 502
-        await refuse(websocket, refused)
+        await _fail(websocket, refused, accepted)
         return
     except TimeoutError:
-        await refuse(websocket, UpstreamTimeout("the upstream did not accept the WebSocket"))
+        await _fail(
+            websocket, UpstreamTimeout("the upstream did not accept the WebSocket"), accepted
+        )
         return
     except (OSError, WebSocketException) as exc:
         log.warning("cannot open upstream websocket %s: %r", path, exc)
-        await refuse(websocket, UpstreamError(f"cannot open the upstream WebSocket: {exc!r}"))
+        error = UpstreamError(f"cannot open the upstream WebSocket: {exc!r}")
+        await _fail(websocket, error, accepted)
         return
     record(websocket).upstream = 101
+    if accepted and upstream.subprotocol != subprotocol:
+        await upstream.close()
+        chose = upstream.subprotocol or "none"
+        await _fail(websocket, UpstreamError(f"the upstream chose subprotocol {chose}"), True)
+        return
     try:
-        await websocket.accept(subprotocol=upstream.subprotocol)
+        if not accepted:
+            await websocket.accept(subprotocol=upstream.subprotocol)
+        with contextlib.suppress(ConnectionClosed):  # then the relay below ends at once
+            for data in pending or ():
+                await upstream.send(data)
         tasks = [
-            asyncio.ensure_future(_client_to_upstream(websocket, upstream, connection)),
-            asyncio.ensure_future(_upstream_to_client(websocket, upstream, connection)),
+            asyncio.ensure_future(_client_to_upstream(websocket, upstream, connection, traffic)),
+            asyncio.ensure_future(_upstream_to_client(websocket, upstream, connection, traffic)),
             asyncio.ensure_future(connection.closing.wait()),
         ]
         try:
@@ -180,3 +228,14 @@ async def proxy_websocket(
             await websocket.close(code=code, reason="hibernating" if hibernating else "")
     finally:
         await upstream.close()
+
+
+async def _fail(websocket: WebSocket, error: ActivatorError, accepted: bool) -> None:
+    """Refuse the upgrade, or close an accepted socket with 1011 and the reason."""
+    if not accepted:
+        await refuse(websocket, error)
+        return
+    rec = record(websocket)
+    rec.outcome = error.code
+    with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+        await websocket.close(code=1011, reason=error.message[:120])

@@ -29,7 +29,7 @@ from typing import Any
 import warmpool.lifecycle as lifecycle
 from activator.breaker import Slots
 from activator.config.settings import WorkloadSettings
-from activator.errors import Conflict, QueueFull, WakeFailed, WakeTimeout
+from activator.errors import Conflict, NotAwake, QueueFull, WakeFailed, WakeTimeout
 from activator.lease import Connection, Lease, WakeRecord
 from activator.metrics import Metrics
 from activator.specs import SpecFactory
@@ -50,6 +50,9 @@ from warmpool.pool import Pool, PoolBusy
 __all__ = ["Workload"]
 
 log = logging.getLogger("dormant.workload")
+
+NOT_AWAKE_RETRY_AFTER = 10
+"""Retry-After (seconds) on a housekeeping request refused because the workload sleeps."""
 
 _OFF_DEVICE = frozenset({State.COLD, State.HIBERNATED, State.SUSPENDED, State.FAILED})
 """States in which a workload holds nothing on the device (the pool is told)."""
@@ -82,6 +85,8 @@ class Workload:
         self._clock = clock
         self._lock = asyncio.Lock()
         self._wake_task: asyncio.Task[WakeRecord] | None = None
+        self._wake_started = clock()
+        self._ready_event = asyncio.Event()  # set exactly while the state is READY
         self._slots = Slots(settings.max_in_flight)
         self._idle = asyncio.Event()
         self._idle.set()
@@ -195,6 +200,10 @@ class Workload:
         took = "" if old in STABLE else f" in {now - self._since:.3f}s"
         log.info("%s: %s -> %s%s%s", self.name, old, new, took, f" ({reason})" if reason else "")
         self._state, self._since, self.reason = new, now, reason
+        if new is State.READY:
+            self._ready_event.set()
+        else:
+            self._ready_event.clear()
         if self._pool is not None and new in _OFF_DEVICE:
             self._pool.left(self.name)
 
@@ -207,22 +216,36 @@ class Workload:
     def _ready(self) -> bool:
         return self._state is State.READY and self._instance is not None
 
-    def try_acquire(self) -> Lease | None:
-        """A lease right now (ready, a free slot, nobody queued ahead), or None."""
+    def try_acquire(self, *, activity: bool = True) -> Lease | None:
+        """A lease right now (ready, a free slot, nobody queued ahead), or None. With
+        ``activity=False`` (a page's housekeeping) the request does not count as
+        activity: it neither starts nor ends an idle period."""
         if self._ready() and self._waiting == 0 and self._slots.try_take():
-            return self._lease(None)
+            return self._lease(None, activity)
         return None
 
-    async def acquire(self, timeout: float | None = None) -> Lease:
+    async def acquire(
+        self, timeout: float | None = None, *, wake: bool = True, activity: bool = True
+    ) -> Lease:
         """A lease on a ready instance, waking the workload first if needed, then
         waiting for a free slot when ``max_in_flight`` are busy.
 
         Raises QueueFull when ``queue_depth`` requests already wait, WakeTimeout
         after ``timeout`` (default ``wake_timeout``), WakeFailed when the wake fails.
-        A cancelled caller (client gone) simply leaves the queue.
+        With ``wake=False`` it waits for a wake already under way but starts none:
+        NotAwake (409) when the workload is not ready and nothing wakes it. A cancelled
+        caller (client gone) simply leaves the queue.
         """
-        if (lease := self.try_acquire()) is not None:
+        if (lease := self.try_acquire(activity=activity)) is not None:
             return lease
+        if not wake and not self._ready() and not self._waking():
+            raise NotAwake(
+                f"{self.name} is {self._state} and this request does not wake it (a page's "
+                "background refresh); it wakes when its user acts: runs a cell, opens or "
+                "saves a file, types in a terminal, or reloads the page",
+                workload=self.name,
+                headers={"Retry-After": str(NOT_AWAKE_RETRY_AFTER)},
+            )
         if self._waiting >= self.settings.queue_depth:
             retry = max(1, round(self.last_wake.seconds)) if self.last_wake else 5
             raise QueueFull(
@@ -248,6 +271,13 @@ class Workload:
                         workload=self.name,
                     )
                 if not self._ready():
+                    if not wake and not self._waking():
+                        raise NotAwake(
+                            f"{self.name} went back to sleep ({self._state}) while this "
+                            "request waited; it wakes when its user acts",
+                            workload=self.name,
+                            headers={"Retry-After": str(NOT_AWAKE_RETRY_AFTER)},
+                        )
                     with contextlib.suppress(TimeoutError):
                         record = await asyncio.wait_for(
                             asyncio.shield(self._ensure_wake_task()), remaining
@@ -260,7 +290,7 @@ class Workload:
                     except TimeoutError:
                         continue
                 if self._ready():
-                    return self._lease(record)
+                    return self._lease(record, activity)
                 self._slots.give()  # it started hibernating while we waited for the slot
         finally:
             self._waiters.discard(token)
@@ -268,44 +298,73 @@ class Workload:
             self._waiting -= 1
             self._metrics.queue_depth.labels(self.name).set(self._waiting)
 
-    def _lease(self, waited: WakeRecord | None) -> Lease:
+    def _lease(self, waited: WakeRecord | None, activity: bool = True) -> Lease:
         """Record one more request in flight; the caller already holds a slot."""
         assert self._instance is not None
         self._in_flight += 1
         self._idle.clear()
-        self._last_activity = self._clock()
+        if activity:
+            self._last_activity = self._clock()
         self._metrics.in_flight.labels(self.name).set(self._in_flight)
-        return Lease(self._instance, waited, self._release)
+        return Lease(self._instance, waited, lambda: self._release(activity))
 
-    async def connect(self, timeout: float | None = None) -> Connection:
-        """Wake if needed (queued like a request), then register a WebSocket connection."""
-        lease = await self.acquire(timeout)
+    async def connect(
+        self, timeout: float | None = None, *, wake: bool = True, activity: bool = True
+    ) -> Connection:
+        """Wake if needed (queued like a request), then register a WebSocket connection.
+        ``wake`` and ``activity`` as for ``acquire``: with ``activity=False`` opening and
+        closing the connection are not activity (its messages may be: ``touch``)."""
+        lease = await self.acquire(timeout, wake=wake, activity=activity)
         lease.release()  # a connection holds no request slot; nothing awaits in between
-        connection = Connection(lease.instance, lease.waited, self.note_activity, self._detach)
+        connection = Connection(
+            lease.instance, lease.waited, self.note_activity, lambda c: self._detach(c, activity)
+        )
         self._connections.add(connection)
         self._connections_gone.clear()
         self._metrics.websockets.labels(self.name).set(len(self._connections))
         return connection
 
-    def _detach(self, connection: Connection) -> None:
+    def _detach(self, connection: Connection, activity: bool = True) -> None:
         self._connections.discard(connection)
-        self._last_activity = self._clock()
+        if activity:
+            self._last_activity = self._clock()
         self._metrics.websockets.labels(self.name).set(len(self._connections))
         if not self._connections:
             self._connections_gone.set()
 
-    def _release(self) -> None:
+    def _release(self, activity: bool = True) -> None:
         self._slots.give()
         self._in_flight -= 1
-        self._last_activity = self._clock()
+        if activity:
+            self._last_activity = self._clock()
         self._metrics.in_flight.labels(self.name).set(self._in_flight)
         if self._in_flight == 0:
             self._idle.set()
 
     # -- waking ------------------------------------------------------------------------
 
+    def _waking(self) -> bool:
+        return self._wake_task is not None and not self._wake_task.done()
+
+    def begin_wake(self) -> asyncio.Task[WakeRecord] | None:
+        """Start waking without waiting (or join the wake under way): the wake's task, or
+        None when the workload is ready already. For answers that do not wait (the
+        waking page); ``waking_for`` says since when."""
+        if self._ready() and not self._lock.locked():
+            return None
+        return self._ensure_wake_task()
+
+    def waking_for(self) -> float:
+        """Seconds since the latest wake began (meaningful while one is under way)."""
+        return self._clock() - self._wake_started
+
+    async def until_ready(self) -> None:
+        """Return once the workload is ready (at once if it is); starts nothing."""
+        await self._ready_event.wait()
+
     def _ensure_wake_task(self) -> asyncio.Task[WakeRecord]:
         if self._wake_task is None or self._wake_task.done():
+            self._wake_started = self._clock()
             self._wake_task = asyncio.create_task(self._wake(), name=f"wake-{self.name}")
             # Waiters retrieve the result; this keeps an unobserved failure quiet.
             self._wake_task.add_done_callback(lambda t: t.cancelled() or t.exception())
@@ -689,6 +748,9 @@ class Workload:
             "name": self.name,
             "kind": self.settings.kind,
             "models": list(self.settings.models),
+            # where its users go, below the activator's address (notebooks, path prefixes)
+            "url": f"{self.settings.path_prefix}/" if self.settings.path_prefix else None,
+            "token_file": self.settings.token_file or None,  # a notebook's, when configured
             "state": self._state.value,
             "reason": self.reason,
             "since_s": round(self._clock() - self._since, 3),

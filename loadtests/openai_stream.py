@@ -39,6 +39,9 @@ __all__ = [
 ]
 
 WAKE_HEADER = "x-dormant-wake"
+WAKE_COMMENT = ": dormant-wake "
+"""A stream that waited for a wake with keep-alive comments (``wake_keepalive``, on by
+default) had sent its headers before the wake: the wake comes as this SSE comment."""
 _DONE = object()
 _FILLER = "The quick brown fox jumps over the lazy dog while the activator keeps it warm. "
 
@@ -147,6 +150,9 @@ class StreamTimer:
 
         A ``finish_reason`` completes the answer too, but the caller reads on to the end of
         the response (a usage chunk or ``[DONE]`` may follow)."""
+        if line.startswith(WAKE_COMMENT):  # a wake announced in a waking stream's body
+            self.result.wake = line[len(WAKE_COMMENT) :].strip()
+            return False
         chunk = _parse_line(line)
         if chunk is _DONE:
             self.result.done = True

@@ -104,12 +104,13 @@ def _describe(w: dict[str, Any], pooled: bool = False) -> list[str]:
 
 def cmd_status(args: argparse.Namespace) -> int:
     data = _admin(args, "GET", "/-/workloads")
-    print(json.dumps(data, indent=2) if args.json else status_text(data))
+    print(json.dumps(data, indent=2) if args.json else status_text(data, args.url))
     return 0
 
 
-def status_text(data: dict[str, Any]) -> str:
-    """The `dormant status` table for an activator's ``GET /-/workloads`` answer."""
+def status_text(data: dict[str, Any], base: str = "") -> str:
+    """The `dormant status` table for an activator's ``GET /-/workloads`` answer; then
+    each notebook's (and path-prefixed workload's) address below ``base``."""
     header = [
         "NAME",
         "STATE",
@@ -128,7 +129,23 @@ def status_text(data: dict[str, Any]) -> str:
         lines.append(f"pool: {pool['kind']}, {used} of {budget} in use")
         header[1:2] = ["STATE", "TIER", "MEMORY"]
     rows = [_describe(w, pooled=bool(pool)) for w in data["workloads"]]
-    return "\n".join([*lines, table([header, *rows])])
+    return "\n".join([*lines, table([header, *rows]), *_addresses(data, base)])
+
+
+def _addresses(data: dict[str, Any], base: str) -> list[str]:
+    """Where users open each workload that has an address of its own (a notebook, a
+    path prefix), below ``base`` (the activator's URL); a notebook says where its token is."""
+    lines = []
+    for w in data["workloads"]:
+        if not w.get("url"):
+            continue
+        url = base.rstrip("/") + w["url"]
+        if w.get("kind") == "jupyter":
+            token = w.get("token_file") or f"STATE_DIR/notebooks/{w['name']}/token"
+            lines.append(f"notebook {w['name']}: {url} (log in with the token in {token})")
+        else:
+            lines.append(f"{w['name']}: {url}")
+    return ["", *lines] if lines else []
 
 
 def _size(value: int | None) -> str:

@@ -122,5 +122,27 @@ def _print_addresses(settings: Settings, token: str) -> None:
         lines = [serving, f"dormant: admin API on http://{settings.admin_listen} ({access})"]
     else:
         lines = [f"{serving} (admin API on the same address, {access})"]
-    for line in lines:
+    for line in [*lines, *_notebook_lines(settings)]:
         print(line, file=sys.stderr, flush=True)
+
+
+def _notebook_lines(settings: Settings) -> list[str]:
+    """Each notebook's address and where its token is (generated now when the config
+    names no ``token_file``, so the file exists before the first visit)."""
+    from activator.notebooks import ensure_token
+
+    lines = []
+    for w in settings.workloads:
+        if w.kind != "jupyter":
+            continue
+        url = f"http://{settings.listen}{w.path_prefix}/"
+        try:
+            token = ensure_token(w, settings.state_path)
+        except (OSError, ValueError) as exc:
+            lines.append(f"dormant: notebook {w.name} at {url} (its token: {exc})")
+            continue
+        lines.append(
+            f"dormant: notebook {w.name} at {url} — log in with the token in {token} "
+            f"(or open {url}?token=$(cat {token}))"
+        )
+    return lines

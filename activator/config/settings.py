@@ -291,9 +291,10 @@ class WorkloadSettings:
     """Seconds from forwarding a request to the upstream's response headers."""
     stream_idle_timeout: Timeout = _group("timeouts", 300.0)
     """Seconds a response body may go without a byte; there is no total-duration limit."""
-    wake_keepalive: Duration = _group("timeouts", 0.0)
-    """For `stream: true` requests that wait for a wake: send an SSE comment this often
-    (seconds) until the first real chunk, so clients and proxies do not time out (0 = off)."""
+    wake_keepalive: Duration = _group("timeouts", 2.0)
+    """For `stream: true` requests that wait for a wake: answer at once and send an SSE
+    comment this often (seconds) until the first real chunk, so clients and proxies see
+    the wait instead of silence and do not time out (0 = off: wait silently)."""
     drain_timeout: Timeout = _group("timeouts", 30.0)
     """Seconds to wait for in-flight requests before giving up a hibernation."""
     checkpoint_timeout: Timeout = _group("timeouts", 120.0)

@@ -21,11 +21,16 @@ from activator.lease import Lease
 from activator.limits import BodyClock, broken_body
 from activator.metrics import Metrics
 from activator.proxy import Call, Session, Timeouts, forward, waking_stream
+from activator.routes.waking import waking_page, wants_waking_page
 from activator.workload import Workload
 
-__all__ = ["Handoff", "read_body"]
+__all__ = ["PAGE_PATIENCE", "Handoff", "read_body"]
 
 log = logging.getLogger("dormant.activator")
+
+PAGE_PATIENCE = 1.0
+"""How long (seconds) a browser's request waits for a wake before it gets the waking page
+instead: a restore that is over by then shows the real page at once."""
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -67,14 +72,16 @@ def _timeouts(s: WorkloadSettings) -> Timeouts:
     return Timeouts(s.connect_timeout, s.first_byte_timeout, s.stream_idle_timeout)
 
 
-async def _acquire_or_abandon(request: Request, workload: Workload) -> Lease:
+async def _acquire_or_abandon(
+    request: Request, workload: Workload, *, wake: bool = True, activity: bool = True
+) -> Lease:
     """Wait for a lease, but leave the queue as soon as the client disconnects."""
 
     async def disconnected() -> None:
         while (await request.receive())["type"] != "http.disconnect":
             pass
 
-    acquiring = asyncio.ensure_future(workload.acquire())
+    acquiring = asyncio.ensure_future(workload.acquire(wake=wake, activity=activity))
     watching = asyncio.ensure_future(disconnected())
     try:
         await asyncio.wait({acquiring, watching}, return_when=asyncio.FIRST_COMPLETED)
@@ -98,10 +105,20 @@ class Handoff:
         self._metrics = metrics
 
     async def __call__(
-        self, request: Request, workload: Workload, body: bytes, stream: bool, path: str
+        self,
+        request: Request,
+        workload: Workload,
+        body: bytes,
+        stream: bool,
+        path: str,
+        activity: bool = True,
     ) -> Response:
         """Forward now if ``workload`` is ready, else wait for its wake: a ``stream``
-        request gets keep-alive comments meanwhile when the workload asks for them."""
+        request gets keep-alive comments meanwhile (every ``wake_keepalive``), a browser
+        opening a page gets the waking page (503, reloading itself) when the wake takes
+        longer than PAGE_PATIENCE. A request that is not ``activity`` (a notebook page's
+        housekeeping, see ``activator.activity``) never wakes the workload: it waits for
+        a wake under way, or gets NotAwake (409)."""
         call = Call(
             self._session(),
             request,
@@ -113,7 +130,22 @@ class Handoff:
             self._metrics,
         )
         call.record.workload = workload.name
-        lease = workload.try_acquire()
+        lease = workload.try_acquire(activity=activity)
+        if lease is None and not activity:
+            lease = await _acquire_or_abandon(request, workload, wake=False, activity=False)
+        if lease is None and wants_waking_page(
+            request.method, request.headers.get("accept", ""), stream
+        ):
+            wake = workload.begin_wake()
+            if wake is not None:
+                await asyncio.wait({wake}, timeout=PAGE_PATIENCE)
+                if not wake.done():
+                    call.record.outcome = "waking"
+                    last = workload.last_wake
+                    return waking_page(
+                        workload.name, workload.waking_for(), last.seconds if last else None
+                    )
+            # ready (or the wake ended, well or not): on as any request
         if lease is None:
             every = workload.settings.wake_keepalive
             if stream and every > 0:

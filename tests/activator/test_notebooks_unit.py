@@ -27,6 +27,7 @@ from activator.notebooks import (
     JupyterActivity,
     ProbeFailed,
     activity_from,
+    ensure_token,
     prepare,
     root_dir,
     runtime_dir,
@@ -44,44 +45,63 @@ def _stamp(seconds_ago: float) -> str:
 
 
 @pytest.mark.parametrize(
-    ("status_ago", "kernels", "expected"),
+    ("kernels", "terminals", "expected"),
     [
-        (100.0, [], JupyterActivity(0, 100.0)),
+        ([], [], JupyterActivity(0, float("inf"))),  # nothing there: no activity at all
         (
-            100.0,
             [
                 {"execution_state": "busy", "last_activity": _stamp(400)},
                 {"execution_state": "idle", "last_activity": _stamp(5)},
             ],
+            [],
             JupyterActivity(1, 5.0),
         ),
         (
-            50.0,
+            [{"execution_state": "idle", "last_activity": _stamp(300)}],
+            [{"name": "1", "last_activity": _stamp(2)}],  # a terminal printing
+            JupyterActivity(0, 2.0),
+        ),
+        (
             [
                 {"execution_state": "starting", "last_activity": _stamp(1)},
                 {"execution_state": "busy"},  # no last_activity: still counted as busy
             ],
+            [],
             JupyterActivity(1, 1.0),
         ),
-        (-3.0, [], JupyterActivity(0, 0.0)),  # a clock slightly ahead is not negative idleness
+        # a clock slightly ahead is not negative idleness
+        ([{"execution_state": "idle", "last_activity": _stamp(-3)}], [], JupyterActivity(0, 0.0)),
     ],
 )
 def test_activity_from_jupyter_answers(
-    status_ago: float, kernels: list[dict[str, Any]], expected: JupyterActivity
+    kernels: list[dict[str, Any]], terminals: list[dict[str, Any]], expected: JupyterActivity
 ) -> None:
-    assert activity_from({"last_activity": _stamp(status_ago)}, kernels, NOW) == expected
+    """Kernels and terminals only: Jupyter's server-wide last_activity (api/status) is
+    refreshed by every poll of an open page, so it is not asked."""
+    assert activity_from(kernels, terminals, NOW) == expected
 
 
 def test_activity_from_rejects_what_is_not_jupyter() -> None:
     with pytest.raises(KeyError):
-        activity_from({}, [], NOW)
+        activity_from([{"last_activity": _stamp(1)}], [], NOW)
     with pytest.raises(ValueError):
-        activity_from({"last_activity": "yesterday"}, [], NOW)
+        activity_from([{"execution_state": "idle", "last_activity": "yesterday"}], [], NOW)
 
 
 def _jupyter(**extra: Any) -> WorkloadSettings:
     data = {"workloads": [{"name": "alice", "kind": "jupyter", **extra}]}
     return parse_settings(data).workloads[0]
+
+
+def test_ensure_token_makes_the_token_at_start_once(tmp_path: Path) -> None:
+    """`dormant up` shows the token's path before the first request: the file is there."""
+    w = _jupyter()
+    path = ensure_token(w, tmp_path)
+    assert path == token_path(w, tmp_path) and path.stat().st_mode & 0o777 == 0o600
+    token = path.read_text()
+    assert ensure_token(w, tmp_path) == path and path.read_text() == token
+    assert prepare(w, tmp_path)["JUPYTER_TOKEN"] == token.strip(), "the server gets that one"
+    shutil.rmtree(runtime_dir(w, tmp_path))
 
 
 def test_jupyter_workload_is_routed_and_commanded_by_dormant() -> None:

@@ -7,10 +7,14 @@ HTML, scripts, styles, the REST API, the kernel and event WebSockets — goes th
 Dormant's proxy under the notebook server's ``base_url``.
 
 The test runs a cell, hibernates the server (a CRIU checkpoint), and watches the page:
-Dormant closes the kernel's WebSocket with 1012, JupyterLab reconnects at once, the
-reconnection waits in Dormant while the server is restored, and the next cell sees the
-variable the first one set. On failure a screenshot, the page's HTML, the browser's
-console and Dormant's log are kept under ``results/browser/`` (the path is printed).
+Dormant closes the kernel's WebSocket with 1012, JupyterLab reconnects at once, Dormant
+holds the reconnection without waking the server (an admin's hibernate is not undone by
+the page), the next cell wakes it (a restore), and sees the variable the first one set.
+Another notebook, with a short ``idle_after``, is left open in a tab: the page's own
+polling does not keep it awake, it hibernates with the tab open and stays so across
+several idle periods, and running a cell wakes it. On failure a screenshot, the page's
+HTML, the browser's console and Dormant's log are kept under ``results/browser/`` (the
+path is printed).
 
 Skipped, with the reason, only where there is no ``chromium`` (setup could not install
 it); ``make test`` sets ``DORMANT_REQUIRE_BROWSER=1`` when there is one, and then a
@@ -40,6 +44,10 @@ from tests.integration.harness import Dormant
 NAME = "lab"
 ADMIN = "browser-admin-token"
 TOKEN = "browser-jupyter-token-0123456789"
+IDLE = "idle"
+"""A notebook that hibernates by itself after IDLE_AFTER seconds without a user's action."""
+IDLE_TOKEN = "browser-idle-token-0123456789"
+IDLE_AFTER = 6.0
 ARTIFACTS = ROOT / "results" / "browser"
 TIMEOUT_MS = 120_000
 """Any one wait in the page (the machine running the suite may be busy)."""
@@ -88,6 +96,15 @@ KERNEL_CONNECTED = """
 """
 """True once a kernel's WebSocket is open (JupyterLab can run code then, not before)."""
 
+HELD_KERNEL_SOCKET = """
+() => {
+  const mine = window.__dormantSockets.filter((s) => s.url.includes('/channels?'));
+  const closed = mine.findIndex((s) => s.code === 1012);
+  return closed >= 0 && mine.slice(closed + 1).some((s) => s.opened && s.code === null);
+}
+"""
+"""True once a kernel socket was closed with 1012 and a later one is open now."""
+
 TERMINAL_RECONNECTED = """
 () => {
   const mine = window.__dormantSockets.filter((s) => s.url.includes('/terminals/websocket/'));
@@ -129,9 +146,21 @@ def lab(
     tmp = tmp_path_factory.mktemp("browser")
     (tmp / "admin-token").write_text(ADMIN + "\n")
     (tmp / "lab-token").write_text(TOKEN + "\n")
+    (tmp / "idle-token").write_text(IDLE_TOKEN + "\n")
+    lab_dirs = [
+        "--LabApp.user_settings_dir={state_dir}/notebooks/{name}/lab/user-settings",
+        "--LabApp.workspaces_dir={state_dir}/notebooks/{name}/lab/workspaces",
+    ]
     d = Dormant(
         tmp,
         [
+            {
+                "name": IDLE,
+                "kind": "jupyter",
+                "token_file": str(tmp / "idle-token"),
+                "idle_after": IDLE_AFTER,
+                "args": lab_dirs,
+            },
             {
                 "name": NAME,
                 "kind": "jupyter",
@@ -144,7 +173,7 @@ def lab(
                     "--LabApp.user_settings_dir={state_dir}/notebooks/{name}/lab/user-settings",
                     "--LabApp.workspaces_dir={state_dir}/notebooks/{name}/lab/workspaces",
                 ],
-            }
+            },
         ],
         admin_token_file=str(tmp / "admin-token"),
     )
@@ -268,21 +297,26 @@ def test_lab_runs_a_cell_across_hibernation_in_a_real_browser(lab: Dormant, tab:
         store = SnapshotStore(lab.state / "snapshots")
         assert snapshot in [s.id for s in store.list(NAME)], "the snapshot is in the store"
 
-        # JupyterLab saw its kernel socket closed with 1012 and opened a new one; that
-        # connection waited in Dormant for the restore (a restore, not a cold boot).
+        # JupyterLab saw its kernel socket closed with 1012 and opened a new one; Dormant
+        # holds that connection without waking the server: the page reconnecting is not
+        # its user acting, and must not undo the admin's hibernate.
         page.wait_for_function(RECONNECTED, arg=kernel, timeout=TIMEOUT_MS)
-        lap("page reconnected (restore)")
+        lap("page reconnected (held)")
+        time.sleep(1.0)  # the page's kernel_info_request and polls arrive meanwhile
         view = _admin(lab, "GET", f"/workloads/{NAME}")
-        assert view["state"] == "ready", view
-        assert view["last_wake"]["path"] == "restore", view["last_wake"]
-        assert view["counters"]["boots"] == 1 and view["counters"]["restores"] >= 1
+        assert view["state"] == "hibernated", view
+        assert view["counters"]["restores"] == 0, view["counters"]
 
-        second = _run_cell(page, 1, "print(x)")
+        second = _run_cell(page, 1, "print(x)")  # the user acts: this wakes it
         output = second.locator(".jp-OutputArea-output")
         output.wait_for()
         assert output.inner_text().strip() == "42"
         second.locator('.jp-InputPrompt:has-text("[2]:")').wait_for()
-        lap("print(x) answered 42")
+        lap("print(x) answered 42 (restore)")
+        view = _admin(lab, "GET", f"/workloads/{NAME}")
+        assert view["state"] == "ready", view
+        assert view["last_wake"]["path"] == "restore", view["last_wake"]
+        assert view["counters"]["boots"] == 1 and view["counters"]["restores"] == 1
         listed = httpx.get(
             f"{base}/api/kernels", headers={"Authorization": f"token {TOKEN}"}, timeout=60
         ).json()
@@ -359,3 +393,72 @@ def test_lab_terminal_across_hibernation_in_a_real_browser(
         _type_line(page, f"exec 3<&-; echo let-go > {out}/closed")
         _wait("the shell closed /dev/tty", (out / "closed").exists)
         assert _admin(lab, "POST", f"/workloads/{NAME}/hibernate")["state"] == "hibernated"
+
+
+def _wait_state(d: Dormant, name: str, state: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        view = _admin(d, "GET", f"/workloads/{name}")
+        if view["state"] == state:
+            return view
+        assert time.monotonic() < deadline, f"{name} not {state} within {timeout:.0f}s: {view}"
+        time.sleep(0.25)
+
+
+def test_a_tab_left_open_lets_the_notebook_hibernate(lab: Dormant, tab: Tab) -> None:
+    """The issue: an open JupyterLab tab polls api/kernels, api/sessions, api/terminals,
+    api/contents, lab/api/workspaces (and saves its layout) every 10 s; with idle_after
+    20 s the server never hibernated. Here the tab stays open across several idle
+    periods: the server hibernates, stays hibernated while the page polls and reconnects,
+    and the next cell wakes it with its variable intact."""
+    page = tab.page
+    base = f"{lab.url}/notebooks/{IDLE}"
+    polls: list[tuple[float, str]] = []
+    page.on(
+        "request",
+        lambda r: (
+            polls.append((time.monotonic(), r.url))
+            if f"/notebooks/{IDLE}/api/" in r.url or f"/notebooks/{IDLE}/lab/api/" in r.url
+            else None
+        ),
+    )
+    with _evidence_on_failure(tab, lab):
+        page.goto(f"{base}/lab?token={IDLE_TOKEN}")
+        page.locator(NOTEBOOK_CARD).first.click()
+        page.wait_for_function(KERNEL_CONNECTED)
+        page.locator(KERNEL_IDLE).wait_for()
+        first = _run_cell(page, 0, "x = 41 + 1")
+        first.locator('.jp-InputPrompt:has-text("[1]:")').wait_for()
+        acted = time.monotonic()
+        assert _admin(lab, "GET", f"/workloads/{IDLE}")["state"] == "ready"
+
+        # Hands off: only the page's own housekeeping from now on.
+        view = _wait_state(lab, IDLE, "hibernated", IDLE_AFTER + 60)
+        slept = time.monotonic()
+        assert slept - acted >= IDLE_AFTER - 0.5
+        assert view["counters"]["checkpoints"] == 1, view["counters"]
+        # Two more idle periods with the tab open: it polls, reconnects, and stays asleep.
+        # (Waiting in the page lets Playwright deliver its request events meanwhile.)
+        page.wait_for_timeout((2 * IDLE_AFTER + 2) * 1000)
+        view = _admin(lab, "GET", f"/workloads/{IDLE}")
+        assert view["state"] == "hibernated", view
+        assert view["counters"]["restores"] == 0 and view["counters"]["boots"] == 1, view
+        # The page kept at it meanwhile: it polled, and its kernel socket, closed by the
+        # hibernation (1012), reconnected at once and was held.
+        since_acted = [url for at, url in polls if at > acted]
+        assert any("/api/kernels" in url for url in since_acted), since_acted
+        assert page.evaluate(HELD_KERNEL_SOCKET), "the page's kernel socket was reconnected"
+
+        second = _run_cell(page, 1, "print(x)")  # the user comes back
+        output = second.locator(".jp-OutputArea-output")
+        output.wait_for()
+        assert output.inner_text().strip() == "42", "the variable survived"
+        view = _admin(lab, "GET", f"/workloads/{IDLE}")
+        assert view["state"] == "ready" and view["last_wake"]["path"] == "restore", view
+        assert view["counters"]["boots"] == 1 and view["counters"]["restores"] == 1
+
+        # And again: the tab still open, the next idle period hibernates it.
+        view = _wait_state(lab, IDLE, "hibernated", IDLE_AFTER + 60)
+        assert view["counters"]["checkpoints"] == 2, view["counters"]
+    log = lab.log()
+    assert f"{IDLE}: ready -> draining (idle for" in log

@@ -77,11 +77,30 @@ def plane(tmp_path_factory: pytest.TempPathFactory, criu: CriuEngine) -> Iterato
                 "command": [*APP, "--boot-delay", "2.5"],
                 "wake_keepalive": "0.5s",
             },
+            {  # no wake_keepalive: the default (2s) applies; used by one test, cold until then
+                "name": "quietboot",
+                "models": ["quietboot-model"],
+                "idle_after": 0,
+                "command": [*APP, "--boot-delay", "3"],
+            },
             {
                 "name": "lazy",
                 "models": ["lazy-model"],
                 "idle_after": 0,
                 "command": [*APP, "--boot-delay", "3"],
+            },
+            {  # a page a browser opens while it boots
+                "name": "pageboot",
+                "kind": "http",
+                "path_prefix": "/pageboot",
+                "strip_prefix": True,
+                "idle_after": 0,
+                "command": [*APP, "--boot-delay", "3"],
+            },
+            {  # never started: `dormant up` says where it is and where its token is
+                "name": "nb",
+                "kind": "jupyter",
+                "idle_after": 0,
             },
             {
                 "name": "raw",
@@ -728,8 +747,9 @@ def test_metrics_token_admin_listener_and_startup_lines(tmp_path: Path) -> None:
         text=True,
         timeout=60,
     )
-    assert "file holding the admin token (default: $DORMANT_ADMIN_TOKEN)" in " ".join(
-        usage.stdout.split()
+    assert (
+        "file holding the admin token (default: $DORMANT_ADMIN_TOKEN, else -c's token)"
+        in " ".join(usage.stdout.split())
     )
 
 
@@ -738,3 +758,65 @@ def test_up_prints_where_it_serves_with_a_token_on_one_address(plane: Dormant) -
         f"dormant: serving on http://127.0.0.1:{plane.port} "
         "(admin API on the same address, token required)\n"
     ) in plane.log()
+
+
+# -- what a user sees while a workload wakes; where a notebook is ---------------------------
+
+BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+
+
+def test_stream_gets_keepalive_comments_by_default(plane: Dormant) -> None:
+    """`quietboot` sets no wake_keepalive: a stream waiting for its 3 s boot is not silent."""
+    assert _admin(plane, "GET", "/workloads/quietboot").json()["state"] == "cold"
+    with httpx.stream(
+        "POST",
+        f"{plane.url}/v1/completions",
+        timeout=60,
+        json={"model": "quietboot-model", "stream": True},
+    ) as response:
+        assert response.status_code == 200
+        lines = [line for line in response.iter_lines() if line]
+    assert lines[0].startswith(": waking quietboot"), lines
+    assert any(line.startswith(": dormant-wake ") for line in lines), lines
+    assert any('"boot_id"' in line for line in lines), "the upstream's body follows"
+
+
+def test_a_browser_gets_a_waking_page_then_the_real_one(plane: Dormant) -> None:
+    assert _admin(plane, "GET", "/workloads/pageboot").json()["state"] == "cold"
+    url = f"{plane.url}/pageboot/info"
+    page = httpx.get(url, headers=BROWSER, timeout=60)
+    assert page.status_code == 503 and page.headers["retry-after"] == "1"
+    assert page.headers["content-type"].startswith("text/html")
+    assert "pageboot is waking up" in page.text and 'http-equiv="refresh"' in page.text
+    assert "no estimate yet" in page.text  # it never woke before
+    assert _admin(plane, "GET", "/workloads/pageboot").json()["state"] == "starting"
+    reloads = 0
+    while (page := httpx.get(url, headers=BROWSER, timeout=60)).status_code == 503:
+        assert "pageboot is waking up" in page.text
+        reloads += 1
+        assert reloads < 60, "still waking after a minute of reloads"
+        time.sleep(0.5)
+    assert page.status_code == 200 and "boot_id" in page.json(), "the real page, once ready"
+    view = _admin(plane, "GET", "/workloads/pageboot").json()
+    assert view["counters"]["boots"] == 1, "the reloads joined one wake"
+
+    _admin(plane, "POST", "/workloads/pageboot/hibernate")
+    api = httpx.get(url, timeout=60)  # an API client (Accept: */*) waits, as before
+    assert api.status_code == 200 and "boot_id" in api.json()
+
+
+def test_up_prints_each_notebooks_address_and_token_file(plane: Dormant) -> None:
+    token = plane.state / "notebooks" / "nb" / "token"
+    url = f"http://127.0.0.1:{plane.port}/notebooks/nb/"
+    assert f"dormant: notebook nb at {url} — log in with the token in {token} " in plane.log()
+    assert token.stat().st_mode & 0o777 == 0o600, "made at start, before any request"
+    assert _admin(plane, "GET", "/workloads/nb").json()["counters"]["boots"] == 0
+    status = subprocess.run(
+        [sys.executable, "-m", "activator", "status", "--url", plane.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DORMANT_ADMIN_TOKEN": TOKEN},
+    )
+    assert status.returncode == 0, status.stderr
+    assert f"notebook nb: {url} (log in with the token in " in status.stdout

@@ -192,7 +192,8 @@ def test_kernel_state_survives_hibernation(nb: Dormant) -> None:
     left = [pid for pid, cmd in processes.items() if pid_alive(pid) and _cmdline(pid) == cmd]
     assert not left, "the server and its kernel are gone after the checkpoint"
 
-    with kernel.connect() as ws:  # connecting wakes it: a restore, not a boot
+    # Connecting does not wake it (Dormant holds the socket); the cell does: a restore.
+    with kernel.connect() as ws:
         assert kernel.run(ws, "print(x)") == ("42\n", "ok")
     view = _admin(nb, "GET", "/workloads/alice")
     assert view["last_wake"]["path"] == "restore" and view["counters"]["boots"] == 1
@@ -223,7 +224,12 @@ def test_jupyter_auth_stays_on_and_unknown_notebooks_are_404(nb: Dormant) -> Non
 
 
 def test_generated_token_is_private_and_bob_is_independent(nb: Dormant) -> None:
-    bob = httpx.get(f"{nb.url}/notebooks/bob/api/status", timeout=120)  # boots bob
+    poll = httpx.get(f"{nb.url}/notebooks/bob/api/status", timeout=120)
+    assert poll.status_code == 409, "a page's poll does not boot a sleeping notebook"
+    assert poll.json()["error"]["code"] == "not_awake" and poll.headers["retry-after"]
+    assert _admin(nb, "GET", "/workloads/bob")["counters"]["boots"] == 0
+    httpx.get(f"{nb.url}/notebooks/bob/lab", timeout=120)  # opening the page boots bob
+    bob = httpx.get(f"{nb.url}/notebooks/bob/api/status", timeout=120)
     assert bob.status_code == 403, "bob's server needs bob's token"
     token_file = nb.state / "notebooks" / "bob" / "token"
     assert token_file.stat().st_mode & 0o777 == 0o600
@@ -232,8 +238,8 @@ def test_generated_token_is_private_and_bob_is_independent(nb: Dormant) -> None:
         assert bob_kernel.run(ws, "b = 'bob'") == ("", "ok")
     bob_pid = _admin(nb, "GET", "/workloads/bob")["pid"]
 
-    alice = httpx.get(f"{nb.url}/notebooks/alice/api/status", headers=_auth(ALICE), timeout=120)
-    assert alice.status_code == 200
+    alice = httpx.get(f"{nb.url}/notebooks/alice/lab", headers=_auth(ALICE), timeout=120)
+    assert alice.status_code == 200  # opening alice's page wakes her server
     assert _admin(nb, "POST", "/workloads/alice/hibernate")["state"] == "hibernated"
     view = _admin(nb, "GET", "/workloads/bob")
     assert view["state"] == "ready" and view["pid"] == bob_pid and pid_alive(bob_pid)

@@ -221,7 +221,8 @@ def test_notebook_scenario_wakes_a_hibernated_notebook(tmp_path: Path, criu: Cri
     d = Dormant(tmp_path, [{"name": "alice", "kind": "jupyter", "idle_after": 0}])
     d.start()
     try:
-        assert httpx.get(f"{d.url}/notebooks/alice/api", timeout=120).status_code == 200
+        # boot it (a bare GET of its API is a page's poll: it would not wake it)
+        assert d.admin("POST", "/workloads/alice/wake").status_code == 200
         token = (d.state / "notebooks" / "alice" / "token").read_text().strip()
         done = locust(
             d.url,

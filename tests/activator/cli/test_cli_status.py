@@ -56,3 +56,21 @@ def test_status_says_why_a_recovered_workload_had_trouble() -> None:
     failed = _workload(last_error="restore failed: blake3 mismatch", last_error_at=1e9)
     out = status_text({"engine": ENGINE, "workloads": [failed]})
     assert "last error at" in out and "blake3 mismatch" in out
+
+
+def test_status_shows_where_each_notebook_is_and_where_its_token_is() -> None:
+    notebooks = [
+        _workload(name="alice", kind="jupyter", url="/notebooks/alice/", models=[]),
+        _workload(name="bob", kind="jupyter", url="/notebooks/bob/", token_file="/etc/bob.token"),
+        _workload(name="web", kind="http", url="/apps/web/"),
+        _workload(name="llm", kind="http", url=None),
+    ]
+    out = status_text({"engine": ENGINE, "workloads": notebooks}, "http://127.0.0.1:8080/")
+    addresses = out.split("\n\n", 1)[1].splitlines()
+    assert addresses == [
+        "notebook alice: http://127.0.0.1:8080/notebooks/alice/ "
+        "(log in with the token in STATE_DIR/notebooks/alice/token)",
+        "notebook bob: http://127.0.0.1:8080/notebooks/bob/ (log in with the token in "
+        "/etc/bob.token)",
+        "web: http://127.0.0.1:8080/apps/web/",
+    ]
