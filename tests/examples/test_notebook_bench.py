@@ -50,7 +50,7 @@ def test_one_cycle_prints_the_table_on_the_ports_asked_for(
     assert done.stdout.startswith("notebook holding a 4 MB NumPy array")
     for row in (
         "hibernate: admin call (drain + dump + commit)",
-        "wake: first HTTP response (GET api/kernels)",
+        "wake: admin wake until ready",
         "  of which restore (verify + CRIU + health)",
         "cold boot + new kernel + allocate again (state lost)",
     ):

@@ -32,14 +32,20 @@ def dormant(tmp_path: Path, criu: CriuEngine) -> Iterator[Dormant]:
 async def _stream(
     client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int = 8
 ) -> tuple[list[str], dict[str, str]]:
-    """Stream a completion; return the content pieces, asserting the SSE framing."""
+    """Stream a completion; return the content pieces and the headers, asserting the SSE
+    framing. A stream that waited for a wake with keep-alive comments (the default) has the
+    wake in its ``: dormant-wake`` comment instead of the header: it is returned as the
+    header's value."""
     body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": True}
     pieces: list[str] = []
+    wake = ""
     async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
         assert response.status_code == 200, await response.aread()
         assert response.headers["content-type"].startswith("text/event-stream")
         done = False
         async for line in response.aiter_lines():
+            if line.startswith(": dormant-wake "):
+                wake = line.removeprefix(": dormant-wake ")
             if not line.startswith("data: "):
                 continue
             if line == "data: [DONE]":
@@ -49,7 +55,10 @@ async def _stream(
             if chunk["choices"] and chunk["choices"][0].get("text"):
                 pieces.append(chunk["choices"][0]["text"])
         assert done, "stream ended without [DONE]"
-        return pieces, dict(response.headers)
+        headers = dict(response.headers)
+        if wake and "x-dormant-wake" not in headers:
+            headers["x-dormant-wake"] = wake
+        return pieces, headers
 
 
 def test_hibernate_wake_one_restore_and_kv_cache_survives(dormant: Dormant) -> None:
