@@ -34,6 +34,7 @@ from loadtests.admin import AdminClient
 from loadtests.bench import default_weights_dir
 from loadtests.launcher import DormantProcess, free_port
 from loadtests.openai_stream import completion_request, make_prompt, stream_completion
+from loadtests.refprocess import server_command
 from loadtests.report import percentile
 
 __all__ = ["Outcome", "main", "summarize"]
@@ -96,20 +97,12 @@ def _workload(name: str, memory: str, weights: Path) -> dict[str, Any]:
         "memory": memory,
         "idle_after": 0,
         "start_timeout": "300s",
+        # one torch thread each: the bench shares 2 cores with Dormant and its clients
         "command": [
             "{python}",
-            "-m",
-            "examples.refserver",
-            "--model",
-            model,
-            "--size",
-            "tiny",
+            *server_command(model, "tiny", weights, "{port}", 0),
             "--threads",
             "1",
-            "--port",
-            "{port}",
-            "--state-dir",
-            str(weights),
         ],
     }
 
