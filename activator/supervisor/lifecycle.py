@@ -43,7 +43,6 @@ from warmpool import (
     RestoreDeferred,
     ResumeFailed,
     Runtime,
-    StartFailed,
     WarmpoolError,
 )
 from warmpool.process.quiet import bind_problem
@@ -234,7 +233,6 @@ class Supervisor:
                 self.spec,
                 steps,
                 attempts=self.settings.restore_attempts,
-                boot=self._boot,
             )
         except RestoreDeferred as exc:
             # the environment refused; the snapshot is kept and nothing booted over it
@@ -247,24 +245,6 @@ class Supervisor:
             self._error(f"boot failed: {exc}")
             return
         await self._up(instance, "restored" if instance.restored_from else "booted", started)
-
-    async def _boot(self, spec: InstanceSpec) -> Instance:
-        """Boot, failing fast when the server listens where the supervisor cannot reach it."""
-        boot = asyncio.ensure_future(self.runtime.boot(spec))
-        try:
-            while True:
-                done, _ = await asyncio.wait({boot}, timeout=0.25)
-                if done:
-                    return boot.result()
-                activity = await self.watcher.read()
-                problem = bind_problem(activity.listeners, self.spec.port) if activity else None
-                if problem and problem[0] == "error":
-                    raise StartFailed(problem[1])
-        finally:
-            if not boot.done():
-                boot.cancel()  # the runtime stops what it started
-                with contextlib.suppress(asyncio.CancelledError, WarmpoolError):
-                    await boot
 
     async def _up(self, instance: Instance, how: str, started: float) -> None:
         self._instance = instance
