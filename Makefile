@@ -27,7 +27,8 @@ help:
 	@echo "make format - ruff format, then ruff check --fix"
 	@echo "make bench  - TTFT warm / after wake / after cold boot, side by side"
 	@echo "               BENCH_ARGS='--quick --port N' passes options (python -m loadtests.bench --help)"
-	@echo "make bench-proxy - activator overhead vs calling the upstream directly (wrk)"
+	@echo "make bench-proxy - activator overhead vs the upstream directly (wrk), then paced SSE"
+	@echo "               streams: direct vs Dormant vs nginx (unpacked into .deps/nginx)"
 	@echo "               BENCH_ARGS='--duration 2 --port N' passes options (python -m loadtests.bench_proxy --help)"
 	@echo "make bench-pool - three models in room for two: Zipf churn with CRIU vs restart, swap seconds vs bytes"
 	@echo "               BENCH_ARGS='--quick' passes options (python -m loadtests.pool_bench --help)"
@@ -99,6 +100,7 @@ bench: setup-run
 bench-proxy: setup-run
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		apt-get install -y -qq wrk >/dev/null; } || echo "wrk unavailable: using the Python client"
+	@bash scripts/fetch-nginx.sh
 	$(PY) -m loadtests.bench_proxy --out results $(BENCH_ARGS)
 
 bench-pool: setup-run

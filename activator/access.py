@@ -85,6 +85,8 @@ class AccessRecord:
     """Seconds from forwarding to the upstream's response headers."""
     aborted: bool = False
     """Set by the proxy: end the response without its final chunk (drop the connection)."""
+    relayed: int = 0
+    """Body bytes the proxy wrote below ASGI (activator.downstream), not through ``send``."""
 
 
 def record(connection: HTTPConnection) -> AccessRecord:
@@ -245,7 +247,7 @@ class AccessLog:
                 scope.get("raw_path") or scope["path"].encode(),
                 status or 500,
                 time.monotonic() - started,
-                sent,
+                sent + rec.relayed,
             )
             outcome = rec.outcome or ("ok" if 0 < status < 500 else "error")
             if self.metrics is not None and rec.workload and scope["type"] == "http":

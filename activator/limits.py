@@ -41,6 +41,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from activator.access import AccessRecord, access_line, fresh_request_id
+from activator.downstream import EXTENSION, Downstream
 from activator.errors import ActivatorError, BadRequest, HeadersTooLarge, RequestTimeout
 from activator.framing import framing_error
 
@@ -117,6 +118,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_done = True
         self._refused = False
+        self.downstream: Downstream | None = None
+        """The relay writing the current response's body below ASGI (activator.downstream)."""
 
     # -- the head: size and time ---------------------------------------------------------
 
@@ -168,7 +171,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             raise _Refusal(BadRequest(problem, headers={"Connection": "close"}))
         self._in_head, self._head_bytes = False, 0
         self._disarm_head_timer()
+        scope = self.scope
         super().on_headers_complete()
+        if self.cycle is not None and self.cycle.scope is scope:
+            extensions: dict[str, Any] = scope.setdefault("extensions", {})  # type: ignore[assignment]
+            extensions[EXTENSION] = Downstream(self, self.cycle)
 
     def on_message_complete(self) -> None:
         self._body_done = True
@@ -183,6 +190,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
         super().connection_lost(exc)
+        if self.downstream is not None and self.downstream.sink is not None:
+            self.downstream.sink.gone()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.downstream is not None and self.downstream.sink is not None:
+            self.downstream.sink.pause()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.downstream is not None and self.downstream.sink is not None:
+            self.downstream.sink.resume()
 
     # -- bytes in ------------------------------------------------------------------------
 

@@ -21,17 +21,21 @@ import asyncio
 import contextlib
 import json
 import logging
+import resource
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from fastapi import Request
 from starlette.background import BackgroundTask
 from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 from yarl import URL
 
 from activator.access import AccessRecord, wake_header
+from activator.downstream import Downstream, downstream
 from activator.errors import ActivatorError, UpstreamError, UpstreamTimeout
 from activator.lease import Lease
 from activator.metrics import Metrics
@@ -132,14 +136,28 @@ Session = aiohttp.ClientSession
 """The one upstream session the activator forwards through (``upstream_session``)."""
 
 
-def upstream_session(max_connections: int = 1000) -> aiohttp.ClientSession:
-    """The one client the proxy forwards with. aiohttp, not httpx, on this hot path:
-    measured side by side (make bench-proxy), httpx's pure-Python connection handling
-    cost about 2x the latency and half the throughput. Raw bytes (no decompression),
-    no cookie jar (clients must never share cookies), no default headers added."""
+def connection_limit() -> int:
+    """Upstream connections the proxy may hold open at once: half the open-file limit
+    (each proxied request also holds the client's socket), at least 100."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 32768
+    return max(100, soft // 2 - 64)
+
+
+def upstream_session(max_connections: int | None = None) -> aiohttp.ClientSession:
+    """The one client the proxy forwards with (at most ``max_connections`` upstream
+    connections, default :func:`connection_limit`; more requests wait for one).
+    aiohttp, not httpx, on this hot path: measured side by side (make bench-proxy),
+    httpx's pure-Python connection handling cost about 2x the latency and half the
+    throughput. Raw bytes (no decompression), no cookie jar (clients must never share
+    cookies), no default headers added."""
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(
-            limit=max_connections, limit_per_host=0, keepalive_timeout=30, force_close=False
+            limit=max_connections or connection_limit(),
+            limit_per_host=0,
+            keepalive_timeout=30,
+            force_close=False,
         ),
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
@@ -190,6 +208,29 @@ class _Broken(Exception):
         self.error, self.outcome = error, outcome
 
 
+def _silent(workload: str, idle: float) -> _Broken:
+    log.warning("%s: response body silent for %.0fs; aborting it", workload, idle)
+    return _Broken(
+        UpstreamTimeout(
+            f"{workload} sent nothing for {idle:.0f}s in the middle of its response "
+            "(stream_idle_timeout); the response is incomplete",
+            workload=workload,
+        ),
+        "upstream_timeout",
+    )
+
+
+def _broke(workload: str, exc: BaseException) -> _Broken:
+    log.warning("%s: upstream broke mid-response: %r", workload, exc)
+    return _Broken(
+        UpstreamError(
+            f"{workload} broke off its response ({type(exc).__name__}); the response is incomplete",
+            workload=workload,
+        ),
+        "upstream_broke",
+    )
+
+
 async def _relay(
     upstream: aiohttp.ClientResponse, idle: float, workload: str
 ) -> AsyncIterator[bytes]:
@@ -198,25 +239,9 @@ async def _relay(
             async with asyncio.timeout(idle):
                 chunk = await upstream.content.readany()
         except TimeoutError:
-            log.warning("%s: response body silent for %.0fs; aborting it", workload, idle)
-            raise _Broken(
-                UpstreamTimeout(
-                    f"{workload} sent nothing for {idle:.0f}s in the middle of its response "
-                    "(stream_idle_timeout); the response is incomplete",
-                    workload=workload,
-                ),
-                "upstream_timeout",
-            ) from None
+            raise _silent(workload, idle) from None
         except aiohttp.ClientError as exc:
-            log.warning("%s: upstream broke mid-response: %r", workload, exc)
-            raise _Broken(
-                UpstreamError(
-                    f"{workload} broke off its response ({type(exc).__name__}); "
-                    "the response is incomplete",
-                    workload=workload,
-                ),
-                "upstream_broke",
-            ) from None
+            raise _broke(workload, exc) from None
         if not chunk:
             return
         yield chunk
@@ -294,17 +319,209 @@ def _is_sse(upstream: aiohttp.ClientResponse) -> bool:
     return upstream.headers.get("content-type", "").lower().startswith("text/event-stream")
 
 
+_TAPS: dict[int, _BodyRelay] = {}
+"""The relay each tapped upstream body reader (by id) feeds: the reader's class has no
+room for one more attribute, and must keep its layout to be switched."""
+
+
+class _Tap(aiohttp.StreamReader):
+    """An upstream body reader that hands every piece to its :class:`_BodyRelay` at once
+    instead of buffering it for a coroutine to read. A response's reader is switched to
+    this class (same layout: no new slots) for the relay, and back when it ends."""
+
+    __slots__ = ()
+
+    def feed_data(self, data: bytes, size: int = 0) -> bool:
+        if data:
+            self.total_bytes += len(data)
+            _TAPS[id(self)].data(data)
+        return False
+
+    def begin_http_chunk_receiving(self) -> None:
+        pass  # chunk boundaries are not kept: the relay re-frames what it gets
+
+    def end_http_chunk_receiving(self) -> None:
+        pass
+
+    def feed_eof(self) -> None:
+        super().feed_eof()  # the response's own callbacks give the connection back
+        relay = _TAPS.get(id(self))
+        if relay is not None:
+            relay.end(None)
+
+    def set_exception(self, exc: BaseException, *cause: Any) -> None:
+        super().set_exception(exc, *cause)
+        relay = _TAPS.get(id(self))
+        if relay is not None:
+            relay.end(_broke(relay.workload, exc))
+
+
+class _BodyRelay:
+    """One upstream body to the client, below ASGI (``activator.downstream``): each piece
+    the upstream's parser delivers is written to the client's socket as one chunk, in the
+    same callback, without a coroutine switch or a buffer. The client's socket filling up
+    pauses the upstream's; silence longer than ``stream_idle`` ends it as ``_relay`` does.
+    ``finished`` resolves with None (the body ended as promised), a ``_Broken``, or
+    ``"gone"`` (the client left)."""
+
+    def __init__(self, exchange: _Exchange, out: Downstream, sse: bool) -> None:
+        assert exchange.upstream is not None
+        self.upstream, self.out, self.sse = exchange.upstream, out, sse
+        self.workload = exchange.call.workload
+        self.idle = exchange.call.timeouts.stream_idle
+        self.loop = asyncio.get_running_loop()
+        self.finished: asyncio.Future[_Broken | str | None] = self.loop.create_future()
+        self.sent = 0
+        self.tail = b"\n\n"
+        self.last = self.loop.time()
+        self._timer: asyncio.TimerHandle | None = None
+        self._tapped: aiohttp.StreamReader | None = None
+
+    @staticmethod
+    def possible(upstream: aiohttp.ClientResponse, method: str) -> bool:
+        """Whether the body can be relayed (else it goes through ASGI): chunked on the
+        client's side (no Content-Length), a plain reader on a live connection."""
+        return (
+            type(upstream.content) is aiohttp.StreamReader
+            and upstream.connection is not None
+            and "content-length" not in upstream.headers
+            and method != "HEAD"
+            and upstream.status not in (204, 304)
+            and upstream.status >= 200
+        )
+
+    def start(self) -> bool:
+        """Take the body over (False: the client's side cannot be relayed to)."""
+        content = self.upstream.content
+        if not self.out.open(self):
+            return False
+        # What the reader holds already goes first. Draining it may make aiohttp resume
+        # reading the socket, which refills it: drain until it stays empty.
+        while True:
+            problem = content.exception()
+            if problem is not None:
+                self.end(_broke(self.workload, problem))
+                return True
+            buffered = content.read_nowait(-1)
+            if not buffered:
+                break
+            self.data(buffered)
+        if content.is_eof():
+            self.end(None)
+            return True
+        _TAPS[id(content)] = self
+        content.__class__ = _Tap
+        self._tapped = content
+        if self.out.paused:  # draining resumed the upstream while the client was full
+            self.pause()
+        self._timer = self.loop.call_at(self.last + self.idle, self._check)
+        return True
+
+    def data(self, data: bytes) -> None:
+        self.last = self.loop.time()
+        self.sent += len(data)
+        if self.sse:
+            self.tail = (self.tail + data[-4:])[-4:]
+        self.out.chunk(data)
+
+    def _check(self) -> None:
+        silent = self.loop.time() - self.last
+        if silent >= self.idle:
+            self._timer = None
+            self.end(_silent(self.workload, self.idle))
+        else:
+            self._timer = self.loop.call_at(self.last + self.idle, self._check)
+
+    def pause(self) -> None:
+        if self.upstream.connection is not None and not self.finished.done():
+            self.upstream.connection.protocol.pause_reading()  # type: ignore[union-attr]
+
+    def resume(self) -> None:
+        if self.upstream.connection is not None and not self.finished.done():
+            self.upstream.connection.protocol.resume_reading()  # type: ignore[union-attr]
+
+    def gone(self) -> None:
+        self.end("gone")
+
+    def end(self, result: _Broken | str | None) -> None:
+        if self.finished.done():
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._tapped is not None:
+            _TAPS.pop(id(self._tapped), None)
+            self._tapped.__class__ = aiohttp.StreamReader
+            self._tapped = None
+        if isinstance(result, _Broken) and self.sse:  # as Exchange.body: its own event
+            self.out.chunk(
+                (b"" if _at_event_boundary(self.tail) else b"\n\n") + sse_error(result.error)
+            )
+        self.out.close()
+        self.finished.set_result(result)
+
+
+class _Relayed(StreamingResponse):
+    """The proxied response: the head through ASGI, then the body relayed below it
+    (``_BodyRelay``) when the server offers the client's connection, else through ASGI
+    as any StreamingResponse."""
+
+    def __init__(self, exchange: _Exchange, sse: bool, raw: list[tuple[bytes, bytes]]) -> None:
+        assert exchange.upstream is not None
+        super().__init__(
+            exchange.body(sse),
+            status_code=exchange.upstream.status,
+            background=BackgroundTask(exchange.afinish),
+        )
+        self.raw_headers = raw
+        self.exchange, self.sse = exchange, sse
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        out = downstream(scope)
+        upstream = self.exchange.upstream
+        assert upstream is not None
+        if out is None or not _BodyRelay.possible(upstream, scope.get("method", "GET")):
+            await super().__call__(scope, receive, send)
+            return
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
+            relay = _BodyRelay(self.exchange, out, self.sse)
+            if not relay.start():  # the client left, or the server chose another framing
+                async for chunk in self.body_iterator:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            try:
+                result = await relay.finished
+            finally:
+                relay.end("gone")  # cancelled: let go of the upstream's reader
+                self.exchange.call.record.relayed += relay.sent
+            if result == "gone":
+                return
+            if isinstance(result, _Broken):
+                self.exchange.call.record.outcome = result.outcome
+                self.exchange.call.record.aborted = True
+            self.exchange.finish()
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            self.exchange.finish()
+            if isinstance(self.body_iterator, AsyncGenerator):
+                await self.body_iterator.aclose()
+
+
 async def forward(call: Call, lease: Lease) -> StreamingResponse:
     """Send the call (body already read) to the leased instance's endpoint and stream
     the answer. The lease is released when the body is finished or abandoned (a client
-    disconnect cancels the stream, which closes the upstream connection)."""
+    disconnect ends the relay, or cancels the stream, and the upstream connection is
+    closed)."""
     exchange = _Exchange(call, lease)
     upstream = await exchange.open()
-    response = StreamingResponse(
-        exchange.body(_is_sse(upstream)),
-        status_code=upstream.status,
-        background=BackgroundTask(exchange.afinish),
-    )
     raw = [
         (k.encode("latin-1"), v.encode("latin-1"))
         for k, v in clean_headers(
@@ -314,8 +531,7 @@ async def forward(call: Call, lease: Lease) -> StreamingResponse:
     ]
     if lease.waited is not None:
         raw.append((b"x-dormant-wake", wake_header(lease.waited).encode()))
-    response.raw_headers = raw  # X-Request-Id is added by AccessLog
-    return response
+    return _Relayed(exchange, _is_sse(upstream), raw)  # X-Request-Id is added by AccessLog
 
 
 def waking_stream(

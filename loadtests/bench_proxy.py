@@ -26,6 +26,9 @@ Writes ``bench_proxy.csv`` (one row per case and target), ``bench_proxy_summary.
 row per case), ``bench_proxy.txt`` (the printed report) and ``dormant.log`` into ``--out``.
 ``--profile`` samples the activator with py-spy during the c=16 small case (if installed).
 
+Then paced SSE streams (``--streams``, :mod:`loadtests.bench_stream`): direct, Dormant and
+nginx side by side; delivered %, added latency per chunk, CPU per million chunks.
+
 Client, proxy and upstream share the same cores: the machine line says how many, and how
 loaded they were at the start. Speed is measured here, never asserted.
 """
@@ -47,6 +50,7 @@ from typing import Any
 import httpx
 
 from loadtests.admin import AdminError
+from loadtests.bench_stream import FIELDS, GOAL, run_paced
 from loadtests.launcher import LocalDormant, StartError, port_arg
 from loadtests.loadgen import LoadClient, choose_client
 from loadtests.profiler import Profiler, find_py_spy
@@ -213,6 +217,18 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"py-spy the activator during the c={PROFILE_CONCURRENCY} small case",
     )
     parser.add_argument(
+        "--streams",
+        default="64,256,1024",
+        help="paced SSE stream counts, measured after the request/response cases "
+        "(loadtests.bench_stream; default 64,256,1024; 0 skips them)",
+    )
+    parser.add_argument(
+        "--stream-seconds", type=float, default=5.0, help="seconds per paced stream (default 5)"
+    )
+    parser.add_argument(
+        "--stream-rounds", type=int, default=3, help="paced runs per cell, median (default 3)"
+    )
+    parser.add_argument(
         "--port", type=port_arg, help="Dormant's listen port on 127.0.0.1 (default: a free one)"
     )
     parser.add_argument(
@@ -227,6 +243,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
     except ValueError:
         parser.error(f"--concurrency: expected numbers like 1,16,64, got {args.concurrency!r}")
+    try:
+        args.stream_levels = [int(x) for x in args.streams.split(",") if x.strip() and x != "0"]
+    except ValueError:
+        parser.error(f"--streams: expected numbers like 64,256,1024, got {args.streams!r}")
     if not args.levels or min(args.levels) < 1:
         parser.error("--concurrency: at least one level, each >= 1")
     if args.duration <= 0:
@@ -321,6 +341,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_csv(out / "bench_proxy.csv", ROW_FIELDS, rows)
     write_csv(out / "bench_proxy_summary.csv", SUMMARY_FIELDS, [c.row() for c in comparisons])
     report(f"wrote {out / 'bench_proxy.csv'}, {out / 'bench_proxy_summary.csv'}")
+    if args.stream_levels:
+        report("")
+        report(GOAL)
+        with tempfile.TemporaryDirectory(prefix="dormant-paced-") as tmp:
+            rows = run_paced(
+                args.stream_levels,
+                args.stream_seconds,
+                max(1, args.stream_rounds),
+                Path(tmp),
+                report,
+            )
+        write_csv(out / "bench_stream.csv", FIELDS, rows)
+        report(f"wrote {out / 'bench_stream.csv'}")
     (out / "bench_proxy.txt").write_text("\n".join(report.lines) + "\n")
     return 0
 

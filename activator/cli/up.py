@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import resource
 import sys
 from typing import Any
 
@@ -43,6 +45,17 @@ def cmd_up(args: argparse.Namespace) -> int:
         lock.release()
 
 
+def _raise_open_file_limit(want: int = 65536) -> None:
+    """Every proxied request holds two sockets: the default soft limit (often 1,024) would
+    refuse connections at a few hundred streams. Raise it towards the hard limit; the
+    servers Dormant starts inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def _serve(settings: Settings) -> int:
     import uvicorn
 
@@ -53,6 +66,7 @@ def _serve(settings: Settings) -> int:
 
     _require_free_addresses(settings)
     configure_logging(settings.log_level, settings.log_format)
+    _raise_open_file_limit()
     try:
         token = settings.resolved_admin_token()
     except OSError as exc:

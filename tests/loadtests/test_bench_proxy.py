@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from loadtests.bench_proxy import _dormant, split_duration
+from loadtests.bench_stream import find_nginx
 from loadtests.launcher import LocalDormant
 from loadtests.loadgen import percentile
 
@@ -65,13 +66,19 @@ def test_bench_proxy_writes_direct_and_dormant_rows(tmp_path: Path) -> None:
             "python",
             "--warmup",
             "0",
+            "--streams",
+            "8",
+            "--stream-seconds",
+            "1",
+            "--stream-rounds",
+            "1",
             "--out",
             str(out),
         ],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=150,
+        timeout=240,
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -91,3 +98,16 @@ def test_bench_proxy_writes_direct_and_dormant_rows(tmp_path: Path) -> None:
     assert [r["kind"] for r in summary] == ["small", "stream"]
     assert all(r["goal"].startswith(("met", "not met")) for r in summary)
     assert (out / "bench_proxy.txt").is_file()
+    # the paced streams: every target delivered every chunk, the proxies' CPU is counted
+    with open(out / "bench_stream.csv", newline="") as f:
+        paced = {r["target"]: r for r in csv.DictReader(f)}
+    targets = {"direct", "dormant"} | ({"nginx"} if find_nginx() else set())
+    assert set(paced) == targets, proc.stdout[-2000:]
+    for target, row in paced.items():
+        assert row["streams"] == "8" and float(row["delivered_pct"]) == 100.0, row
+        assert 0 < float(row["lat_p50_ms"]) <= float(row["lat_p99_ms"]), row
+        assert int(row["failed_streams"]) == 0, row
+        if target != "direct":
+            assert float(row["cpu_s_per_m_chunks"]) > 0, row
+    if not find_nginx():
+        assert "nginx: not found" in proc.stdout
