@@ -17,9 +17,10 @@ Targets take turns within each round (the order rotates) so drift in machine loa
 alike; each cell is the median over ``--rounds``. Per target and N: chunks delivered (by the
 end of the stream plus a grace period) as a percentage of those the upstream was asked for,
 latency per chunk p50/p99 (receive time minus the upstream's write time, one clock), the
-added p50/p99 (target minus direct, same round), first-chunk p99, and the proxy's own CPU
-seconds per million chunks delivered (``/proc/PID/stat`` utime+stime of the proxy's
-processes only: not the client's, not the upstream's).
+added p50/p99 (target minus direct, same round) over all chunks and over the steady part
+(once every stream has started: the decode without the burst of starts), first-chunk p99,
+and the proxy's own CPU seconds per million chunks delivered (``/proc/PID/stat``
+utime+stime of the proxy's processes only: not the client's, not the upstream's).
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ FIELDS = (
     "lat_p99_ms",
     "added_p50_ms",
     "added_p99_ms",
+    "steady_p50_ms",
+    "steady_p99_ms",
+    "steady_added_p50_ms",
+    "steady_added_p99_ms",
     "first_p99_ms",
     "cpu_s_per_m_chunks",
     "failed_streams",
@@ -165,67 +170,90 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def run_paced(
-    levels: Sequence[int], seconds: float, rounds: int, workdir: Path, say: Callable[[str], None]
-) -> list[dict[str, Any]]:
-    """Every target at every level, ``rounds`` times; one summary row per (level, target)."""
-    dormant = LocalDormant(
-        workdir / "dormant",
+def _paced_dormant(workdir: Path, repo: Path | None = None) -> LocalDormant:
+    """Dormant (engine ``restart``) serving the paced upstream as model ``paced``; from
+    ``repo`` (another checkout) when given. The upstream runs as a script by path, so an
+    older checkout without it serves the same one."""
+    return LocalDormant(
+        workdir,
         "restart",
         {
             "name": "paced",
             "models": ["paced"],
-            "command": ["{python}", "-m", "loadtests.paced", "upstream", "--port", "{port}"],
+            "command": [
+                "{python}",
+                str(REPO / "loadtests" / "paced.py"),
+                "upstream",
+                "--port",
+                "{port}",
+            ],
             "health_path": "/health",
             "idle_after": 0,
             "start_timeout": "60s",
         },
         {"log_level": "warning"},
         isolated=True,
+        repo=repo,
     )
-    (workdir / "dormant").mkdir(parents=True, exist_ok=True)
-    nginx_bin = find_nginx()
-    rows: list[dict[str, Any]] = []
-    with dormant:
-        import httpx
 
-        httpx.post(f"{dormant.url}/v1/paced?chunks=1", json={"model": "paced"}, timeout=60)
+
+def _started(stack: contextlib.ExitStack, dormant: LocalDormant) -> tuple[str, Callable[[], float]]:
+    import httpx
+
+    stack.enter_context(dormant)
+    httpx.post(f"{dormant.url}/v1/paced?chunks=1", json={"model": "paced"}, timeout=60)
+    assert dormant.proc is not None
+    pid = dormant.proc.pid
+    return f"127.0.0.1:{dormant.port}", lambda: _cpu_seconds([pid])
+
+
+def run_paced(
+    levels: Sequence[int],
+    seconds: float,
+    rounds: int,
+    workdir: Path,
+    say: Callable[[str], None],
+    baseline: Path | None = None,
+) -> list[dict[str, Any]]:
+    """Every target at every level, ``rounds`` times; one summary row per (level, target).
+    ``baseline``: another checkout whose Dormant is measured too, as target ``baseline``."""
+    rows: list[dict[str, Any]] = []
+    nginx_bin = find_nginx()
+    with contextlib.ExitStack() as stack:
+        dormant = _paced_dormant(workdir / "dormant")
+        targets: dict[str, tuple[str, Callable[[], float] | None]] = {}
+        targets["dormant"] = _started(stack, dormant)
         upstream = dormant.upstream_port()
-        assert dormant.proc is not None
-        pid = dormant.proc.pid
-        targets: dict[str, tuple[str, Callable[[], float] | None]] = {
-            "direct": (f"127.0.0.1:{upstream}", None),
-            "dormant": (f"127.0.0.1:{dormant.port}", lambda: _cpu_seconds([pid])),
-        }
-        with contextlib.ExitStack() as stack:
-            if nginx_bin:
-                ngx_dir = workdir / "nginx"
-                ngx_dir.mkdir()
-                targets["nginx"] = stack.enter_context(_nginx(nginx_bin, ngx_dir, upstream))
-            else:
-                say("nginx: not found (PATH or .deps/nginx); measured without it")
-            names = list(targets)
-            for level in levels:
-                runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
-                for r in range(rounds):
-                    order = names[r % len(names) :] + names[: r % len(names)]
-                    direct: dict[str, Any] | None = None
-                    for name in order:
-                        address, cpu = targets[name]
-                        before = cpu() if cpu else 0.0
-                        result = _client(address, level, seconds)
-                        result["cpu"] = (cpu() - before) if cpu else float("nan")
-                        runs[name].append(result)
-                        if name == "direct":
-                            direct = result
-                    for name in names:  # added = same round's target - direct
-                        run = runs[name][-1]
-                        base = direct or run
-                        run["added_p50"] = run["lat_p50_ms"] - base["lat_p50_ms"]
-                        run["added_p99"] = run["lat_p99_ms"] - base["lat_p99_ms"]
-                for name in names:
-                    rows.append(_summary(level, name, runs[name]))
-                    say(_line(rows[-1]))
+        targets = {"direct": (f"127.0.0.1:{upstream}", None), **targets}
+        if baseline is not None:
+            targets["baseline"] = _started(stack, _paced_dormant(workdir / "baseline", baseline))
+        if nginx_bin:
+            ngx_dir = workdir / "nginx"
+            ngx_dir.mkdir()
+            targets["nginx"] = stack.enter_context(_nginx(nginx_bin, ngx_dir, upstream))
+        else:
+            say("nginx: not found (PATH or .deps/nginx); measured without it")
+        names = list(targets)
+        for level in levels:
+            runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+            for r in range(rounds):
+                order = names[r % len(names) :] + names[: r % len(names)]
+                for name in order:
+                    address, cpu = targets[name]
+                    before = cpu() if cpu else 0.0
+                    result = _client(address, level, seconds)
+                    result["cpu"] = (cpu() - before) if cpu else float("nan")
+                    runs[name].append(result)
+                direct = runs["direct"][-1]
+                for name in names:  # added = same round's target - direct
+                    run = runs[name][-1]
+                    run["added_p50"] = run["lat_p50_ms"] - direct["lat_p50_ms"]
+                    run["added_p99"] = run["lat_p99_ms"] - direct["lat_p99_ms"]
+                    run["steady_added_p50"] = run["steady_p50_ms"] - direct["steady_p50_ms"]
+                    run["steady_added_p99"] = run["steady_p99_ms"] - direct["steady_p99_ms"]
+            for name in names:
+                rows.append(_summary(level, name, runs[name]))
+                say(_line(rows[-1]))
     return rows
 
 
@@ -242,6 +270,10 @@ def _summary(level: int, name: str, runs: list[dict[str, Any]]) -> dict[str, Any
         "lat_p99_ms": med("lat_p99_ms"),
         "added_p50_ms": med("added_p50") if name != "direct" else 0.0,
         "added_p99_ms": med("added_p99") if name != "direct" else 0.0,
+        "steady_p50_ms": med("steady_p50_ms"),
+        "steady_p99_ms": med("steady_p99_ms"),
+        "steady_added_p50_ms": med("steady_added_p50"),
+        "steady_added_p99_ms": med("steady_added_p99"),
         "first_p99_ms": med("first_p99_ms"),
         "cpu_s_per_m_chunks": _median(per_m) if name != "direct" else float("nan"),
         "failed_streams": max(int(r["failed_streams"]) for r in runs),
@@ -252,12 +284,13 @@ def _summary(level: int, name: str, runs: list[dict[str, Any]]) -> dict[str, Any
 def _line(row: dict[str, Any]) -> str:
     cpu = row["cpu_s_per_m_chunks"]
     return (
-        f"  {row['streams']:5d} streams {row['target']:8} delivered {row['delivered_pct']:6.2f}%  "
-        f"chunk p50 {row['lat_p50_ms']:7.2f} ms p99 {row['lat_p99_ms']:7.2f} ms  "
-        f"added p50 {row['added_p50_ms']:+7.2f} p99 {row['added_p99_ms']:+7.2f}  "
-        f"first p99 {row['first_p99_ms']:7.1f} ms  "
+        f"  {row['streams']:5d} {row['target']:8} {row['delivered_pct']:6.2f}% delivered | "
+        f"chunk p50 {row['lat_p50_ms']:6.2f} p99 {row['lat_p99_ms']:7.2f} ms, "
+        f"added {row['added_p50_ms']:+6.2f} / {row['added_p99_ms']:+7.2f} | steady added "
+        f"{row['steady_added_p50_ms']:+6.2f} / {row['steady_added_p99_ms']:+7.2f} | "
+        f"first p99 {row['first_p99_ms']:7.1f} ms | "
         + (f"CPU {cpu:5.1f} s/M chunks" if cpu == cpu else "CPU n/a")
-        + (f"  failed {row['failed_streams']}" if row["failed_streams"] else "")
+        + (f" | failed {row['failed_streams']}" if row["failed_streams"] else "")
     )
 
 
@@ -267,6 +300,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="per stream (default 5)")
     parser.add_argument("--rounds", type=int, default=3, help="median over (default 3)")
     parser.add_argument("--out", default="results")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout (e.g. a git worktree of an older commit) whose Dormant is "
+        "measured in the same run, as target 'baseline'",
+    )
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.streams.split(",") if x.strip()]
     out = Path(args.out)
@@ -281,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(machine_line())
     say(GOAL)
     with tempfile.TemporaryDirectory(prefix="dormant-paced-") as tmp:
-        rows = run_paced(levels, args.seconds, max(1, args.rounds), Path(tmp), say)
+        rows = run_paced(levels, args.seconds, max(1, args.rounds), Path(tmp), say, args.baseline)
     write_csv(out / "bench_stream.csv", FIELDS, rows)
     (out / "bench_stream.txt").write_text("\n".join(lines) + "\n")
     say(f"wrote {out / 'bench_stream.csv'}, {out / 'bench_stream.txt'}")

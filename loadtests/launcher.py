@@ -97,7 +97,8 @@ class DormantProcess:
     at once; Dormant's output is appended to ``workdir/dormant.log``. ``env`` is Dormant's
     whole environment (default: this one's), which its instances inherit. ``isolated``
     starts it in its own session (a Ctrl-C reaches only the caller, which stops it), with
-    no stdin and unbuffered output.
+    no stdin and unbuffered output. ``repo`` runs Dormant from another checkout (its
+    directory, first on PYTHONPATH), e.g. an older commit measured beside this one.
 
     :meth:`start` may be called again after :meth:`stop` or a crash: it is the same config,
     port and log.
@@ -110,8 +111,10 @@ class DormantProcess:
         *,
         env: Mapping[str, str] | None = None,
         isolated: bool = False,
+        repo: Path | None = None,
     ) -> None:
         self.workdir = workdir
+        self.repo = repo or REPO
         self.port = _listen_port(config)
         self.url = f"http://{LOOPBACK}:{self.port}"
         self.config_path = workdir / "dormant.yaml"
@@ -134,13 +137,17 @@ class DormantProcess:
         env = dict(self.env if self.env is not None else os.environ)
         if self.isolated:
             env["PYTHONUNBUFFERED"] = "1"
+        if self.repo != REPO:
+            env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [str(self.repo), env.get("PYTHONPATH")])
+            )
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "activator", "up", "-c", str(self.config_path)],
                 stdin=subprocess.DEVNULL if self.isolated else None,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                cwd=REPO,
+                cwd=self.repo,
                 env=env,
                 start_new_session=self.isolated,
             )
@@ -222,8 +229,10 @@ class LocalDormant:
         *,
         isolated: bool = False,
         port: int | None = None,
+        repo: Path | None = None,
     ) -> None:
         self.workdir = workdir
+        self.repo = repo
         self.engine = engine
         self.workload = str(workload["name"])
         self.model = str(workload["models"][0])
@@ -291,7 +300,9 @@ class LocalDormant:
             env = {k: v for k, v in os.environ.items() if not k.startswith("DORMANT_")}
         if (upstream := self._workload_entry.get("port")) and isinstance(upstream, int):
             check_port(upstream, f"workload {self.workload}'s port")
-        self.process = DormantProcess(self.workdir, self.config(), env=env, isolated=self.isolated)
+        self.process = DormantProcess(
+            self.workdir, self.config(), env=env, isolated=self.isolated, repo=self.repo
+        )
         self.process.start(timeout)
         return self
 

@@ -16,8 +16,10 @@ costs as little as possible and the benchmark sees the proxy.
 ``python -m loadtests.paced client --url URL --streams N --seconds S`` opens N streams at once
 (``--ramp`` seconds apart in all), each asking for S/step chunks, and prints one JSON line:
 chunks expected and delivered (by the end of the run plus ``--grace``), per-chunk latency
-p50/p99/max (ms, receive time minus the upstream's write time), first-chunk p50/p99 (ms from
-the request), and failed streams. Streams that end early or never start count as undelivered.
+p50/p99/max (ms, receive time minus the upstream's write time) over all chunks and over the
+steady part (chunks written from one second after the last stream was asked for: the
+decode, without the burst of stream starts), first-chunk p50/p99 (ms from the request), and
+failed streams. Streams that end early or never start count as undelivered.
 """
 
 from __future__ import annotations
@@ -139,8 +141,16 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
 
 
 class _Stream(asyncio.Protocol):
-    def __init__(self, request: bytes, lat: list[int], done: asyncio.Future[bool]) -> None:
+    def __init__(
+        self,
+        request: bytes,
+        lat: list[int],
+        steady: list[int],
+        steady_from: int,
+        done: asyncio.Future[bool],
+    ) -> None:
         self.request, self.lat, self.done = request, lat, done
+        self.steady, self.steady_from = steady, steady_from
         self.tail = b""
         self.count = 0
         self.sent_at = 0
@@ -158,7 +168,10 @@ class _Stream(asyncio.Protocol):
             self.status_ok = buf[9:12] == b"200"
         end = 0
         for match in _STAMP.finditer(buf):
-            self.lat.append(now - int(match.group(1)))
+            stamp = int(match.group(1))
+            self.lat.append(now - stamp)
+            if stamp >= self.steady_from:
+                self.steady.append(now - stamp)
             end = match.end()
             self.count += 1
             if not self.first_ns:
@@ -188,6 +201,8 @@ async def run_client(
         b'{"model":"paced","stream":true,"n":1}' % (chunks, host.encode(), port)
     )
     lat: list[int] = []
+    steady: list[int] = []  # chunks written once every stream has had time to start
+    steady_from = time.monotonic_ns() + int((ramp + 1.0) * 1e9)
     protocols: list[_Stream] = []
     transports: list[asyncio.BaseTransport] = []
     failed = 0
@@ -197,7 +212,7 @@ async def run_client(
         nonlocal failed
         await asyncio.sleep(delay)
         done: asyncio.Future[bool] = loop.create_future()
-        proto = _Stream(request, lat, done)
+        proto = _Stream(request, lat, steady, steady_from, done)
         try:
             transport, _ = await loop.create_connection(lambda: proto, host, port)
         except OSError:
@@ -217,6 +232,7 @@ async def run_client(
         transport.close()
     elapsed = time.monotonic() - started
     lat.sort()
+    steady.sort()
     firsts = sorted((p.first_ns - p.sent_at) / 1e6 for p in protocols if p.first_ns)
     delivered = sum(p.count for p in protocols)
     return ClientResult(
@@ -227,6 +243,8 @@ async def run_client(
         lat_p50_ms=percentile(lat, 0.50) / 1e6,
         lat_p99_ms=percentile(lat, 0.99) / 1e6,
         lat_max_ms=(lat[-1] / 1e6) if lat else float("nan"),
+        steady_p50_ms=percentile(steady, 0.50) / 1e6,
+        steady_p99_ms=percentile(steady, 0.99) / 1e6,
         first_p50_ms=percentile(firsts, 0.50),
         first_p99_ms=percentile(firsts, 0.99),
         failed_streams=failed + (streams - len(protocols) - failed if pending else 0),
