@@ -26,6 +26,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -269,6 +270,11 @@ class TracedFastAPI(FastAPI):
 
     access_metrics: Metrics | None = None
     access_tracer: RequestTracer | None = None
+    front: Callable[[ASGIApp], ASGIApp] | None = None
+    """An ASGI layer between AccessLog and the framework (the activator's OpenAI posts)."""
 
     def build_middleware_stack(self) -> ASGIApp:
-        return AccessLog(super().build_middleware_stack(), self.access_metrics, self.access_tracer)
+        inner = super().build_middleware_stack()
+        if self.front is not None:
+            inner = self.front(inner)
+        return AccessLog(inner, self.access_metrics, self.access_tracer)

@@ -33,7 +33,7 @@ from activator.proxy import upstream_session
 from activator.registry import Registry
 from activator.routes.admin import admin_router, health_router, metrics_router
 from activator.routes.handoff import Handoff
-from activator.routes.openai import openai_router
+from activator.routes.openai import OpenAIPosts, openai_router
 from activator.routes.passthrough import passthrough_router
 from activator.sources import open_source, serve_workloads
 from activator.tracing import RequestTracer, TracingUnavailable, make_tracer
@@ -110,7 +110,10 @@ def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI
         return reg
 
     handoff = Handoff(lambda: app.state.client, metrics)
-    app.include_router(openai_router(registry, handoff, settings.max_body_bytes, time.time()))
+    app.front = lambda inner: OpenAIPosts(
+        inner, registry, handoff, settings.max_body_bytes, _record_error
+    )
+    app.include_router(openai_router(registry, time.time()))
     if not settings.admin_listen:
         app.include_router(admin_router(registry, app.state.admin_token, setup))
     app.include_router(health_router(registry))

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 
 from activator.errors import ActivatorError, BadRequest, MethodNotAllowed, NotFound, Unauthorized
 
-__all__ = ["authorize", "error_response", "install_error_handlers"]
+__all__ = ["answer_error", "authorize", "error_response", "install_error_handlers"]
 
 log = logging.getLogger("dormant.activator")
 
@@ -63,14 +63,32 @@ def _from_http_exception(request: Request, exc: HTTPException) -> ActivatorError
     return error
 
 
+def answer_error(request: Request, exc: Exception, observe: Observer | None = None) -> Response:
+    """The answer to ``exc``: an ActivatorError in its shape (after ``observe``), anything
+    else a logged 500 that names only its type."""
+    if isinstance(exc, ActivatorError):
+        if observe is not None:
+            observe(request, exc)
+        return error_response(exc)
+    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(
+        {
+            "error": {
+                "message": f"internal error: {type(exc).__name__}",
+                "type": "server_error",
+                "code": "internal_error",
+            }
+        },
+        status_code=500,
+    )
+
+
 def install_error_handlers(app: FastAPI, observe: Observer | None = None) -> None:
     """Answer every error ``app`` raises in the one shape (see the module's docstring)."""
 
     @app.exception_handler(ActivatorError)
     async def _activator_error(request: Request, exc: ActivatorError) -> Response:
-        if observe is not None:
-            observe(request, exc)
-        return error_response(exc)
+        return answer_error(request, exc, observe)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> Response:
@@ -82,14 +100,4 @@ def install_error_handlers(app: FastAPI, observe: Observer | None = None) -> Non
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return JSONResponse(
-            {
-                "error": {
-                    "message": f"internal error: {type(exc).__name__}",
-                    "type": "server_error",
-                    "code": "internal_error",
-                }
-            },
-            status_code=500,
-        )
+        return answer_error(request, exc)

@@ -14,13 +14,15 @@ from email.policy import HTTP
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from activator.edge import Observer, answer_error
 from activator.errors import BadRequest, MethodNotAllowed
 from activator.registry import Registry, confined
 from activator.routes.handoff import Handoff, read_body
 from activator.workload import Workload
 
-__all__ = ["openai_router", "parse_openai"]
+__all__ = ["OpenAIPosts", "openai_router", "parse_openai"]
 
 
 def _form_fields(body: bytes, content_type: str) -> dict[str, str]:
@@ -66,10 +68,62 @@ def parse_openai(body: bytes, content_type: str = "application/json") -> tuple[s
     return model, data.get("stream") is True
 
 
-def openai_router(
-    registry: Callable[[], Registry], handoff: Handoff, max_body: int, started: float
-) -> APIRouter:
-    """The routes above; ``started`` (epoch seconds) is every model's ``created``."""
+class OpenAIPosts:
+    """ASGI, in front of the framework: every ``POST /v1/*`` goes straight to the handler
+    (read the body, find the model's workload, hand off), everything else to ``app``. A
+    request that streams thousands of tokens costs the same through either; a burst of
+    new streams costs noticeably less without the framework's routing, dependency and
+    middleware layers per request (``make bench-proxy``). Errors take the one shape
+    (``activator.edge``) and are observed as the framework's handlers would."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        registry: Callable[[], Registry],
+        handoff: Handoff,
+        max_body: int,
+        observe: Observer | None = None,
+    ) -> None:
+        self.app, self.registry, self.handoff = app, registry, handoff
+        self.max_body, self.observe = max_body, observe
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or not scope["path"].startswith("/v1/")
+        ):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            try:
+                response = await self.post(request)
+            except Exception as exc:
+                response = answer_error(request, exc, self.observe)
+            await response(scope, receive, sending)
+        except Exception as exc:
+            if started:
+                raise  # half answered: the connection is dropped, as the framework does
+            await answer_error(request, exc, self.observe)(scope, receive, send)
+
+    async def post(self, request: Request) -> Response:
+        path = confined(request.scope["raw_path"].decode("latin-1"), "/v1")
+        body = await read_body(request, self.max_body)
+        model, stream = parse_openai(body, request.headers.get("content-type", ""))
+        return await self.handoff(request, self.registry().by_model(model), body, stream, path)
+
+
+def openai_router(registry: Callable[[], Registry], started: float) -> APIRouter:
+    """``GET /v1/models``, ``GET /v1/models/{id}`` and the 405s of ``/v1/*`` (``POST`` is
+    :class:`OpenAIPosts`'); ``started`` (epoch seconds) is every model's ``created``."""
     router = APIRouter()
 
     def model_entry(model: str, workload: Workload) -> dict[str, object]:
@@ -90,13 +144,6 @@ def openai_router(
     @router.get("/v1/models/{model:path}")
     async def get_model(model: str) -> dict[str, object]:
         return model_entry(model, registry().by_model(model))
-
-    @router.post("/v1/{path:path}")
-    async def openai(request: Request, path: str) -> Response:
-        path = confined(request.scope["raw_path"].decode("latin-1"), "/v1")
-        body = await read_body(request, max_body)
-        model, stream = parse_openai(body, request.headers.get("content-type", ""))
-        return await handoff(request, registry().by_model(model), body, stream, path)
 
     @router.api_route(
         "/v1/{path:path}",
