@@ -30,6 +30,7 @@ import httpx
 
 from activator.config.secrets import read_token_file
 from deploy.reconcile import OperatorSettings, Reconciler
+from deploy.release import FINALIZER
 from warmpool.kube.api import KubeApi, KubeError, connect, default_namespace
 from warmpool.kube.resource import GROUP, PLURAL, VERSION
 
@@ -50,6 +51,7 @@ def build_registry(reconciler: Reconciler, settings: OperatorSettings) -> Any:
         # Progress and the last handled spec in annotations under dormant.dev (status is ours).
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+        settings.persistence.finalizer = FINALIZER
         settings.posting.level = logging.WARNING  # kopf's own Events: only its problems
         settings.scanning.disabled = True  # fixed resources and namespace: no CRD watch
         settings.watching.server_timeout = 60
@@ -65,9 +67,11 @@ def build_registry(reconciler: Reconciler, settings: OperatorSettings) -> Any:
     async def changed(*, namespace: str | None, name: str, **_: Any) -> None:
         await reconcile(namespace, name)
 
-    @kopf.on.delete(*policy, registry=registry, optional=True)
-    async def deleted(*, namespace: str | None, name: str, **_: Any) -> None:
-        reconciler.forget(namespace or "", name)
+    # Not optional: kopf puts the finalizer (settings.persistence.finalizer) on every policy,
+    # so a deleted one waits until its target is given back (deploy/release.py).
+    @kopf.on.delete(*policy, registry=registry)
+    async def deleted(*, namespace: str | None, name: str, body: Any, **_: Any) -> None:
+        await reconciler.release(namespace or settings.namespace, name, dict(body))
 
     @kopf.timer(*policy, interval=settings.interval, registry=registry)
     async def refresh(*, namespace: str | None, name: str, **_: Any) -> None:
