@@ -53,6 +53,14 @@ class OperatorSettings:
     kubeconfig: str = ""
     interval: float = 5.0
     """Seconds between two status refreshes of a policy."""
+    identity: str = ""
+    """This replica's name in the leader-election Lease (its pod name)."""
+    lease_duration: float = 15.0
+    """Seconds a leader's Lease stays valid without renewal: how long a crashed leader
+    blocks the replicas standing by (they take over within this plus a retry)."""
+    health_listen: str = ""
+    """HOST:PORT of /healthz (kopf's liveness endpoint while leading; a plain answer while
+    standing by); empty: none."""
 
 
 def _now() -> str:

@@ -9,6 +9,7 @@ Service's route annotations), which is all the operator sees of it.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 
 from . import identities
-from .cluster import Cluster, wait_until
+from .cluster import Cluster, free_port, wait_until
 from .kubelet import FakeKubelet
 from .network import PodNetwork
 from .rest import ApiException, Rest
@@ -219,3 +220,101 @@ def test_deleting_a_hibernated_policy_gives_the_app_back(setup: Setup) -> None:
         assert operator.alive()
     finally:
         operator.stop()
+
+
+def _health(port: int) -> tuple[int, str]:
+    try:
+        return get(f"http://127.0.0.1:{port}/healthz")
+    except OSError as exc:
+        return 0, str(exc)
+
+
+def test_two_operators_one_leads_and_the_other_takes_over_when_it_is_killed(
+    setup: Setup,
+) -> None:
+    """Issue 17: the operator was a single point of failure. Two replicas: one holds the Lease
+    and writes Endpoints, the other stands by (alive and ready for its probes) and writes
+    nothing; the leader is SIGKILLed (no clean release); the other takes the Lease and keeps
+    the Endpoints following the route within the Lease's duration plus a retry."""
+    s = setup
+    lease_path = f"/apis/coordination.k8s.io/v1/namespaces/{s.ns}/leases/dormant-operator"
+    gateway = s.cluster.server.split("//")[1].rsplit(":", 1)[0]
+    duration = 6
+    ports = free_port(), free_port()
+
+    def start(name: str, port: int) -> HostProcess:
+        return s.operator(
+            f"operator-{name}",
+            "--identity",
+            name,
+            "--lease-duration",
+            str(duration),
+            "--health-listen",
+            f"127.0.0.1:{port}",
+        )
+
+    def holder() -> str:
+        return str(s.kube.get(lease_path)["spec"].get("holderIdentity") or "")
+
+    def route_to(address: str) -> None:
+        s.kube.patch(
+            f"/api/v1/namespaces/{s.ns}/services/app",
+            {
+                "metadata": {
+                    "annotations": {
+                        "dormant.dev/route": "activator",
+                        "dormant.dev/activator": address,
+                    }
+                }
+            },
+        )
+
+    a = start("a", ports[0])
+    b: HostProcess | None = None
+    try:
+        diagnose = lambda: "\n".join(p.log(40) for p in (a, b) if p is not None)  # noqa: E731
+        wait_until("a to lead", lambda: holder() == "a", timeout=60, diagnose=diagnose)
+        b = start("b", ports[1])
+        wait_until(
+            "b to stand by, answering its probes",
+            lambda: _health(ports[1])[0] == 200 and "standing by" in b.log_path.read_text(),
+            timeout=60,
+            diagnose=diagnose,
+        )
+        assert "standby" in _health(ports[1])[1]
+        wait_until("a's kopf liveness endpoint", lambda: _health(ports[0])[0] == 200, 30)
+        first = f"{gateway}:9"
+        route_to(first)
+        wait_until("a to route", lambda: s.endpoints() == {first}, timeout=60, diagnose=diagnose)
+        assert holder() == "a"
+        assert "Routed" not in b.log_path.read_text(), "the replica standing by wrote Endpoints"
+
+        a.proc.kill()  # no release: b must wait for the Lease to expire
+        a.proc.wait(10)
+        killed = time.monotonic()
+        second = f"{gateway}:10"
+        route_to(second)
+        wait_until(
+            "b to take over and route",
+            lambda: s.endpoints() == {second},
+            timeout=duration * 5,
+            diagnose=diagnose,
+        )
+        took = time.monotonic() - killed
+        assert holder() == "b"
+        # Bounded: the Lease's duration, a retry (duration / 6) and one reconcile (kopf's
+        # start included) on a loaded machine.
+        assert took < duration + 15, f"took over after {took:.1f} s"
+        wait_until(
+            "b's kopf liveness endpoint",
+            lambda: (
+                _health(ports[1]) == (200, "{}")
+                or (_health(ports[1])[0] == 200 and "standby" not in _health(ports[1])[1])
+            ),
+            30,
+        )
+        print(f"takeover after SIGKILL of the leader: {took:.1f} s (lease {duration} s)")
+    finally:
+        a.stop()
+        if b is not None:
+            b.stop()
