@@ -158,9 +158,11 @@ async def _operate(settings: OperatorSettings, api: KubeApi) -> int:
             )
         )
         holding = asyncio.create_task(elector.hold())
+        watching = asyncio.create_task(_mark_unserved(reconciler, settings.interval * 6))
         done, _ = await asyncio.wait({operator, holding}, return_when=asyncio.FIRST_COMPLETED)
         stop.set()
         holding.cancel()
+        watching.cancel()
         await asyncio.wait({operator}, timeout=30)
         if holding in done:  # lost the Lease: another replica may lead already
             return 1
@@ -168,6 +170,24 @@ async def _operate(settings: OperatorSettings, api: KubeApi) -> int:
         if operator.done() and not operator.cancelled() and operator.exception() is not None:
             raise operator.exception()  # type: ignore[misc]
         return 0
+
+
+async def _mark_unserved(reconciler: Reconciler, every: float) -> None:
+    """While leading: every ``every`` s, the policies of namespaces no install serves get a
+    status saying so (``deploy.unserved``). Without the cluster-wide grant, one log line."""
+    while True:
+        try:
+            await reconciler.mark_unserved(grace=every)
+        except KubeError as exc:
+            if exc.status == 403:
+                log.warning(
+                    "cannot list policies in other namespaces (%s): a policy there that no "
+                    "install serves gets no status saying so",
+                    exc,
+                )
+                return
+            log.warning("listing the policies of other namespaces: %s", exc)
+        await asyncio.sleep(every)
 
 
 def run(settings: OperatorSettings) -> int:

@@ -30,6 +30,7 @@ from activator.config.policy import (
 )
 from deploy.plan import Event, Observed, Plan, plan
 from deploy.release import Release, release, remember_replicas
+from deploy.unserved import unserved
 from warmpool.kube.api import KubeApi, KubeError
 from warmpool.kube.resource import GROUP, VERSION, collection_path
 
@@ -164,6 +165,27 @@ class Reconciler:
                 )
             self.forget(namespace, name)
             return result
+
+    async def mark_unserved(self, grace: float) -> int:
+        """Say so in the status of each policy no install serves (``deploy.unserved``); the
+        number marked. Raises KubeError (403 without the cluster-wide grant)."""
+        found = await self.api.get(f"/apis/{GROUP}/{VERSION}/scaletozeropolicies")
+        now = dt.datetime.now(dt.UTC)
+        marked = 0
+        for namespace, name, status in unserved(
+            found.get("items") or [], self.settings.namespace, now, grace
+        ):
+            try:
+                await self.api.merge(
+                    f"{self._policies(namespace)}/{name}/status", {"status": status}
+                )
+            except KubeError as exc:
+                if exc.status == 404:
+                    continue
+                raise
+            log.warning("policy %s/%s: %s", namespace, name, status["message"])
+            marked += 1
+        return marked
 
     # -- reading -------------------------------------------------------------------------------
     async def _reconcile(self, namespace: str, name: str) -> Plan | None:

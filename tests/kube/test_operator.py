@@ -318,3 +318,48 @@ def test_two_operators_one_leads_and_the_other_takes_over_when_it_is_killed(
         a.stop()
         if b is not None:
             b.stop()
+
+
+def test_a_policy_in_a_namespace_no_install_serves_says_so(setup: Setup) -> None:
+    """Issue 17: a policy in another namespace was silently ignored. The operator (with the
+    base's RBAC: namespaced Roles plus the one grant on the CRD) marks it Degraded."""
+    s = setup
+    elsewhere = f"{s.ns[:40]}-x"
+    s.kube.post(
+        "/api/v1/namespaces",
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": elsewhere}},
+    )
+    operator = s.operator()
+    try:
+        s.kube.post(
+            f"{GROUP_PATH}/namespaces/{elsewhere}/scaletozeropolicies",
+            {
+                "apiVersion": "dormant.dev/v1alpha1",
+                "kind": "ScaleToZeroPolicy",
+                "metadata": {"name": "lost"},
+                "spec": {
+                    "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "x"},
+                    "service": {"name": "x", "port": 8000},
+                    "models": ["x"],
+                    "checkpoint": {"engine": "restart"},
+                },
+            },
+        )
+        path = f"{GROUP_PATH}/namespaces/{elsewhere}/scaletozeropolicies/lost"
+        status = wait_until(
+            "the unserved policy's status",
+            lambda: s.kube.get(path).get("status"),
+            timeout=90,
+            diagnose=lambda: operator.log(40),
+        )
+        assert status["phase"] == "Degraded", status
+        assert f"no Dormant install serves namespace {elsewhere}" in status["message"]
+        assert f"the one in namespace {s.ns}" in status["message"]
+        assert status["conditions"][0]["reason"] == "NamespaceNotServed"
+        assert f"policy {elsewhere}/lost: no Dormant install" in operator.log_path.read_text()
+        # The policy it serves is its own business: not marked.
+        ours = s.kube.get(f"{s.policies}/app")["status"]
+        assert ours.get("phase") != "Degraded", ours
+    finally:
+        operator.stop()
+        s.kube.delete(f"/api/v1/namespaces/{elsewhere}")
