@@ -132,8 +132,8 @@ def _apply(docs: list[Doc], patch: Doc, where: Path) -> None:
 
 
 def _merge(base: Any, patch: Any) -> Any:
-    """Strategic merge as deploy/ needs it: maps merge, lists of named maps merge by name,
-    other lists are replaced."""
+    """Strategic merge as deploy/ needs it: maps merge, lists of named maps merge by name
+    (new items first, as kustomize does), other lists are replaced."""
     if isinstance(base, dict) and isinstance(patch, dict):
         out = copy.deepcopy(base)
         for key, value in patch.items():
@@ -142,11 +142,12 @@ def _merge(base: Any, patch: Any) -> Any:
     named = isinstance(base, list) and isinstance(patch, list)
     if named and all(isinstance(i, dict) and "name" in i for i in [*base, *patch]):
         out_list = [copy.deepcopy(i) for i in base]
+        added = []
         for item in patch:
             idx = next((n for n, b in enumerate(out_list) if b["name"] == item["name"]), None)
             if idx is None:
-                out_list.append(copy.deepcopy(item))
+                added.append(copy.deepcopy(item))
             else:
                 out_list[idx] = _merge(out_list[idx], item)
-        return out_list
+        return added + out_list  # kustomize puts a patch's new items first
     return copy.deepcopy(patch)

@@ -104,10 +104,75 @@ def test_gpu_overlay_asks_for_a_gpu_and_more_grace() -> None:
     pod = gpu[("Deployment", "dormant", "ref-model")]["spec"]["template"]["spec"]
     base_pod = base[("Deployment", "dormant", "ref-model")]["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] > base_pod["terminationGracePeriodSeconds"]
-    # Everything but the model Deployment is the base, unchanged.
+    # Everything but the model Deployment and its claim is the base, unchanged.
+    claim_key = ("PersistentVolumeClaim", "dormant", "ref-model-state")
     for k, doc in base.items():
-        if k != ("Deployment", "dormant", "ref-model"):
+        if k not in (("Deployment", "dormant", "ref-model"), claim_key):
             assert gpu[k] == doc, k
+
+
+def _bytes(quantity: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return int(float(quantity[: -len(suffix)]) * factor)
+    return int(quantity)
+
+
+@pytest.mark.parametrize("directory", [BASE, GPU], ids=["base", "gpu"])
+def test_model_memory_is_reserved_for_the_checkpoint(directory: Path) -> None:
+    """Issue 17: request 16Gi vs limit 64Gi let the checkpoint's RAM spike arrive during a
+    drain, unreserved. The model pod's memory request is its limit."""
+    resources = container(render(directory), "ref-model")["resources"]
+    assert resources["requests"]["memory"] == resources["limits"]["memory"], resources
+
+
+def test_gpu_claim_holds_device_memory_snapshots() -> None:
+    """Issue 17: the GPU overlay kept the base's 20Gi claim, but a GPU snapshot holds the
+    device memory too. The claim holds weights + (keep + 1) x (GPU memory + host memory)."""
+    docs = by_key(render(GPU))
+    claim = docs[("PersistentVolumeClaim", "dormant", "ref-model-state")]
+    sizing = claim["metadata"]["annotations"]
+    gpu_memory = _bytes(sizing["dormant.dev/sizing-gpu-memory"])
+    weights = _bytes(sizing["dormant.dev/sizing-weights"])
+    keep = int(sizing["dormant.dev/sizing-keep"])
+    (policy,) = [d for d in yaml.safe_load_all(POLICY.read_text()) if d]
+    assert keep >= policy["spec"]["checkpoint"]["keep"]
+    host = _bytes(container(list(docs.values()), "ref-model")["resources"]["limits"]["memory"])
+    assert gpu_memory >= 80 * 2**30  # one 80 GB GPU at the least (H100, A100-80G)
+    needed = weights + (keep + 1) * (gpu_memory + host)
+    assert _bytes(claim["spec"]["resources"]["requests"]["storage"]) >= needed
+
+
+def test_monitoring_overlay_scrapes_with_a_metrics_only_token() -> None:
+    """Issue 17: the shipped dashboard got no data: /metrics answers 401 without a token.
+    The monitoring overlay gives the activator a metrics-only token (never the admin token)
+    and a ServiceMonitor that sends it to the activator Service's http port."""
+    from activator.config.settings import Settings
+
+    base, mon = by_key(render(BASE)), by_key(render(DEPLOY / "overlays" / "monitoring"))
+    (monitor,) = [d for d in mon.values() if d["kind"] == "ServiceMonitor"]
+    ((_, _, cm_name),) = [k for k in mon if k[0] == "ConfigMap" and k[2] == "dormant-activator"]
+    config = yaml.safe_load(mon[("ConfigMap", "dormant", cm_name)]["data"]["config.yaml"])
+    before = yaml.safe_load(base[("ConfigMap", "dormant", cm_name)]["data"]["config.yaml"])
+    assert {k: v for k, v in config.items() if k != "metrics_token_file"} == before
+    assert set(config) <= set(Settings.__dataclass_fields__)
+    c = container(list(mon.values()), "dormant-activator")
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert Path(config["metrics_token_file"]).parent == Path(mounts["metrics-token"])
+    pod = mon[("Deployment", "dormant", "dormant-activator")]["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    secret = volumes["metrics-token"]["secret"]["secretName"]
+    assert secret != volumes["admin-token"]["secret"]["secretName"]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["bearerTokenSecret"] == {"name": secret, "key": "token"}
+    assert endpoint["path"] == "/metrics"
+    service = mon[("Service", "dormant", "dormant-activator")]
+    labels = service["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    http = {p["name"]: p["containerPort"] for p in c["ports"]}["http"]
+    assert config["listen"].endswith(f":{http}")  # /metrics is on the http listener
 
 
 @pytest.mark.skipif(not shutil.which("kubectl"), reason="no kubectl: nothing to compare with")
@@ -142,7 +207,9 @@ def _versions() -> list[str]:
 def test_manifests_pass_kubernetes_validate(directory: Path) -> None:
     import kubernetes_validate
 
-    docs = render(directory)
+    # Custom resources of other projects (the Prometheus Operator's ServiceMonitor) have no
+    # schema in Kubernetes' own: the API server test below admits them.
+    docs = [d for d in render(directory) if not d["apiVersion"].startswith("monitoring.coreos")]
     for version in _versions():
         for doc in docs:
             try:
@@ -161,6 +228,33 @@ def test_manifests_pass_kubernetes_validate(directory: Path) -> None:
 # -- the real API server -------------------------------------------------------------------
 
 
+#: A stand-in for the Prometheus Operator's CRD (deploy/overlays/monitoring needs it): the
+#: kind only, any fields.
+SERVICE_MONITOR_CRD: Doc = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+    "spec": {
+        "group": "monitoring.coreos.com",
+        "scope": "Namespaced",
+        "names": {"kind": "ServiceMonitor", "plural": "servicemonitors"},
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "x-kubernetes-preserve-unknown-fields": True,
+                    }
+                },
+            }
+        ],
+    },
+}
+
+
 @pytest.fixture
 def applied(kube_cluster: Cluster, kube: Rest) -> Iterator[tuple[Manifests, list[Doc]]]:
     """The Namespace and CRD of deploy/base created for real (they are what the rest needs);
@@ -168,7 +262,7 @@ def applied(kube_cluster: Cluster, kube: Rest) -> Iterator[tuple[Manifests, list
     m = Manifests(kube)
     docs = render(BASE)
     real = [d for d in docs if d["kind"] in ("Namespace", "CustomResourceDefinition")]
-    for doc in real:
+    for doc in [*real, SERVICE_MONITOR_CRD]:
         m.create(doc, exist_ok=True)
     crd = by_key(docs)[("CustomResourceDefinition", "", "scaletozeropolicies.dormant.dev")]
     wait_until(
@@ -177,6 +271,11 @@ def applied(kube_cluster: Cluster, kube: Rest) -> Iterator[tuple[Manifests, list
             c["type"] == "Established" and c["status"] == "True"
             for c in kube.get(m.path(crd, name=True)).get("status", {}).get("conditions", [])
         ),
+        timeout=60,
+    )
+    wait_until(
+        "the ServiceMonitor stand-in CRD to be served",
+        lambda: m.resource("monitoring.coreos.com/v1", "ServiceMonitor"),
         timeout=60,
     )
     yield m, docs
