@@ -271,8 +271,9 @@ def test_two_operators_one_leads_and_the_other_takes_over_when_it_is_killed(
 
     a = start("a", ports[0])
     b: HostProcess | None = None
+    c: HostProcess | None = None
     try:
-        diagnose = lambda: "\n".join(p.log(40) for p in (a, b) if p is not None)  # noqa: E731
+        diagnose = lambda: "\n".join(p.log(40) for p in (a, b, c) if p is not None)  # noqa: E731
         wait_until("a to lead", lambda: holder() == "a", timeout=60, diagnose=diagnose)
         b = start("b", ports[1])
         wait_until(
@@ -314,10 +315,31 @@ def test_two_operators_one_leads_and_the_other_takes_over_when_it_is_killed(
             30,
         )
         print(f"takeover after SIGKILL of the leader: {took:.1f} s (lease {duration} s)")
+
+        # -- a clean shutdown (a rollout, a drain) releases the Lease: no wait for expiry ---
+        c = start("c", free_port())
+        wait_until("c to stand by", lambda: "standing by" in c.log_path.read_text(), 60)
+        b.stop()  # SIGTERM: kopf stops, the Lease is released
+        assert b.proc.returncode == 0, b.log(40)
+        stopped = time.monotonic()
+        third = f"{gateway}:11"
+        route_to(third)
+        wait_until(
+            "c to take over and route",
+            lambda: s.endpoints() == {third},
+            timeout=duration * 5,
+            diagnose=lambda: c.log(40),
+        )
+        handover = time.monotonic() - stopped
+        assert holder() == "c"
+        # The Lease was released: c took it at its next retry (duration / 6), not after the
+        # Lease's duration (plus kopf's start and one reconcile).
+        assert "released Lease" in b.log_path.read_text()
+        print(f"handover after SIGTERM of the leader: {handover:.1f} s")
     finally:
-        a.stop()
-        if b is not None:
-            b.stop()
+        for proc in (a, b, c):
+            if proc is not None:
+                proc.stop()
 
 
 def test_a_policy_in_a_namespace_no_install_serves_says_so(setup: Setup) -> None:
