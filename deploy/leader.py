@@ -148,14 +148,19 @@ class Elector:
         return True
 
     async def acquire(self) -> None:
-        """Return once this replica holds the Lease; stand by until then."""
+        """Return once this replica holds the Lease; stand by until then. A failing API call
+        is logged when its message changes, and at most once a minute otherwise."""
         said = False
+        last, last_at = "", -1e9
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 if await self.try_once():
                     return
             except KubeError as exc:
-                log.warning("leader election: %s", exc)
+                if str(exc) != last or loop.time() - last_at > 60:
+                    log.warning("leader election: %s", exc)
+                    last, last_at = str(exc), loop.time()
             if not said:
                 log.info("standing by: another replica holds Lease %s", LEASE_NAME)
                 said = True

@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
 from collections.abc import Mapping, Sequence
@@ -136,9 +137,19 @@ async def _operate(settings: OperatorSettings, api: KubeApi) -> int:
     )
     elector = Elector(KubeApi(api.client, timeout=election.renew), settings.namespace, election)
     standby = await _standby_health(settings.health_listen) if settings.health_listen else None
+    loop = asyncio.get_running_loop()
+    waiting = asyncio.create_task(elector.acquire())
+    for signum in (signal.SIGTERM, signal.SIGINT):  # kopf installs its own once it runs
+        loop.add_signal_handler(signum, waiting.cancel)
     try:
-        await elector.acquire()
+        await waiting
+    except asyncio.CancelledError:
+        log.info("stopped while standing by")
+        await elector.release()  # in case the Lease was won just as the signal came
+        return 0
     finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
         if standby is not None:
             standby.close()
             await standby.wait_closed()

@@ -272,6 +272,7 @@ def test_two_operators_one_leads_and_the_other_takes_over_when_it_is_killed(
     a = start("a", ports[0])
     b: HostProcess | None = None
     c: HostProcess | None = None
+    d: HostProcess | None = None
     try:
         diagnose = lambda: "\n".join(p.log(40) for p in (a, b, c) if p is not None)  # noqa: E731
         wait_until("a to lead", lambda: holder() == "a", timeout=60, diagnose=diagnose)
@@ -336,8 +337,14 @@ def test_two_operators_one_leads_and_the_other_takes_over_when_it_is_killed(
         # Lease's duration (plus kopf's start and one reconcile).
         assert "released Lease" in b.log_path.read_text()
         print(f"handover after SIGTERM of the leader: {handover:.1f} s")
+        # A replica standing by stops cleanly on SIGTERM too.
+        d = start("d", free_port())
+        wait_until("d to stand by", lambda: "standing by" in d.log_path.read_text(), 60)
+        d.stop()
+        assert d.proc.returncode == 0 and "stopped while standing by" in d.log(20), d.log(20)
+        assert holder() == "c"
     finally:
-        for proc in (a, b, c):
+        for proc in (a, b, c, d):
             if proc is not None:
                 proc.stop()
 
