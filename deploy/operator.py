@@ -1,27 +1,40 @@
 """``dormant operator``: reconciles ScaleToZeroPolicies with kopf.
 
     dormant operator [--namespace NS] [--activator URL] [--admin-token-file FILE]
-                     [--kubeconfig FILE] [--interval SECONDS]
+                     [--kubeconfig FILE] [--interval SECONDS] [--identity NAME]
+                     [--lease-duration SECONDS] [--health-listen HOST:PORT]
+
+Several replicas may run: they elect a leader with a Lease (``deploy.leader``); the others
+stand by and take over within ``--lease-duration`` of its end (at once after a clean
+shutdown). A leader that cannot renew its Lease stops reconciling and exits 1 (its container
+restarts and stands by). ``--health-listen`` serves /healthz: kopf's liveness endpoint while
+leading, a plain 200 while standing by.
 
 kopf runs in this process's main thread on its own event loop (never the activator's: kopf
-cancels the tasks of the loop it runs in), ``--standalone`` (one replica, no peering) and
-namespaced. Its handlers are thin: each one calls ``Reconciler.reconcile(namespace, name)``
-(``deploy.reconcile``), which reads what the plan needs, asks the pure ``deploy.plan.plan``
-what the cluster should look like, and applies that: creates the Service when it is missing,
-writes the Endpoints, patches the status subresource, posts Events. Triggers: a policy is
-created, changed or found at start; a timer per policy (``--interval``, the status refresh);
-any event of a pod that a policy's target selects (readiness, deletion, eviction: the
-Endpoints follow at once); any event of a policy's Service (the activator's route intent).
+cancels the tasks of the loop it runs in), standalone (the Lease, not kopf's peering, keeps
+one replica active) and namespaced. Its handlers are thin: each one calls
+``Reconciler.reconcile(namespace, name)`` (``deploy.reconcile``), which reads what the plan
+needs, asks the pure ``deploy.plan.plan`` what the cluster should look like, and applies
+that: creates the Service when it is missing, writes the Endpoints, patches the status
+subresource, posts Events. Triggers: a policy is created, changed or found at start; a timer
+per policy (``--interval``, the status refresh); any event of a pod that a policy's target
+selects (readiness, deletion, eviction: the Endpoints follow at once); any event of a
+policy's Service (the activator's route intent).
 
 A policy that cannot be served never stops the operator: its status says Degraded and why.
+A deleted policy gives its target back first (the ``dormant.dev/release`` finalizer:
+``deploy.release``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
+import signal
+import socket
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -29,7 +42,9 @@ from typing import Any
 import httpx
 
 from activator.config.secrets import read_token_file
+from deploy.leader import ElectionSettings, Elector
 from deploy.reconcile import OperatorSettings, Reconciler
+from deploy.release import FINALIZER
 from warmpool.kube.api import KubeApi, KubeError, connect, default_namespace
 from warmpool.kube.resource import GROUP, PLURAL, VERSION
 
@@ -50,6 +65,7 @@ def build_registry(reconciler: Reconciler, settings: OperatorSettings) -> Any:
         # Progress and the last handled spec in annotations under dormant.dev (status is ours).
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+        settings.persistence.finalizer = FINALIZER
         settings.posting.level = logging.WARNING  # kopf's own Events: only its problems
         settings.scanning.disabled = True  # fixed resources and namespace: no CRD watch
         settings.watching.server_timeout = 60
@@ -65,9 +81,11 @@ def build_registry(reconciler: Reconciler, settings: OperatorSettings) -> Any:
     async def changed(*, namespace: str | None, name: str, **_: Any) -> None:
         await reconcile(namespace, name)
 
-    @kopf.on.delete(*policy, registry=registry, optional=True)
-    async def deleted(*, namespace: str | None, name: str, **_: Any) -> None:
-        reconciler.forget(namespace or "", name)
+    # Not optional: kopf puts the finalizer (settings.persistence.finalizer) on every policy,
+    # so a deleted one waits until its target is given back (deploy/release.py).
+    @kopf.on.delete(*policy, registry=registry)
+    async def deleted(*, namespace: str | None, name: str, body: Any, **_: Any) -> None:
+        await reconciler.release(namespace or settings.namespace, name, dict(body))
 
     @kopf.timer(*policy, interval=settings.interval, registry=registry)
     async def refresh(*, namespace: str | None, name: str, **_: Any) -> None:
@@ -89,10 +107,102 @@ def build_registry(reconciler: Reconciler, settings: OperatorSettings) -> Any:
     return registry
 
 
-def run(settings: OperatorSettings) -> int:
-    """Run kopf (blocking, in this thread, on its own loop) until SIGTERM or SIGINT."""
+async def _standby_health(listen: str) -> asyncio.Server:
+    """/healthz (any path) answered 200 while this replica stands by: it is alive, and it
+    is ready to take over (kopf's own endpoint replaces this one once it leads)."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+            body = b'{"standby": true}'
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+            )
+            await writer.drain()
+        writer.close()
+
+    host, _, port = listen.rpartition(":")
+    return await asyncio.start_server(answer, host or "0.0.0.0", int(port), reuse_address=True)
+
+
+async def _operate(settings: OperatorSettings, api: KubeApi) -> int:
+    """Stand by until this replica holds the Lease, then run kopf until SIGTERM (0) or until
+    the Lease is lost (1)."""
     import kopf
 
+    duration = settings.lease_duration
+    election = ElectionSettings(
+        identity=settings.identity, duration=duration, renew=duration / 3, retry=duration / 6
+    )
+    elector = Elector(KubeApi(api.client, timeout=election.renew), settings.namespace, election)
+    standby = await _standby_health(settings.health_listen) if settings.health_listen else None
+    loop = asyncio.get_running_loop()
+    waiting = asyncio.create_task(elector.acquire())
+    for signum in (signal.SIGTERM, signal.SIGINT):  # kopf installs its own once it runs
+        loop.add_signal_handler(signum, waiting.cancel)
+    try:
+        await waiting
+    except asyncio.CancelledError:
+        log.info("stopped while standing by")
+        await elector.release()  # in case the Lease was won just as the signal came
+        return 0
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        if standby is not None:
+            standby.close()
+            await standby.wait_closed()
+    liveness = f"http://{settings.health_listen}/healthz" if settings.health_listen else None
+    async with httpx.AsyncClient(timeout=10.0, trust_env=False) as client:
+        reconciler = Reconciler(settings, api, client)
+        registry = build_registry(reconciler, settings)
+        stop = asyncio.Event()
+        operator = asyncio.create_task(
+            kopf.operator(
+                registry=registry,
+                standalone=True,
+                clusterwide=False,
+                namespaces=[settings.namespace],
+                liveness_endpoint=liveness,
+                stop_flag=stop,
+            )
+        )
+        holding = asyncio.create_task(elector.hold())
+        watching = asyncio.create_task(_mark_unserved(reconciler, settings.interval * 6))
+        done, _ = await asyncio.wait({operator, holding}, return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        holding.cancel()
+        watching.cancel()
+        await asyncio.wait({operator}, timeout=30)
+        if holding in done:  # lost the Lease: another replica may lead already
+            return 1
+        await elector.release()
+        if operator.done() and not operator.cancelled() and operator.exception() is not None:
+            raise operator.exception()  # type: ignore[misc]
+        return 0
+
+
+async def _mark_unserved(reconciler: Reconciler, every: float) -> None:
+    """While leading: every ``every`` s, the policies of namespaces no install serves get a
+    status saying so (``deploy.unserved``). Without the cluster-wide grant, one log line."""
+    while True:
+        try:
+            await reconciler.mark_unserved(grace=every)
+        except KubeError as exc:
+            if exc.status == 403:
+                log.warning(
+                    "cannot list policies in other namespaces (%s): a policy there that no "
+                    "install serves gets no status saying so",
+                    exc,
+                )
+                return
+            log.warning("listing the policies of other namespaces: %s", exc)
+        await asyncio.sleep(every)
+
+
+def run(settings: OperatorSettings) -> int:
+    """Run (blocking, in this thread, on its own loop) until SIGTERM or SIGINT."""
     if settings.kubeconfig:
         os.environ["KUBECONFIG"] = settings.kubeconfig  # kopf's login reads it
     try:
@@ -100,26 +210,17 @@ def run(settings: OperatorSettings) -> int:
     except KubeError as exc:
         print(f"dormant: operator: {exc}", file=sys.stderr)
         return 2
-
-    async def operate() -> None:
-        async with httpx.AsyncClient(timeout=10.0, trust_env=False) as client:
-            reconciler = Reconciler(settings, api, client)
-            registry = build_registry(reconciler, settings)
-            await kopf.operator(
-                registry=registry,
-                standalone=True,
-                clusterwide=False,
-                namespaces=[settings.namespace],
-            )
-
-    log.info("reconciling the ScaleToZeroPolicies of namespace %s", settings.namespace)
+    log.info(
+        "reconciling the ScaleToZeroPolicies of namespace %s once leading (as %s)",
+        settings.namespace,
+        settings.identity,
+    )
     try:
-        asyncio.run(operate())
+        return asyncio.run(_operate(settings, api))
     except KeyboardInterrupt:
-        pass
+        return 0
     finally:
         api.close()
-    return 0
 
 
 def _read_token(path: str | None) -> str:
@@ -158,11 +259,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--interval", type=float, default=5.0, help="seconds between status refreshes (5)"
     )
     parser.add_argument(
+        "--identity",
+        default=os.environ.get("POD_NAME", ""),
+        help="this replica's name in the leader-election Lease (default $POD_NAME, else "
+        "HOSTNAME-PID)",
+    )
+    parser.add_argument(
+        "--lease-duration",
+        type=float,
+        default=15.0,
+        help="seconds a leader's Lease lasts without renewal: a replica standing by takes "
+        "over within this after the leader's end (15; at once after a clean shutdown)",
+    )
+    parser.add_argument(
+        "--health-listen",
+        default="",
+        help="HOST:PORT serving /healthz for the pod's probes (default: none)",
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     args = parser.parse_args(list(argv) if argv is not None else None)
     if args.interval <= 0:
         parser.error("--interval must be > 0")
+    if args.lease_duration < 3:
+        parser.error("--lease-duration must be >= 3")
+    if args.health_listen and not args.health_listen.rpartition(":")[2].isdigit():
+        parser.error("--health-listen must be HOST:PORT")
     try:
         token = _read_token(args.admin_token_file)
     except (OSError, ValueError) as exc:
@@ -178,6 +301,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         admin_token=token,
         kubeconfig=args.kubeconfig,
         interval=args.interval,
+        identity=args.identity or f"{socket.gethostname()}-{os.getpid()}",
+        lease_duration=args.lease_duration,
+        health_listen=args.health_listen,
     )
     return run(settings)
 

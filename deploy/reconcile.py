@@ -29,6 +29,8 @@ from activator.config.policy import (
     serving,
 )
 from deploy.plan import Event, Observed, Plan, plan
+from deploy.release import Release, release, remember_replicas
+from deploy.unserved import unserved
 from warmpool.kube.api import KubeApi, KubeError
 from warmpool.kube.resource import GROUP, VERSION, collection_path
 
@@ -52,6 +54,14 @@ class OperatorSettings:
     kubeconfig: str = ""
     interval: float = 5.0
     """Seconds between two status refreshes of a policy."""
+    identity: str = ""
+    """This replica's name in the leader-election Lease (its pod name)."""
+    lease_duration: float = 15.0
+    """Seconds a leader's Lease stays valid without renewal: how long a crashed leader
+    blocks the replicas standing by (they take over within this plus a retry)."""
+    health_listen: str = ""
+    """HOST:PORT of /healthz (kopf's liveness endpoint while leading; a plain answer while
+    standing by); empty: none."""
 
 
 def _now() -> str:
@@ -111,16 +121,90 @@ class Reconciler:
                 log.warning("policy %s/%s: reconcile failed: %s", namespace, name, exc)
                 return None
 
+    async def release(self, namespace: str, name: str, obj: dict[str, Any]) -> Release | None:
+        """Give a deleted policy's target back (``deploy.release``); raises on a failed call
+        so that kopf retries and the finalizer stays until it is done."""
+        key = (namespace, name)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            try:
+                p = parse_policy(obj)
+            except PolicyError as exc:  # never served: nothing of it to give back
+                log.info("policy %s/%s deleted (it was invalid: %s)", namespace, name, exc)
+                self.forget(namespace, name)
+                return None
+            kind = _TARGETS[p.target.kind]
+            group = "batch" if p.target.kind == "Job" else "apps"
+            target_path = f"/apis/{group}/v1/namespaces/{namespace}/{kind}/{p.target.name}"
+            target = await self.api.find(target_path)
+            service_path = (
+                f"/api/v1/namespaces/{namespace}/services/{p.service.name}" if p.service else ""
+            )
+            service = await self.api.find(service_path) if service_path else None
+            result = release(obj, p, target, service)
+            if result.replicas is not None:
+                await self.api.merge(
+                    f"{target_path}/scale", {"spec": {"replicas": result.replicas}}
+                )
+                log.info(
+                    "policy %s/%s deleted: %s %s scaled back to %d",
+                    namespace,
+                    name,
+                    p.target.kind,
+                    p.target.name,
+                    result.replicas,
+                )
+            if result.service_patch is not None:
+                await self.api.merge(service_path, result.service_patch)
+                log.info(
+                    "policy %s/%s deleted: Service %s handed back to Kubernetes%s",
+                    namespace,
+                    name,
+                    p.service.name if p.service else "",
+                    " (its selector restored)" if "spec" in result.service_patch else "",
+                )
+            self.forget(namespace, name)
+            return result
+
+    async def mark_unserved(self, grace: float) -> int:
+        """Say so in the status of each policy no install serves (``deploy.unserved``); the
+        number marked. Raises KubeError (403 without the cluster-wide grant)."""
+        found = await self.api.get(f"/apis/{GROUP}/{VERSION}/scaletozeropolicies")
+        now = dt.datetime.now(dt.UTC)
+        marked = 0
+        for namespace, name, status in unserved(
+            found.get("items") or [], self.settings.namespace, now, grace
+        ):
+            try:
+                await self.api.merge(
+                    f"{self._policies(namespace)}/{name}/status", {"status": status}
+                )
+            except KubeError as exc:
+                if exc.status == 404:
+                    continue
+                raise
+            log.warning("policy %s/%s: %s", namespace, name, status["message"])
+            marked += 1
+        return marked
+
     # -- reading -------------------------------------------------------------------------------
     async def _reconcile(self, namespace: str, name: str) -> Plan | None:
         obj = await self.api.find(f"{self._policies(namespace)}/{name}")
-        if obj is None:
-            self.forget(namespace, name)
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            # being deleted: ``release`` gives the target back; writing Endpoints now would
+            # undo what it hands to Kubernetes
             return None
         parsed, problem = await self._parse(namespace, obj)
         observed = await self._observe(namespace, obj, parsed, problem)
         result = plan(observed)
         await self._apply(namespace, obj, result)
+        if parsed is not None and not problem:
+            remembered = remember_replicas(obj, parsed, observed.target)
+            if remembered:
+                await self.api.merge(
+                    f"{self._policies(namespace)}/{name}",
+                    {"metadata": {"annotations": remembered}},
+                )
         if observed.activator is not None:
             counters = observed.activator.get("counters") or {}
             self._failures[(namespace, name)] = int(counters.get("checkpoint_failures") or 0)

@@ -4,8 +4,8 @@ kubectl (1.32, kustomize 5.5) is on these machines but no project file installs 
 has only kubectl 1.20, whose kustomize 2.0 reads a different kustomization format). So the
 tests render with kubectl when it exists, and otherwise with `render_python`: the small part
 of kustomize that deploy/ uses (resources, namespace, configMapGenerator without hashes,
-strategic-merge `patches` by path). Where kubectl exists, a test checks that both agree, so
-the fallback cannot drift from what users get.
+strategic-merge `patches` by path or inline, `$patch: delete` included). Where kubectl
+exists, a test checks that both agree, so the fallback cannot drift from what users get.
 """
 
 from __future__ import annotations
@@ -87,10 +87,15 @@ def render_python(directory: Path) -> list[Doc]:
             if doc["kind"] not in CLUSTER_SCOPED:
                 doc.setdefault("metadata", {})["namespace"] = ns
     for patch in k.get("patches", []):
-        if set(patch) != {"path"}:
-            raise KustomizeError(f"{path}: only `patches: [{{path: FILE}}]` is supported")
-        for p in yaml.safe_load_all((directory / patch["path"]).read_text()):
-            _apply(docs, p, path)
+        if set(patch) == {"path"}:
+            text = (directory / patch["path"]).read_text()
+        elif set(patch) == {"patch"}:
+            text = patch["patch"]
+        else:
+            raise KustomizeError(f"{path}: only `patches: [{{path: FILE}} | {{patch: YAML}}]`")
+        for p in yaml.safe_load_all(text):
+            if p:
+                _apply(docs, p, path)
     return docs
 
 
@@ -112,8 +117,11 @@ def _config_map(directory: Path, gen: dict[str, Any]) -> Doc:
 
 
 def _apply(docs: list[Doc], patch: Doc, where: Path) -> None:
-    for doc in docs:
+    for n, doc in enumerate(docs):
         if doc["kind"] == patch["kind"] and doc["metadata"]["name"] == patch["metadata"]["name"]:
+            if patch.get("$patch") == "delete":
+                del docs[n]
+                return
             merged = _merge(doc, patch)
             doc.clear()
             doc.update(merged)
@@ -124,8 +132,8 @@ def _apply(docs: list[Doc], patch: Doc, where: Path) -> None:
 
 
 def _merge(base: Any, patch: Any) -> Any:
-    """Strategic merge as deploy/ needs it: maps merge, lists of named maps merge by name,
-    other lists are replaced."""
+    """Strategic merge as deploy/ needs it: maps merge, lists of named maps merge by name
+    (new items first, as kustomize does), other lists are replaced."""
     if isinstance(base, dict) and isinstance(patch, dict):
         out = copy.deepcopy(base)
         for key, value in patch.items():
@@ -134,11 +142,12 @@ def _merge(base: Any, patch: Any) -> Any:
     named = isinstance(base, list) and isinstance(patch, list)
     if named and all(isinstance(i, dict) and "name" in i for i in [*base, *patch]):
         out_list = [copy.deepcopy(i) for i in base]
+        added = []
         for item in patch:
             idx = next((n for n, b in enumerate(out_list) if b["name"] == item["name"]), None)
             if idx is None:
-                out_list.append(copy.deepcopy(item))
+                added.append(copy.deepcopy(item))
             else:
                 out_list[idx] = _merge(out_list[idx], item)
-        return out_list
+        return added + out_list  # kustomize puts a patch's new items first
     return copy.deepcopy(patch)
