@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from loadtests.launcher import REPO, LocalDormant, free_port
+from loadtests.launcher import REPO, LocalDormant, free_port, stop_process
 from loadtests.proxy_report import machine_line, write_csv
 
 __all__ = ["FIELDS", "GOAL", "find_nginx", "main", "run_paced"]
@@ -125,21 +125,15 @@ def _nginx(binary: str, workdir: Path, upstream: int) -> Iterator[tuple[str, Cal
     port = free_port()
     conf = workdir / "nginx.conf"
     conf.write_text(_NGINX_CONF.format(dir=workdir, upstream=upstream, port=port))
-    proc = subprocess.Popen(
-        [binary, "-p", str(workdir), "-c", str(conf)],
-        stdout=subprocess.DEVNULL,
-        stderr=open(workdir / "nginx-stderr.log", "wb"),  # noqa: SIM115 - closed with the process
-    )
+    with open(workdir / "nginx-stderr.log", "wb") as stderr:
+        proc = subprocess.Popen(
+            [binary, "-p", str(workdir), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=stderr
+        )
     try:
         _wait_port(port, proc)
         yield f"127.0.0.1:{port}", lambda: _cpu_seconds([proc.pid, *_children(proc.pid)])
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "check_port",
     "free_port",
     "port_arg",
+    "stop_process",
 ]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,6 +81,16 @@ def port_arg(text: str) -> int:
     if not 0 < port < 65536:
         raise argparse.ArgumentTypeError(f"expected a TCP port 1-65535, got {text!r}")
     return port
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM to a process this one started, ``timeout`` seconds, then SIGKILL."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
 
 
 def _listen_port(config: Mapping[str, Any]) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from loadtests.launcher import REPO, free_port
+from loadtests.launcher import REPO, free_port, stop_process
 
 __all__ = ["ServerError", "pss", "reference_server", "server_command", "tree_pss"]
 
@@ -89,9 +89,4 @@ def reference_server(
                 time.sleep(0.2)
         yield url, proc.pid
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc, 30)
