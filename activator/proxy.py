@@ -373,9 +373,11 @@ class _BodyRelay:
         self.finished: asyncio.Future[_Broken | str | None] = self.loop.create_future()
         self.sent = 0
         self.tail = b"\n\n"
+        """The body's last bytes so far (SSE: is an error event due a blank line first?)."""
         self.last = self.loop.time()
         self._timer: asyncio.TimerHandle | None = None
         self._tapped: aiohttp.StreamReader | None = None
+        self.write = out.writer
 
     @staticmethod
     def possible(upstream: aiohttp.ClientResponse, method: str) -> bool:
@@ -417,12 +419,12 @@ class _BodyRelay:
         self._timer = self.loop.call_at(self.last + self.idle, self._check)
         return True
 
-    def data(self, data: bytes) -> None:
+    def data(self, data: bytes) -> None:  # the hot path: once per piece of every stream
         self.last = self.loop.time()
-        self.sent += len(data)
-        if self.sse:
-            self.tail = (self.tail + data[-4:])[-4:]
-        self.out.chunk(data)
+        size = len(data)
+        self.sent += size
+        self.tail = data if size >= 4 else (self.tail + data)[-4:]
+        self.write(b"%x\r\n%b\r\n" % (size, data))
 
     def _check(self) -> None:
         silent = self.loop.time() - self.last
@@ -455,7 +457,7 @@ class _BodyRelay:
             self._tapped = None
         if isinstance(result, _Broken) and self.sse:  # as Exchange.body: its own event
             self.out.chunk(
-                (b"" if _at_event_boundary(self.tail) else b"\n\n") + sse_error(result.error)
+                (b"" if _at_event_boundary(self.tail[-4:]) else b"\n\n") + sse_error(result.error)
             )
         self.out.close()
         self.finished.set_result(result)
