@@ -356,6 +356,31 @@ class _Tap(aiohttp.StreamReader):
             relay.end(_broke(relay.workload, exc))
 
 
+def _tap_fits() -> bool:
+    """Whether this aiohttp's body reader can become a :class:`_Tap` (same layout, the
+    methods the tap replaces): else every body goes through ASGI, as before the relay."""
+    loop = asyncio.new_event_loop()
+    try:
+        reader = aiohttp.StreamReader(_NoProtocol(), 2**16, loop=loop)  # type: ignore[arg-type]
+        reader.__class__ = _Tap
+        reader.__class__ = aiohttp.StreamReader
+    except (TypeError, AttributeError):
+        return False
+    finally:
+        loop.close()
+    needed = ("feed_data", "feed_eof", "set_exception", "read_nowait", "is_eof", "exception")
+    return all(callable(getattr(aiohttp.StreamReader, name, None)) for name in needed)
+
+
+class _NoProtocol:
+    """Stands in for a connection while ``_tap_fits`` builds a reader."""
+
+    _reading_paused = False
+
+
+_TAP_FITS = _tap_fits()
+
+
 class _BodyRelay:
     """One upstream body to the client, below ASGI (``activator.downstream``): each piece
     the upstream's parser delivers is written to the client's socket as one chunk, in the
@@ -384,7 +409,8 @@ class _BodyRelay:
         """Whether the body can be relayed (else it goes through ASGI): chunked on the
         client's side (no Content-Length), a plain reader on a live connection."""
         return (
-            type(upstream.content) is aiohttp.StreamReader
+            _TAP_FITS
+            and type(upstream.content) is aiohttp.StreamReader
             and upstream.connection is not None
             and "content-length" not in upstream.headers
             and method != "HEAD"
