@@ -346,7 +346,8 @@ class ClusterWorkloads:
         running = self._wakes.get(name)
         if running is not None and not running.done():
             return
-        if served.workload.state not in _AT_REST or not await served.runtime.wanted():
+        wanted = await served.runtime.wanted()  # also scales a target above 1 back to 1
+        if served.workload.state not in _AT_REST or not wanted:
             return
         if self._served.get(name) is not served or served.workload.state not in _AT_REST:
             return  # changed while we asked

@@ -110,3 +110,21 @@ def test_a_graceful_exit_hands_the_lease_over_at_once(fleet: Fleet) -> None:
     assert "lease dormant-ref: released" in a.log_path.read_text(), a.log()
     f.until("B to hold the Lease", lambda: f.lease_holder() == b_url.removeprefix("http://"), 25)
     assert time.monotonic() - began < 25
+
+
+def test_a_target_scaled_to_two_is_scaled_back_to_one_with_the_reason(fleet: Fleet) -> None:
+    """A policy's pods share one snapshot volume and its lock: a second pod would wait for it
+    and never be Ready. The Lease's holder refuses the second replica and says why."""
+    f = fleet
+    f.install()
+    proc, url = f.activator("activator")
+    f.until("the model's pod to be Ready", lambda: ready_pod(f.kube, f.ns, MODEL_PODS), 300)
+    f.until("the activator to serve it", lambda: f.workload(url)["state"] == "ready", 60)
+    f.kube.patch(
+        f"/apis/apps/v1/namespaces/{f.ns}/deployments/ref-model/scale",
+        {"spec": {"replicas": 2}},
+    )
+    f.until("the target back at one replica", lambda: f.replicas() == 1, 15)
+    assert "serves one pod" in proc.log_path.read_text(), proc.log()
+    f.until("one pod left", lambda: len(pods(f.kube, f.ns, MODEL_PODS)) == 1, 60)
+    assert f.workload(url)["state"] == "ready"
