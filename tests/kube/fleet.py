@@ -183,7 +183,7 @@ class Fleet:
         return dict(answer.json())
 
     def lease_holder(self) -> str:
-        path = f"/apis/coordination.k8s.io/v1/namespaces/{self.ns}/leases/dormant-ref"
+        path = f"/apis/coordination.k8s.io/v1/namespaces/{self.ns}/leases/dormant-policy-ref"
         try:
             return str(self.kube.get(path)["spec"].get("holderIdentity") or "")
         except Exception:

@@ -107,7 +107,7 @@ def test_a_graceful_exit_hands_the_lease_over_at_once(fleet: Fleet) -> None:
     f.until("B to serve the policy", lambda: f.workload(b_url)["state"] in ("ready", "cold"), 60)
     began = time.monotonic()
     a.stop()
-    assert "lease dormant-ref: released" in a.log_path.read_text(), a.log()
+    assert "lease dormant-policy-ref: released" in a.log_path.read_text(), a.log()
     f.until("B to hold the Lease", lambda: f.lease_holder() == b_url.removeprefix("http://"), 25)
     assert time.monotonic() - began < 25
 

@@ -2,7 +2,7 @@
 
 Several activators may serve a namespace at once (two replicas, or the old and the new pod of
 a rollout); each proxies any request, but only the **holder** of a policy's Lease (named
-``dormant-<policy>``, identity = the activator's advertised ``IP:PORT``) scales its target,
+``dormant-policy-<policy>``, identity = the activator's advertised ``IP:PORT``) scales its target,
 asks for its route and checkpoints its pod. The others follow: they adopt the pod the holder
 woke, hold a cold request while asking the holder for a wake (``request_wake``: an annotation
 on the Lease), and leave checkpointing to it.
@@ -49,7 +49,7 @@ WAKE_FRESH = 10.0
 
 
 def lease_name(policy: str) -> str:
-    return f"dormant-{policy}"[:253]
+    return f"dormant-policy-{policy}"[:253]
 
 
 @dataclass(frozen=True)
