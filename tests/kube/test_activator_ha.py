@@ -79,6 +79,16 @@ def _idle_then_kill_the_holder(
     assert f.workload(a_url)["counters"]["checkpoint_failures"] == 0
     assert f.workload(b_url)["counters"]["checkpoint_failures"] == 0
 
+    # -- a cold request at B (not the holder): B asks A, A wakes it, B answers --------------
+    answer = f.complete(b_url, timeout=120)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-dormant-wake"].startswith("restore; "), answer.headers
+    assert f.lease_holder() == a_url.removeprefix("http://")
+    f.until("status Hibernated again", lambda: f.status().get("phase") == "Hibernated", 180)
+    f.until("the pod to be gone again", lambda: not pods(f.kube, f.ns, MODEL_PODS), 120)
+    f.until("B to follow again", lambda: f.workload(b_url)["state"] == "hibernated", 60)
+    assert f.committed() == 2, f.diagnose()
+
     # -- the holder dies: B takes the Lease within its duration and wakes on demand ----------
     a.proc.send_signal(signal.SIGKILL)
     a.proc.wait(10)
@@ -92,7 +102,7 @@ def _idle_then_kill_the_holder(
     f.until("status Ready", lambda: f.status().get("phase") == "Ready", 60)
     seen = phases.stop()
     assert "Failed" not in seen, (seen, f.diagnose())
-    assert f.committed() == 1
+    assert f.committed() == 2
     print(f"phases {seen}; wake through B after A died: {took:.1f}s")
 
 
