@@ -29,9 +29,17 @@ Observer = Callable[[Request, ActivatorError], None]
 """Called with each error before it is answered (the activator records its access line)."""
 
 
+RETRY_AFTER = "5"
+"""Retry-After (seconds) on a 503 or 504 that does not say better itself."""
+
+
 def error_response(exc: ActivatorError) -> JSONResponse:
-    """``exc`` in the one error shape, with its status and headers."""
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+    """``exc`` in the one error shape, with its status and headers (a 503 or 504 always with
+    a Retry-After: the client may come back; the body never names an internal address)."""
+    headers = dict(exc.headers)
+    if exc.status in (503, 504) and not any(k.lower() == "retry-after" for k in headers):
+        headers["Retry-After"] = RETRY_AFTER
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
 def authorize(request: Request, token: str, area: str = "admin API") -> None:

@@ -8,6 +8,8 @@ OpenAI clients::
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from typing import Any
 
 __all__ = [
@@ -29,7 +31,33 @@ __all__ = [
     "UpstreamTimeout",
     "WakeFailed",
     "WakeTimeout",
+    "scrub",
 ]
+
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>()]+")
+_HOST_ARG = re.compile(r"\bhost=(['\"])[^'\"]*\1")
+_CANDIDATE = re.compile(r"\[?[0-9A-Fa-f:.%]*[:.][0-9A-Fa-f:.%]*\]?(?::\d+)?")
+
+
+def _address(match: re.Match[str]) -> str:
+    text = match.group(0)
+    host = text
+    if host.startswith("["):  # [v6]:port
+        host = host[1 : host.find("]")] if "]" in host else host[1:]
+    elif host.count(":") == 1:  # v4:port
+        host = host.split(":")[0]
+    try:
+        ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return text  # a time, a version, a ratio: not an address
+    return "<address>"
+
+
+def scrub(text: str) -> str:
+    """``text`` without URLs and IP addresses (an error body goes to any client: the API
+    server's, a pod's or a node's address is nobody's business outside; the log keeps them)."""
+    text = _HOST_ARG.sub("host=<address>", _URL.sub("<url>", text))
+    return _CANDIDATE.sub(_address, text)
 
 
 class ActivatorError(Exception):
@@ -54,7 +82,11 @@ class ActivatorError(Exception):
         self.extra = extra or {}
 
     def body(self) -> dict[str, Any]:
-        error: dict[str, Any] = {"message": self.message, "type": self.type, "code": self.code}
+        error: dict[str, Any] = {
+            "message": scrub(self.message),
+            "type": self.type,
+            "code": self.code,
+        }
         if self.workload:
             error["workload"] = self.workload
         error.update(self.extra)

@@ -85,7 +85,8 @@ def _serve(settings: Settings) -> int:
         "access_log": False,
         "server_header": False,
         "date_header": False,
-        "timeout_graceful_shutdown": 30,
+        # requests held for a wake may wait wake_timeout: let them finish (bounded)
+        "timeout_graceful_shutdown": max(1, round(settings.shutdown_timeout)),
         # the client address is the socket's: never X-Forwarded-For
         "proxy_headers": False,
     }

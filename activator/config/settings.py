@@ -237,6 +237,9 @@ class KubernetesSettings:
     route_timeout: Timeout = _group("kubernetes", 30.0)
     """Seconds the operator may take to point a policy's Endpoints where the activator asked
     (the pods or the activator) before the activator gives up that step."""
+    lease_duration: Timeout = _group("kubernetes", 15.0)
+    """Seconds a policy's Lease (one activator owns each policy's lifecycle) stays another
+    activator's without renewal before this one takes it over."""
 
     @model_validator(mode="before")
     @classmethod
@@ -422,6 +425,9 @@ class Settings:
     on_shutdown: OnShutdown = _group("lifecycle", "stop")
     """What happens to running workloads when Dormant stops: 'stop' or 'hibernate'.
     (Instances never outlive Dormant: that is what keeps a crash from leaving orphans.)"""
+    shutdown_timeout: Timeout = _group("lifecycle", 150.0)
+    """Seconds requests in flight or held for a wake may take to finish after SIGTERM before
+    Dormant exits (keep it above wake_timeout; a pod's terminationGracePeriodSeconds above it)."""
     admin_listen: ListenOrEmpty = _group("server", "")
     """HOST:PORT for the admin API (/-/*) alone; empty = on `listen` with everything else."""
     metrics_token: Str = _group("security", "")

@@ -49,6 +49,7 @@ from activator.specs import spec_factory
 from activator.states import State
 from activator.workload import Workload
 from warmpool.kube.api import KubeApi, KubeError, connect, default_namespace
+from warmpool.kube.lease import LeaseKeeper
 from warmpool.kube.watch import PolicyWatch
 from warmpool.runtime import SnapshotInfo
 from warmpool.runtimes.kubernetes import KubeOptions, KubernetesRuntime, KubeTarget
@@ -121,6 +122,7 @@ def prepare(settings: Settings) -> ClusterSetup:
         token=_token(settings),
         poll_interval=cluster.poll_interval,
         route_timeout=cluster.route_timeout,
+        lease_duration=cluster.lease_duration,
     )
     try:
         api = KubeApi(connect(cluster.kubeconfig))
@@ -134,6 +136,7 @@ class _Served:
     policy: Policy
     workload: Workload
     runtime: KubernetesRuntime
+    lease: LeaseKeeper
 
 
 class ClusterWorkloads:
@@ -159,6 +162,9 @@ class ClusterWorkloads:
         self._tasks: list[asyncio.Task[None]] = []
         self._leaving: set[asyncio.Task[None]] = set()
         self._wakes: dict[str, asyncio.Task[Any]] = {}
+        self._leases: dict[str, LeaseKeeper] = {}
+        """One Lease keeper per served policy, kept across its generations (a changed policy
+        is served on by the same owner)."""
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -195,6 +201,9 @@ class ClusterWorkloads:
         await asyncio.gather(*(s.runtime.close() for s in served), return_exceptions=True)
         for task in list(self._leaving):
             task.cancel()
+        # released: another activator takes each policy over at once, not after a duration
+        await asyncio.gather(*(lease.stop() for lease in self._leases.values()))
+        self._leases.clear()
         self.setup.api.close()
 
     # -- the policies --------------------------------------------------------------------------
@@ -241,6 +250,11 @@ class ClusterWorkloads:
             if current is not None:
                 self._leave(name, f"the policy changed (generation {policy.generation})")
             self._add(policy)
+        for name in [n for n in self._leases if n not in desired]:
+            lease = self._leases.pop(name)
+            task = asyncio.create_task(lease.stop(), name=f"release-{name}")
+            self._leaving.add(task)
+            task.add_done_callback(self._leaving.discard)
 
     def _add(self, policy: Policy) -> None:
         assert policy.workload is not None and policy.service is not None
@@ -260,15 +274,27 @@ class ClusterWorkloads:
             kv_cache=policy.kv_cache,
             drain_timeout=policy.workload.drain_timeout,
         )
+        lease = self._leases.get(policy.name)
+        if lease is None or lease.namespace != target.namespace:
+            lease = LeaseKeeper(
+                self.setup.api,
+                target.namespace,
+                policy.name,
+                self.setup.options.advertise,
+                self.setup.options.lease_duration,
+            )
+            self._leases[policy.name] = lease
         runtime = KubernetesRuntime(
-            self.setup.api, self.client, target, self.setup.options, snapshot=snapshot
+            self.setup.api, self.client, target, self.setup.options, snapshot=snapshot, lease=lease
         )
+        lease.on_acquired = runtime.took_over
+        lease.start()
         state_dir = self.settings.state_path
         workload = Workload(
             policy.workload, runtime, self.metrics, spec_factory(policy.workload, state_dir)
         )
         self.registry.add(workload)
-        self._served[policy.name] = _Served(policy, workload, runtime)
+        self._served[policy.name] = _Served(policy, workload, runtime, lease)
         log.info(
             "policy %s: serving %s (%s %s, Service %s:%d), %s",
             policy.name,
@@ -320,7 +346,8 @@ class ClusterWorkloads:
         running = self._wakes.get(name)
         if running is not None and not running.done():
             return
-        if served.workload.state not in _AT_REST or not await served.runtime.wanted():
+        wanted = await served.runtime.wanted()  # also scales a target above 1 back to 1
+        if served.workload.state not in _AT_REST or not wanted:
             return
         if self._served.get(name) is not served or served.workload.state not in _AT_REST:
             return  # changed while we asked

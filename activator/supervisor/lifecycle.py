@@ -11,6 +11,9 @@ exactly when); through the API it then answers 409 while still busy. On SIGTERM
 (``terminate``) it waits at most ``drain_timeout``, then checkpoints anyway: the pod is going
 away, and keeping the state is better than losing it with the request.
 
+On SIGTERM the pod first stops being ready and serves on for ``term_delay`` (traffic moves
+first: Endpoints and proxies lag), then waits for quiet and dumps.
+
 SIGTERM's deadline is ``grace``: it cuts what is in the way. An operation of the control API
 waiting for quiet is cut at once (answered 409 ``terminating``); a sleep or wake hook in flight
 (``--suspend hooks``) is cut once SIGTERM's quiet budget (``drain_timeout``) is spent, and so are
@@ -92,6 +95,9 @@ class SupervisorSettings:
     """One readiness check of the server's health path."""
     on_term: str = "checkpoint"
     """'checkpoint' or 'stop'."""
+    term_delay: float = 0.0
+    """On SIGTERM, first: readiness fails at once and the server serves on for this long, so
+    that Endpoints and every node's proxy stop sending before the quiet wait and the dump."""
     restore_attempts: int = 1
     """Snapshots tried, newest first, before booting (a failed one is marked bad)."""
 
@@ -439,9 +445,20 @@ class Supervisor:
                     self._to(P.STOPPED, f"terminated while {self.phase}")
                 # nothing ran, so nothing new to save: the snapshots are as they were
                 return ExitCode.CHECKPOINT_FAILED if failed else ExitCode.OK
+            await self._move_traffic_away()
             if self.settings.on_term == "stop":
                 return await self._stop("SIGTERM with --on-term stop")
             return await self._checkpoint_on_term(deadline)
+
+    async def _move_traffic_away(self) -> None:
+        """Readiness already fails (``terminating``): serve on for ``term_delay`` while the
+        Endpoints and the proxies that read them catch up; a request routed by a stale view
+        meanwhile is still answered, not cut by the dump."""
+        delay = self.settings.term_delay
+        if delay > 0:
+            self.reason = f"SIGTERM: not ready; serving on {delay:g}s while traffic moves away"
+            log.info("SIGTERM: readiness fails now; serving on %.1fs before the quiet wait", delay)
+            await asyncio.sleep(delay)
 
     async def _stop(self, why: str) -> int:
         self._to(P.STOPPING, why)
@@ -453,7 +470,7 @@ class Supervisor:
         """Resume and quiet within ``drain_timeout`` of SIGTERM (so that the dump gets the
         rest of ``grace``), checkpoint; again (at most 3 times) when a failed attempt left
         the server serving and the time left allows another."""
-        quiet_by = deadline - (self.settings.grace - self.settings.drain_timeout)
+        quiet_by = min(deadline, self._clock() + self.settings.drain_timeout)
         try:
             if self.phase is P.SUSPENDED:
                 await self._resume()
@@ -485,6 +502,8 @@ class Supervisor:
 
     async def readiness(self) -> tuple[bool, str, str]:
         """(ready, code, why): ready only when serving and the health path answers 200."""
+        if self.terminating:
+            return False, "terminating", "SIGTERM: traffic moves away before the checkpoint"
         if self.phase is not P.READY or self._instance is None:
             return False, self.phase.value, self.reason
         if not self._instance.alive():

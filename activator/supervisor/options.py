@@ -94,6 +94,12 @@ def add_exec_arguments(p: argparse.ArgumentParser) -> None:
         help="of --grace, the longest wait for the served port to be quiet (10); the "
         "checkpoint gets the rest",
     )
+    p.add_argument(
+        "--term-delay",
+        default=5.0,
+        help="on SIGTERM, first: readiness fails and CMD serves on this long while Endpoints "
+        "and proxies move traffic away (5); then the quiet wait and the checkpoint",
+    )
     p.add_argument("--quiet", default=2.0, help="seconds without data that count as quiet (2)")
     p.add_argument(
         "--lock-timeout",
@@ -141,6 +147,7 @@ class ExecOptions:
     on_term: str
     grace: float
     drain_timeout: float
+    term_delay: float
     quiet: float
     lock_timeout: float
     keep: int
@@ -178,6 +185,7 @@ class ExecOptions:
             raise UsageError(f"--control and --port must differ (both {args.port})")
         grace = _typed("--grace", Timeout, args.grace)
         drain_timeout = _typed("--drain-timeout", Timeout, args.drain_timeout)
+        term_delay = _typed("--term-delay", Duration, args.term_delay)
         quiet = _typed("--quiet", Duration, args.quiet)
         lock_timeout = (
             grace + 15
@@ -191,6 +199,11 @@ class ExecOptions:
             raise UsageError(
                 f"--drain-timeout ({drain_timeout:g}) must be less than --grace "
                 f"({grace:g}): the checkpoint gets what is left"
+            )
+        if term_delay + drain_timeout >= grace:
+            raise UsageError(
+                f"--term-delay ({term_delay:g}) plus --drain-timeout ({drain_timeout:g}) must be "
+                f"less than --grace ({grace:g}): the checkpoint gets what is left"
             )
         for flag in ("hook_sleep", "hook_wake"):
             try:
@@ -208,6 +221,7 @@ class ExecOptions:
             on_term=args.on_term,
             grace=grace,
             drain_timeout=drain_timeout,
+            term_delay=term_delay,
             quiet=quiet,
             lock_timeout=lock_timeout,
             keep=keep,
@@ -227,7 +241,7 @@ class ExecOptions:
             port=self.port,
             health_path=self.health_path,
             start_timeout=self.start_timeout,
-            checkpoint_timeout=self.grace - self.drain_timeout,
+            checkpoint_timeout=self.grace - self.drain_timeout - self.term_delay,
             restore_timeout=self.restore_timeout,
             keep_snapshots=self.keep,
             suspend=self.suspend,
@@ -240,6 +254,7 @@ class ExecOptions:
             drain_timeout=self.drain_timeout,
             grace=self.grace,
             on_term=self.on_term,
+            term_delay=self.term_delay,
             restore_attempts=self.keep,
         )
 

@@ -158,6 +158,8 @@ class FakeKubelet:
         server = urlparse(api.configuration.host)
         self._base_env = {
             "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
+            # the "image" is this checkout: its code, not wherever the virtualenv points
+            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
             "HOME": os.environ.get("HOME", "/root"),
             "LANG": "C.UTF-8",
             "KUBERNETES_SERVICE_HOST": server.hostname or network.gateway,

@@ -380,8 +380,10 @@ def test_a_model_scales_to_zero_restores_with_its_kv_cache_and_survives_an_evict
     cached = answer.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
     assert cached > 0, "the KV cache did not survive the checkpoint"
     assert s.replicas() == 1
-    second = ready_pod(s.kube, s.ns, MODEL_PODS)
-    assert second is not None and second["metadata"]["name"] != first["metadata"]["name"]
+    # The activator answers once its own probe of the pod passed; the kubelet's readiness
+    # probe (and so the pod's Ready condition) may follow a moment later.
+    second = s.until("the woken pod to be Ready", lambda: ready_pod(s.kube, s.ns, MODEL_PODS), 30)
+    assert second["metadata"]["name"] != first["metadata"]["name"]
     second_ip = second["status"]["podIP"]
     started = s.workload()["instance"]["started"]
     assert started["how"] == "restored" and started["snapshot"] == snapshot["id"], started

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,9 @@ def connect(kubeconfig: str = "") -> Any:
         raise KubeError(
             f"runtime kubernetes needs the `kube` extra ({exc}): pip install 'dormant[kube]'"
         ) from exc
+    # urllib3 logs a warning for each of its own retries (three per failed call): with the API
+    # server away that is lines a second. Callers retry with back-off and say it once.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     try:
         if kubeconfig:
             return k8s_config.new_client_from_config(config_file=kubeconfig)

@@ -55,6 +55,7 @@ from warmpool.errors import (
 )
 from warmpool.kube.api import KubeApi, KubeError
 from warmpool.kube.control import Paths, PodControl
+from warmpool.kube.lease import LeaseKeeper
 from warmpool.kube.pods import (
     ACTIVATOR_ANNOTATION,
     ROUTE_ACTIVATOR,
@@ -66,11 +67,17 @@ from warmpool.kube.pods import (
     endpoint_ips,
     pod_running,
 )
+from warmpool.kube.ratelog import RateLimitedLog
 from warmpool.runtime import Capabilities, Instance, InstanceSpec, SnapshotInfo
 
 __all__ = ["KubeOptions", "KubeTarget", "KubernetesRuntime"]
 
 log = logging.getLogger("dormant.kubernetes")
+_limited = RateLimitedLog(log, 30.0)
+
+TRANSIENT = frozenset({0, 408, 429, 500, 502, 503, 504})
+"""KubeError statuses worth retrying within a wake's deadline (0: the API server was not
+reached)."""
 
 _PATHS = {"Deployment": "deployments", "StatefulSet": "statefulsets"}
 
@@ -103,6 +110,9 @@ class KubeOptions:
     token: str = ""
     poll_interval: float = 1.0
     route_timeout: float = 30.0
+    lease_duration: float = 15.0
+    """How long a policy's Lease (warmpool.kube.lease) stays another activator's without being
+    renewed before this one takes it over."""
 
 
 def _seconds_left(deadline: float) -> float:
@@ -121,6 +131,7 @@ class KubernetesRuntime:
         options: KubeOptions,
         snapshot: SnapshotInfo | None = None,
         clock: Callable[[], float] = time.monotonic,
+        lease: LeaseKeeper | None = None,
     ) -> None:
         if target.kind not in _PATHS:
             raise NotSupported(f"{target.kind} targets are not scaled (Deployment, StatefulSet)")
@@ -133,6 +144,9 @@ class KubernetesRuntime:
         self._snapshot = snapshot if target.engine != "restart" else None
         self._watchers: dict[PodInstance, asyncio.Task[None]] = {}
         self._detached = False
+        self.lease = lease
+        """The policy's Lease: only its holder scales, routes and checkpoints (None: always)."""
+        self._routing: asyncio.Task[None] | None = None
         checkpoint = target.engine != "restart"
         self._capabilities = Capabilities(
             engine=target.engine,
@@ -161,6 +175,17 @@ class KubernetesRuntime:
         )
         return False
 
+    @property
+    def owner(self) -> bool:
+        """Whether this activator owns the workload's lifecycle now (holds its Lease)."""
+        return self.lease is None or self.lease.held
+
+    def took_over(self) -> None:
+        """Just became the holder: the Service's activator address becomes ours (the one
+        before may be gone), in the background."""
+        if not self._detached:
+            self._route_soon(None)
+
     def detach(self) -> None:
         """From now on ``stop`` only forgets the pods: nothing is scaled or re-routed."""
         self._detached = True
@@ -169,6 +194,9 @@ class KubernetesRuntime:
         """Stop watching pods (the instances keep their last ``alive()``)."""
         tasks = list(self._watchers.values())
         self._watchers.clear()
+        if self._routing is not None:
+            tasks.append(self._routing)
+            self._routing = None
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -187,12 +215,29 @@ class KubernetesRuntime:
         return int((scale.get("spec") or {}).get("replicas") or 0), selector
 
     async def wanted(self) -> bool:
-        """Whether the target is scaled up (someone, or a replacement, wants it running)."""
+        """Whether the target is scaled up (someone, or a replacement, wants it running), or
+        (as the Lease's holder) another activator asked for a wake. A target scaled beyond one
+        replica is scaled back to one by the holder: a policy's pods share one snapshot volume
+        and its lock, so a second pod would wait for it and never be Ready."""
         try:
-            return (await self.replicas())[0] > 0
+            replicas = (await self.replicas())[0]
         except KubeError as exc:  # e.g. the target does not exist (the operator says so)
-            log.debug("%s: cannot read its scale: %s", self._what(), exc)
+            _limited.info(
+                f"scale {self._what()}", "%s: cannot read its scale: %s", self._what(), exc
+            )
             return False
+        if replicas > 1 and self.owner and not self._detached:
+            log.warning(
+                "%s: scaled to %d replicas, but a ScaleToZeroPolicy serves one pod (one snapshot "
+                "volume, one lock: the others would never be Ready); scaling it back to 1",
+                self._what(),
+                replicas,
+            )
+            with contextlib.suppress(KubeError):
+                await self.api.merge(self._scale_path, {"spec": {"replicas": 1}})
+        if replicas > 0:
+            return True
+        return self.lease is not None and self.owner and await self.lease.wake_requested()
 
     async def _scale(self, replicas: int) -> str:
         """Set the target's replicas; its pods' selector."""
@@ -273,6 +318,11 @@ class KubernetesRuntime:
             if isinstance(s, dict) and s.get("status") == "ok"
         ]
         newest = max(usable, key=lambda s: s.get("created") or 0, default=None)
+        listed = status.get("snapshots")
+        if newest is None and isinstance(listed, list):
+            if all(isinstance(s, dict) and s.get("id") for s in listed):
+                self._snapshot = None  # the store, after pruning, holds none usable
+            return
         if newest is not None and newest.get("id"):
             self._snapshot = SnapshotInfo(
                 str(newest["id"]),
@@ -291,31 +341,57 @@ class KubernetesRuntime:
         return await self._up(spec, spec.restore_timeout, "restore")
 
     async def _up(self, spec: InstanceSpec, timeout: float, what: str) -> PodInstance:
+        """Scale to 1 (the holder) or ask the holder for a wake (another activator), then wait
+        for a ready pod. An API server that does not answer (or answers 5xx/429) is retried
+        with back-off until the deadline: a brief outage delays the wake, it does not fail it."""
         deadline = time.monotonic() + timeout
-        try:
-            selector = await self._scale(1)
-            last = "no pod yet"
-            while True:
-                pods = await self._pods(selector)
+        last = "no pod yet"
+        backoff = self.options.poll_interval
+        selector = ""
+        while True:
+            try:
+                if self.owner:
+                    selector = await self._scale(1)
+                else:
+                    assert self.lease is not None
+                    replicas, selector = await self.replicas()
+                    if replicas == 0:
+                        await self.lease.request_wake()
+                pods = await self._pods(selector) if selector else []
+                backoff = self.options.poll_interval
                 candidates = [p for p in pods if pod_running(p)]
                 for pod in candidates:
                     found = await self._probe(pod)
                     if isinstance(found, PodInstance):
-                        return await self._serve(found)
+                        return self._serve(found)
                     last = found
                 if not candidates:
                     last = describe_pods(pods) or last
-                if time.monotonic() >= deadline:
-                    raise StartFailed(
-                        f"{spec.name}: no ready pod of {self._what()} after {timeout:.0f}s "
-                        f"({what}; last seen: {last})"
-                    )
-                await asyncio.sleep(min(self.options.poll_interval, _seconds_left(deadline)))
-        except KubeError as exc:
-            raise StartFailed(f"{spec.name}: {exc}") from exc
+                if not self.owner and self.lease is not None and not candidates:
+                    last = f"waiting for {self.lease.holder or 'the holder'} to wake it"
+            except KubeError as exc:
+                if exc.status not in TRANSIENT:
+                    raise StartFailed(f"{spec.name}: {exc}") from exc
+                last = f"the API server: {exc}"
+                _limited.warning(
+                    f"up {self._what()}",
+                    "%s: %s; retrying until the %s deadline",
+                    self._what(),
+                    exc,
+                    what,
+                )
+                backoff = min(backoff * 2, 5.0)
+            if time.monotonic() >= deadline:
+                raise StartFailed(
+                    f"{spec.name}: no ready pod of {self._what()} after {timeout:.0f}s "
+                    f"({what}; last seen: {last})"
+                )
+            await asyncio.sleep(min(backoff, _seconds_left(deadline)))
 
-    async def _serve(self, instance: PodInstance) -> PodInstance:
-        """Route to the pods (after our own probe passed) and watch the pod."""
+    def _serve(self, instance: PodInstance) -> PodInstance:
+        """Ask for the route to the pod (after our own probe passed) without waiting for the
+        Endpoints: the activator proxies the requests it holds to the pod itself, so a wake
+        never waits for the operator. Then watch the pod."""
         log.info(
             "%s: pod %s at %s is ready (%s)",
             self._what(),
@@ -323,11 +399,48 @@ class KubernetesRuntime:
             instance.ip,
             f"restored from {instance.restored_from}" if instance.restored_from else "booted",
         )
-        await self._route(ROUTE_PODS, instance.ip)
+        if self.owner and not self._detached:
+            self._route_soon(instance.ip)
         self._watchers[instance] = asyncio.create_task(
             self._watch(instance), name=f"watch-{instance.pod}"
         )
         return instance
+
+    def _route_soon(self, pod_ip: str | None) -> None:
+        """In the background: ask for the route to ``pod_ip`` (None: only re-point the
+        activator address at us), retrying while the API server does not answer, then note
+        whether the Endpoints followed within route_timeout. Replaces an earlier one."""
+        if self._routing is not None:
+            self._routing.cancel()
+        self._routing = asyncio.create_task(self._route_later(pod_ip), name="route")
+
+    async def _route_later(self, pod_ip: str | None) -> None:
+        backoff = self.options.poll_interval
+        while True:
+            try:
+                if pod_ip is None:
+                    annotations = {ACTIVATOR_ANNOTATION: self.options.advertise}
+                    await self.api.merge(
+                        self._service_path, {"metadata": {"annotations": annotations}}
+                    )
+                else:
+                    await self._route(ROUTE_PODS, pod_ip)
+                return
+            except KubeError as exc:
+                _limited.warning(
+                    f"route {self._what()}",
+                    "%s: cannot ask for the route of Service %s yet: %s",
+                    self._what(),
+                    self.target.service,
+                    exc,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _stop_routing(self) -> None:
+        if self._routing is not None:
+            self._routing.cancel()
+            self._routing = None
 
     async def _watch(self, instance: PodInstance) -> None:
         """Until the pod is deleted, terminating or failed: then ``instance.gone``."""
@@ -337,7 +450,13 @@ class KubernetesRuntime:
             try:
                 pod = await self.api.find(path)
             except KubeError as exc:
-                log.debug("%s: cannot read pod %s: %s", self._what(), instance.pod, exc)
+                _limited.info(
+                    f"watch {self._what()}",
+                    "%s: cannot read pod %s: %s",
+                    self._what(),
+                    instance.pod,
+                    exc,
+                )
                 continue
             if pod is None or pod["metadata"]["uid"] != instance.uid:
                 instance.gone(f"pod {instance.pod} was deleted")
@@ -346,8 +465,26 @@ class KubernetesRuntime:
                     f"pod {instance.pod} is terminating (scaled down, evicted or drained: its "
                     "supervisor checkpoints on SIGTERM and a replacement restores)"
                 )
+                await self._learn_while_terminating(instance)
             elif (pod.get("status") or {}).get("phase") in ("Failed", "Succeeded"):
                 instance.gone(f"pod {instance.pod} is {pod['status']['phase']}")
+
+    async def _learn_while_terminating(self, instance: PodInstance) -> None:
+        """A terminating pod's supervisor checkpoints and prunes: follow its /status until it
+        stops answering, so ``latest`` names what its volume holds afterwards (never a snapshot
+        pruned meanwhile). Bounded by the pod's own grace period (600 s at most here)."""
+        deadline = time.monotonic() + 600.0
+        while time.monotonic() < deadline:
+            try:
+                code, status = await self.control.call("GET", instance.ip, Paths.STATUS, 5.0)
+            except KubeError:
+                return
+            if code != 200:
+                return
+            self._learn(status)
+            if status.get("state") in ("checkpointed", "stopped", "failed"):
+                return
+            await asyncio.sleep(self.options.poll_interval)
 
     def _unwatch(self, instance: PodInstance) -> None:
         task = self._watchers.pop(instance, None)
@@ -365,6 +502,9 @@ class KubernetesRuntime:
         pod = self._own(instance)
         if self.target.engine == "restart":
             raise NotSupported(f"cannot checkpoint: {self._capabilities.checkpoint_why}")
+        if not self.owner:
+            return await self._follow(pod)
+        self._stop_routing()
         try:
             if not await self._route(ROUTE_ACTIVATOR):
                 await self._route(ROUTE_PODS, pod.ip)
@@ -384,6 +524,40 @@ class KubernetesRuntime:
             return info
         except KubeError as exc:
             raise CheckpointFailed(f"{self._what()}: {exc}", pod if pod.alive() else None) from exc
+
+    async def _follow(self, pod: PodInstance) -> SnapshotInfo:
+        """Not the holder: the holder checkpoints (it sees the same idleness, from the pod's
+        supervisor). Wait, bounded, for its snapshot; CheckpointFailed (still serving) when
+        the pod is still serving after that."""
+        deadline = time.monotonic() + self.options.route_timeout + self.target.drain_timeout
+        holder = self.lease.holder if self.lease is not None else ""
+        while time.monotonic() < deadline:
+            try:
+                code, status = await self.control.call("GET", pod.ip, Paths.STATUS, 5.0)
+            except KubeError:
+                code, status = 0, {}
+            if code == 200 and status.get("state") == "checkpointed":
+                self._learn(status)
+                self._unwatch(pod)
+                pod.gone(f"pod {pod.pod} was checkpointed by {holder or 'the holder'}")
+                done = status.get("last_checkpoint") or {}
+                if done.get("id"):
+                    self._snapshot = SnapshotInfo(
+                        str(done["id"]),
+                        int(done.get("bytes") or 0),
+                        float(done.get("at") or time.time()),
+                        float(done.get("seconds") or 0.0),
+                    )
+                if self._snapshot is not None:
+                    return self._snapshot
+            if code == 0 and not pod.alive() and self._snapshot is not None:
+                return self._snapshot  # gone before we saw its answer
+            await asyncio.sleep(self.options.poll_interval)
+        raise CheckpointFailed(
+            f"this activator does not hold the Lease of {self._what()} ({holder or 'nobody'} "
+            "does) and the holder did not checkpoint the pod: it still serves",
+            pod,
+        )
 
     async def _checkpoint(self, pod: PodInstance) -> SnapshotInfo:
         drain = self.target.drain_timeout
@@ -444,8 +618,9 @@ class KubernetesRuntime:
     async def stop(self, instance: Instance) -> None:
         pod = self._own(instance)
         self._unwatch(pod)
-        if self._detached:
+        if self._detached or not self.owner:
             return
+        self._stop_routing()
         try:
             await self._route(ROUTE_ACTIVATOR)
             await self._scale_down(pod, wait=False)

@@ -46,7 +46,8 @@ def test_defaults_and_the_spec_they_make(monkeypatch: pytest.MonkeyPatch) -> Non
     assert o.snapshots == Path("/var/lib/dormant/snapshots")
     spec = o.spec()
     assert spec.with_port(spec.port).command == ("srv", "--port", "8000")
-    assert spec.checkpoint_timeout == 15.0  # --grace minus --drain-timeout
+    assert o.term_delay == 5.0
+    assert spec.checkpoint_timeout == 10.0  # --grace minus --term-delay and --drain-timeout
     assert spec.keep_snapshots == 1 and spec.suspend == "none"
 
 
