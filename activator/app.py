@@ -87,9 +87,10 @@ def create_app(settings: Settings, engine: EngineSetup | None = None) -> FastAPI
         async with (
             upstream_session() as session,
             httpx.AsyncClient(timeout=None, trust_env=False) as client,
-            serve_workloads(source, settings, client) as registry,
+            serve_workloads(source, settings, client) as served,
         ):
-            app.state.registry = registry
+            app.state.registry = served.registry
+            app.state.hand_over = served.hand_over
             app.state.client = session
             try:
                 yield

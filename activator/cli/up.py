@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import resource
 import sys
+from types import FrameType
 from typing import Any
 
 from activator.cli.common import EXIT_CONFIG, fail, load
@@ -90,8 +91,8 @@ def _serve(settings: Settings) -> int:
         # the client address is the socket's: never X-Forwarded-For
         "proxy_headers": False,
     }
-    main_server = uvicorn.Server(
-        uvicorn.Config(app, host=settings.host, port=settings.port, **options)
+    main_server = _handing_over_server(
+        uvicorn.Config(app, host=settings.host, port=settings.port, **options), app
     )
     if not settings.admin_listen:
         main_server.run()
@@ -161,3 +162,40 @@ def _notebook_lines(settings: Settings) -> list[str]:
             f"(or open {url}?token=$(cat {token}))"
         )
     return lines
+
+
+def _handing_over_server(config: Any, app: Any) -> Any:
+    """A uvicorn server whose first SIGTERM/SIGINT hands over first (below); uvicorn is imported
+    here, not at the module's import (``--help`` stays fast)."""
+    import uvicorn
+
+    class _HandingOverServer(uvicorn.Server):
+        """uvicorn, but the first SIGTERM/SIGINT first lets the workloads' source hand over what
+        another activator can take (``app.state.hand_over``: the Leases, with runtime kubernetes)
+        while this one still accepts; then the usual graceful shutdown. A second signal, or a
+        source with nothing to hand over, stops at once as uvicorn does."""
+
+        app: Any = None
+        _handing_over: asyncio.Task[None] | None = None
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            hand_over = getattr(getattr(self.app, "state", None), "hand_over", None)
+            if self._handing_over is not None or self.should_exit or hand_over is None:
+                super().handle_exit(sig, frame)
+                return
+            self._captured_signals.append(sig)
+            loop = asyncio.get_event_loop()
+
+            async def then_exit() -> None:
+                try:
+                    await hand_over()
+                except Exception as exc:  # stopping is still right
+                    print(f"dormant: handing over failed: {exc}", file=sys.stderr, flush=True)
+                finally:
+                    self.should_exit = True
+
+            self._handing_over = loop.create_task(then_exit())
+
+    server = _HandingOverServer(config)
+    server.app = app
+    return server

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -50,6 +50,9 @@ class Served:
     registry: Registry
     probe: Probe | None = None
     after_tick: Callable[[], None] | None = None
+    hand_over: Callable[[], Awaitable[None]] | None = None
+    """On SIGTERM, before the activator stops accepting: give up what another activator can
+    take over (runtime kubernetes: the policies' Leases), bounded; None: nothing to give."""
 
 
 class Source(Protocol):
@@ -66,7 +69,7 @@ def open_source(settings: Settings, engine: EngineSetup, metrics: Metrics) -> So
 @contextlib.asynccontextmanager
 async def serve_workloads(
     source: Source, settings: Settings, client: httpx.AsyncClient
-) -> AsyncIterator[Registry]:
+) -> AsyncIterator[Served]:
     """The source's workloads with their idle reaper; at the end the reaper stops first,
     then the source shuts its workloads down."""
     async with source.workloads(client) as served:
@@ -75,6 +78,6 @@ async def serve_workloads(
         )
         reaper.start()
         try:
-            yield served.registry
+            yield served
         finally:
             await reaper.stop()

@@ -62,6 +62,12 @@ __all__ = ["ClusterSetup", "ClusterSource", "ClusterWorkloads", "open_source", "
 log = logging.getLogger("dormant.cluster")
 
 TOKEN_ENV = "DORMANT_EXEC_TOKEN"
+HANDOVER_WAIT = 6.0
+"""On SIGTERM: the longest wait for another activator to take the released Leases (one that
+runs looks at them every 2 s at most)."""
+HANDOVER_SETTLE = 5.0
+"""After another activator took the Leases on SIGTERM: seconds more for the operator to move
+the Endpoints to it and for the nodes' proxies to follow, before this one stops accepting."""
 _AT_REST = frozenset({State.COLD, State.HIBERNATED, State.FAILED})
 
 
@@ -205,6 +211,28 @@ class ClusterWorkloads:
         await asyncio.gather(*(lease.stop() for lease in self._leases.values()))
         self._leases.clear()
         self.setup.api.close()
+
+    async def hand_over(self) -> None:
+        """SIGTERM, before anything stops: release every Lease so another activator owns the
+        policies at once (and its address goes into their Services), then wait (at most
+        HANDOVER_WAIT, or a lease duration when shorter) until each is taken and the Endpoints
+        had a moment to follow (HANDOVER_SETTLE). Requests held here meanwhile ask the new
+        holder; with no other activator the Leases come back after a duration."""
+        leases = list(self._leases.values())
+        if not leases:
+            return
+        await asyncio.gather(*(lease.hand_over() for lease in leases), return_exceptions=True)
+        options = self.setup.options
+        wait = min(options.lease_duration, HANDOVER_WAIT)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if all(lease.taken_by_another() for lease in leases):
+                await asyncio.sleep(min(HANDOVER_SETTLE, max(0.0, deadline - time.monotonic())))
+                log.info("handed the policies over to %s", leases[0].holder)
+                return
+            await asyncio.sleep(max(options.poll_interval, 0.2))
+            await asyncio.gather(*(lease.tick() for lease in leases), return_exceptions=True)
+        log.info("no other activator took the policies over within %.0fs", wait)
 
     # -- the policies --------------------------------------------------------------------------
     async def _apply_list(self, items: Iterable[dict[str, Any]]) -> None:
@@ -402,7 +430,7 @@ class ClusterSource:
     @contextlib.asynccontextmanager
     async def workloads(self, client: httpx.AsyncClient) -> AsyncIterator[Served]:
         async with serve(self.setup, self.settings, self.metrics, client) as served:
-            yield Served(served.registry)
+            yield Served(served.registry, hand_over=served.hand_over)
 
 
 def open_source(settings: Settings, engine: EngineSetup, metrics: Metrics) -> ClusterSource:

@@ -117,7 +117,7 @@ def test_a_graceful_exit_hands_the_lease_over_at_once(fleet: Fleet) -> None:
     f.until("B to serve the policy", lambda: f.workload(b_url)["state"] in ("ready", "cold"), 60)
     began = time.monotonic()
     a.stop()
-    assert "lease dormant-policy-ref: released" in a.log_path.read_text(), a.log()
+    assert "lease dormant-policy-ref: handed over" in a.log_path.read_text(), a.log()
     f.until("B to hold the Lease", lambda: f.lease_holder() == b_url.removeprefix("http://"), 25)
     assert time.monotonic() - began < 25
 
@@ -138,3 +138,41 @@ def test_a_target_scaled_to_two_is_scaled_back_to_one_with_the_reason(fleet: Fle
     assert "serves one pod" in proc.log_path.read_text(), proc.log()
     f.until("one pod left", lambda: len(pods(f.kube, f.ns, MODEL_PODS)) == 1, 60)
     assert f.workload(url)["state"] == "ready"
+
+
+def test_a_rollout_hands_a_hibernated_policy_over_without_refusing_a_request(
+    fleet: Fleet,
+) -> None:
+    """SIGTERM to the holder (a rollout): it releases the Lease while it still accepts, the
+    other takes it and its address goes into the Service, and only then does the old one stop
+    accepting. A request sent through the Service (a proxy view 1 s late) meanwhile succeeds."""
+    f = fleet
+    f.install()
+    a, a_url = f.activator("activator-a", lease_duration="30s")
+    f.until("the model's pod to be Ready", lambda: ready_pod(f.kube, f.ns, MODEL_PODS), 300)
+    f.until("A to hold the Lease", lambda: f.lease_holder() == a_url.removeprefix("http://"), 60)
+    _, b_url = f.activator("activator-b", lease_duration="30s")
+    f.operator(b_url)
+    f.until("B to adopt the pod", lambda: f.workload(b_url)["state"] == "ready", 60)
+    f.kube.patch(f"{f.policies}/ref", {"spec": {"idleAfter": "2s"}})
+    f.until("the pod to be gone", lambda: not pods(f.kube, f.ns, MODEL_PODS), 180)
+    f.kube.patch(f"{f.policies}/ref", {"spec": {"idleAfter": 0}})
+    address_a, address_b = a_url.removeprefix("http://"), b_url.removeprefix("http://")
+    f.until("the Service at A", lambda: f.endpoints() == {address_a}, 60)
+    f.until(
+        "B at the new generation, hibernated",
+        lambda: (w := f.workload(b_url))["idle_after_s"] == 0 and w["state"] == "hibernated",
+        60,
+    )
+
+    a.proc.send_signal(signal.SIGTERM)  # the rollout removes the old pod
+    f.until("B to hold the Lease", lambda: f.lease_holder() == address_b, 20)
+    f.until("the Service at B", lambda: f.endpoints() == {address_b}, 5)
+    # what a node's proxy still sends to A just after the move is answered (A accepts on for
+    # a few seconds after B took over; B wakes the workload for it)
+    answer = f.complete(a_url, timeout=120)
+    assert answer.status_code == 200, answer.text
+    a.proc.wait(60)
+    answer = f.complete(f"http://{address_b}", timeout=120)
+    assert answer.status_code == 200, answer.text
+    assert "handed over" in a.log_path.read_text(), a.log()

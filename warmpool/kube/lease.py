@@ -124,6 +124,9 @@ class LeaseKeeper:
         self._handled_wake = 0.0
         self._asked_at = float("-inf")
         self._problem = ""
+        self.yielding = False
+        """Set by ``hand_over``: release instead of renewing, and take the Lease (back) only
+        after it stayed nobody's for a whole duration (no other activator came for it)."""
 
     # -- what callers ask ----------------------------------------------------------------------
     @property
@@ -174,6 +177,16 @@ class LeaseKeeper:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"lease-{self.name}")
 
+    async def hand_over(self) -> None:
+        """SIGTERM: release the Lease now for another activator (keep following it; take it back
+        only if nobody else has within a duration)."""
+        self.yielding = True
+        await self.tick()
+
+    def taken_by_another(self) -> bool:
+        """After ``hand_over``: whether another activator holds the Lease now."""
+        return self.view is not None and self.view.holder not in ("", self.identity)
+
     async def stop(self, release: bool = True) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -189,10 +202,12 @@ class LeaseKeeper:
         self._valid_until = float("-inf")
 
     async def _run(self) -> None:
-        interval = max(self.duration / 3, 0.2)
+        """The holder renews every third of the duration; the others look more often (every
+        2 s at most), so a released Lease is taken within seconds of a graceful exit."""
         while True:
             await self.tick()
-            await asyncio.sleep(interval)
+            interval = self.duration / 3 if self.held else min(self.duration / 3, 2.0)
+            await asyncio.sleep(max(interval, 0.2))
 
     async def tick(self) -> None:
         """One look at the Lease and what the rules say to do."""
@@ -214,7 +229,7 @@ class LeaseKeeper:
             log.info("lease %s: held by this activator (%s)", self.name, self.identity)
             if self.on_acquired is not None:
                 self.on_acquired()
-        elif was and not self.held:
+        elif was and not self.held and not self.yielding:
             log.warning("lease %s: no longer held here (now %s)", self.name, self.holder or "none")
 
     async def _step(self) -> bool:
@@ -226,7 +241,17 @@ class LeaseKeeper:
         # a renewal changes renewTime; a wake request (an annotation) changes the version only
         if view is not None and (view.holder, view.renewed) != self._seen:
             self._seen, self._seen_at = (view.holder, view.renewed), started
-        action = judge(view, self.identity, started - self._seen_at)
+        unchanged = started - self._seen_at
+        action = judge(view, self.identity, unchanged)
+        if self.yielding:
+            if action == "renew":
+                assert obj is not None
+                await self._write(obj, holder="")
+                self._valid_until = float("-inf")
+                log.info("lease %s: handed over (released for another activator)", self.name)
+                return True
+            if action in ("create", "take") and unchanged < self.duration:
+                action = "follow"
         if action == "follow":
             self._valid_until = float("-inf")
             return True

@@ -160,3 +160,29 @@ async def test_wake_requests_while_waiting_do_not_keep_a_dead_holders_lease_aliv
         await b.request_wake()
         await b.tick()
     assert b.held
+
+
+async def test_hand_over_releases_at_once_and_takes_back_only_when_nobody_came() -> None:
+    api, clock = MemoryApi(), Clock()
+    a, b = keeper(api, "a", clock), keeper(api, "b", clock)
+    await a.tick()
+    await b.tick()
+    await a.hand_over()
+    assert not a.held and api.obj is not None and api.obj["spec"]["holderIdentity"] == ""
+    await a.tick()
+    assert not a.held  # a yielding keeper does not take a free Lease back at once
+    await b.tick()
+    assert b.held
+    await a.tick()
+    assert a.taken_by_another()
+
+    api, clock = MemoryApi(), Clock()
+    alone = keeper(api, "a", clock)
+    await alone.tick()
+    await alone.hand_over()
+    clock.now += 9.0
+    await alone.tick()
+    assert not alone.held
+    clock.now += 1.0
+    await alone.tick()
+    assert alone.held  # no other activator came within a duration: the Lease comes back
