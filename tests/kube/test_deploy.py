@@ -416,6 +416,10 @@ NEEDS = {
         ("list", "pods", "", ""),
         ("patch", "services", "", ""),  # the route annotation
         ("get", "endpoints", "", ""),
+        ("get", "leases", "coordination.k8s.io", ""),  # one owner per policy
+        ("create", "leases", "coordination.k8s.io", ""),
+        ("update", "leases", "coordination.k8s.io", ""),
+        ("patch", "leases", "coordination.k8s.io", ""),
     ],
 }
 REFUSED = {

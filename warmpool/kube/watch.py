@@ -26,6 +26,17 @@ QUEUE = 256
 """Events waiting for the event loop (the watch thread blocks beyond that)."""
 
 
+def _leaving(policy: dict[str, Any]) -> bool:
+    """Deleted, held only by a finalizer (the operator's ``dormant.dev/release`` gives the
+    target back meanwhile): for the activator it is gone, never to be hibernated, woken or
+    routed again."""
+    return bool((policy.get("metadata") or {}).get("deletionTimestamp"))
+
+
+def _present(policies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [p for p in policies if not _leaving(p)]
+
+
 class PolicyWatch:
     def __init__(self, api: KubeApi, namespace: str) -> None:
         self.api = api
@@ -50,7 +61,7 @@ class PolicyWatch:
             target=self._watch_loop, args=(version,), name="policy-watch", daemon=True
         )
         self._thread.start()
-        return list(listed.get("items") or [])
+        return _present(listed.get("items") or [])
 
     async def next(self) -> tuple[str, Any]:
         return await self._queue.get()
@@ -99,7 +110,7 @@ class PolicyWatch:
                     backoff = min(backoff * 2, 30.0)
                     continue
                 version = str((listed.get("metadata") or {}).get("resourceVersion", ""))
-                if not self._post("list", listed.get("items") or []):
+                if not self._post("list", _present(listed.get("items") or [])):
                     return
             self._watch = watch.Watch()
             try:
@@ -117,7 +128,10 @@ class PolicyWatch:
                     if not isinstance(obj, dict) or "metadata" not in obj:
                         continue
                     version = str(obj["metadata"].get("resourceVersion") or version)
-                    if not self._post(str(event.get("type")), obj):
+                    kind = str(event.get("type"))
+                    if _leaving(obj) and kind in ("ADDED", "MODIFIED"):
+                        kind = "DELETED"  # the operator is giving its target back
+                    if not self._post(kind, obj):
                         return
                 backoff = 1.0
             except Exception as exc:  # 410 Gone (too old), a dropped connection, ...
