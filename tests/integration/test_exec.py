@@ -450,8 +450,9 @@ def test_a_server_that_exits_0_without_the_opt_in_keeps_its_snapshots(
 # -- SIGTERM's deadline is --grace (item 9) ----------------------------------------------------
 
 GRACE = 5.0
-"""--grace of the tests below (--drain-timeout 1: the dump gets 4 s); what they would wait for
-without the deadline is 600 s (a checkpoint's quiet wait) or 120 s (a hook's timeout)."""
+"""--grace of the tests below (--term-delay 0, --drain-timeout 1: the dump gets 4 s); what
+they would wait for without the deadline is 600 s (a checkpoint's quiet wait) or 120 s (a
+hook's timeout)."""
 MARGIN = 5.0
 """Seconds past --grace allowed for exec's own exit (the control server, the lock) on a
 loaded 2-core machine."""
@@ -501,7 +502,7 @@ def test_sigterm_cuts_an_api_checkpoint_waiting_for_quiet(
     tmp_path: Path, execs: list[Exec]
 ) -> None:
     cmd = [sys.executable, HTTP_APP, "--port", "{port}", "--slow", "600"]
-    args = ("--grace", f"{GRACE:g}", "--drain-timeout", "1", "--quiet", "1")
+    args = ("--grace", f"{GRACE:g}", "--term-delay", "0", "--drain-timeout", "1", "--quiet", "1")
     e = Exec(tmp_path, tmp_path / "volume", cmd, *args).start()
     execs.append(e)
     e.wait_ready()
@@ -520,7 +521,16 @@ def test_sigterm_cuts_an_api_checkpoint_waiting_for_quiet(
 
 def test_sigterm_cuts_a_sleep_hook_that_never_answers(tmp_path: Path, execs: list[Exec]) -> None:
     cmd = [sys.executable, "-c", HANGING_HOOKS, "{port}"]
-    args = ("--grace", f"{GRACE:g}", "--drain-timeout", "1", "--suspend", "hooks")
+    args = (
+        "--grace",
+        f"{GRACE:g}",
+        "--term-delay",
+        "0",
+        "--drain-timeout",
+        "1",
+        "--suspend",
+        "hooks",
+    )
     e = Exec(tmp_path, tmp_path / "volume", cmd, *args).start()
     execs.append(e)
     e.wait_ready()
