@@ -17,7 +17,8 @@ help:
 	@echo "make setup-run - what running needs: .venv with the reference server, load tests, notebooks; CRIU"
 	@echo "make setup  - setup-run, every extra (tests, lint, Kubernetes client), and the tests' tools:"
 	@echo "make criu   - build CRIU into .venv/bin (part of setup-run)"
-	@echo "make kube   - build a Kubernetes API server for the kube tests into .deps/kube (part of setup)"
+	@echo "make kube   - build a Kubernetes API server for the kube tests into .deps/kube, and a real"
+	@echo "               node (kubelet, kube-scheduler, kube-proxy; Debian's containerd) into .deps/node (part of setup)"
 	@echo "make browser - install Debian's chromium for the browser test (part of setup)"
 	@echo "make run    - setup-run, then start Dormant on the embedded default config (127.0.0.1:8080)"
 	@echo "make test   - setup, then run the whole test suite (real CRIU, servers, processes)"
@@ -61,8 +62,12 @@ criu: $(RUN_STAMP)
 
 # kube-apiserver + kube-controller-manager (built once into .deps/kube) and etcd, for the
 # `kube` tests; never fails setup (the tests then skip and say why).
+# A real node for the kube tests (tests/kube/realnode.py): kubelet, kube-scheduler and
+# kube-proxy from the same source package into .deps/node, Debian's containerd, runc and CNI
+# plugins; never fails setup either (the real-node tests then skip and say why).
 kube: $(STAMP)
 	@bash scripts/setup-kube.sh
+	@bash scripts/setup-node.sh
 
 # Debian's chromium for the browser test (tests/integration/test_browser.py); never fails
 # setup (the test then skips and says why).
