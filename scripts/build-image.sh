@@ -75,7 +75,8 @@ rm -rf "$OUT/wheels"
 src=$(mktemp -d)
 trap 'rm -rf "$src"' EXIT
 # shellcheck disable=SC2086
-tar -cf - $sources README.md LICENSE 2>/dev/null | tar -xf - -C "$src" || true
+tar -cf - $sources README.md | tar -xf - -C "$src" ||
+    fail "could not copy the sources to build the wheel from."
 "$PY" -m pip wheel -q --wheel-dir "$OUT/wheels" "$src[refserver]" >"$OUT/wheels.log" 2>&1 ||
     fail "pip wheel dormant[refserver] failed (log: .deps/image/wheels.log)."
 
