@@ -19,7 +19,6 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DEPS="$ROOT/.deps"
 NODE="$DEPS/node"
 BIN="$NODE/bin"
-WANT_MAJOR_MINOR=1.20
 # Bump when the way the binaries are built changes: an old build is then rebuilt.
 RECIPE=1-reflect2-1.0.2-cgo0-pause-static
 
@@ -77,32 +76,12 @@ if have_build; then
     exit 0
 fi
 
-say "fetching the kubernetes source package (bookworm)"
-# shellcheck source=scripts/debian-source.sh
-. "$ROOT/scripts/debian-source.sh"
-debian_source "$NODE/apt-src" bookworm kubernetes || give_up "$DEBSRC_WHY."
-orig=$DEBSRC_ORIG
-name=$(basename "$orig")
-ver=$(printf '%s' "$name" | sed -E 's/^kubernetes_//; s/\.orig\.tar\..*$//; s/^.*really//')
-case "$ver" in
-    "$WANT_MAJOR_MINOR".*) ;;
-    *) give_up "Debian bookworm has kubernetes $ver, not $WANT_MAJOR_MINOR.x, which these tests are written for." ;;
-esac
-
-reflect2=$(dpkg -L golang-github-modern-go-reflect2-dev 2>/dev/null | grep '/github.com/modern-go/reflect2/reflect2.go$' | head -n1)
-[ -n "$reflect2" ] || give_up "golang-github-modern-go-reflect2-dev has no reflect2.go (dpkg -L); cannot fix the 1.20 build."
-reflect2=$(dirname "$reflect2")
-
+say "fetching and unpacking the kubernetes source package (bookworm)"
 tree="$NODE/src"
-say "unpacking kubernetes $ver"
-rm -rf "$tree"; mkdir -p "$tree"
-tar -xf "$orig" -C "$tree" --strip-components=1 2>"$NODE/unpack.log" ||
-    give_up "could not unpack $name (log: .deps/node/unpack.log)."
-[ -d "$tree/vendor/github.com/modern-go/reflect2" ] ||
-    give_up "kubernetes $ver has no vendored reflect2 where expected; the build recipe needs updating."
-rm -rf "$tree/vendor/github.com/modern-go/reflect2"
-cp -r "$reflect2" "$tree/vendor/github.com/modern-go/reflect2"
-rm -f "$tree/vendor/github.com/modern-go/reflect2/go.mod" "$tree/vendor/github.com/modern-go/reflect2/go.sum"
+# shellcheck source=scripts/kube-source.sh
+. "$ROOT/scripts/kube-source.sh"
+kube_source "$NODE/apt-src" "$tree" || give_up "$KSRC_WHY."
+ver=$KSRC_VER
 
 mkdir -p "$BIN.tmp"
 # The sandbox ("pause") container's program: no Debian package ships it.
