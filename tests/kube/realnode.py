@@ -30,7 +30,10 @@ Layout, per test session (`RealNode.start()`), index N chosen free (1-254):
 PID), removes leftover containers, unmounts what is left under the session directory, removes
 the namespace, the host's veth, the cgroups and the /var/log/pods entries it made, and writes
 back the sysctls kubelet changes (vm.overcommit_memory, kernel.panic, kernel.panic_on_oops;
-net.ipv4.ip_forward is saved too in case a plugin writes the host's).
+net.ipv4.ip_forward is saved too in case a plugin writes the host's). A session killed before
+its teardown is cleaned up by the next one to start: the processes it recorded (PID and start
+time, under /run/dormant-kube-node), whatever still runs in its pods' cgroups, its mounts,
+its network, and the sysctls it saved are written back.
 """
 
 from __future__ import annotations
@@ -162,21 +165,79 @@ def _remove_network(index: int) -> None:
         (STATE / str(index)).unlink()
 
 
-def _choose_index() -> int:
-    """A free index (removing what dead sessions left), its owner file written; under lock."""
+def _start_time(pid: int) -> str:
+    """The process's start time (field 22 of /proc/PID/stat): with the PID, who it is."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _end_leftovers(index: int, workdir: str) -> None:
+    """What a session that died without its teardown (SIGKILL) left running: the processes
+    it recorded (PID + start time, so a reused PID is never hit), then every process still in
+    its pods' cgroups; then the cgroups themselves and the mounts under its `workdir`."""
+    record = STATE / f"{index}.procs"
+    with contextlib.suppress(OSError):
+        for line in record.read_text().splitlines():
+            pid, started = line.split()
+            if _start_time(int(pid)) == started:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+    for root in _cgroup_dirs(f"dormant-node-{index}"):
+        for procs in root.rglob("cgroup.procs"):
+            with contextlib.suppress(OSError, ValueError):
+                for pid in procs.read_text().split():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
+    time.sleep(0.5)
+    for root in _cgroup_dirs(f"dormant-node-{index}"):
+        _rmdir_tree(root)
+    if workdir.startswith("/") and len(workdir) > 1:
+        _unmount_under(workdir)
+    record.unlink(missing_ok=True)
+    saved = STATE / f"{index}.sysctls"
+    with contextlib.suppress(OSError, ValueError):
+        _restore_sysctls(json.loads(saved.read_text()))
+    saved.unlink(missing_ok=True)
+
+
+def _restore_sysctls(saved: dict[str, str]) -> None:
+    """Write back the values a session saved before its kubelet changed them."""
+    for key, value in saved.items():
+        path = Path("/proc/sys") / key
+        with contextlib.suppress(OSError):
+            if path.read_text().strip() != value:
+                path.write_text(value)
+
+
+def _unmount_under(directory: str) -> None:
+    """Lazily unmount every mount point at or under `directory`, deepest first."""
+    points = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            point = line.split()[4].replace("\\040", " ")
+            if point == directory or point.startswith(directory.rstrip("/") + "/"):
+                points.append(point)
+    for point in sorted(points, key=len, reverse=True):
+        _run(["umount", "-l", point], check=False)
+
+
+def _choose_index(workdir: Path) -> int:
+    """A free index (removing what dead sessions left), its owner file (our PID, `workdir`)
+    written; under lock."""
+    for owner in list(STATE.iterdir()):
+        if owner.name.isdigit():
+            try:
+                pid, where = owner.read_text().split("\n")[:2]
+            except (OSError, ValueError):
+                pid, where = "0", ""
+            if not pid.isdigit() or not _alive(int(pid)):
+                _end_leftovers(int(owner.name), where)
+                _remove_network(int(owner.name))
     names = {line.split()[0] for line in _run(["ip", "netns", "list"]).splitlines() if line}
     links = {link["ifname"] for link in json.loads(_run(["ip", "-j", "link", "show"]) or "[]")}
     routes = _run(["ip", "route", "show"])
-    for owner in STATE.iterdir():
-        if owner.name.isdigit():
-            try:
-                pid = int(owner.read_text().split()[0])
-            except (OSError, ValueError, IndexError):
-                pid = 0
-            if pid <= 0 or not _alive(pid):
-                _remove_network(int(owner.name))
-                names.discard(f"dknode{owner.name}")
-                links.discard(f"dkn{owner.name}h")
     for index in range(1, 255):
         if (
             f"dknode{index}" in names
@@ -187,7 +248,7 @@ def _choose_index() -> int:
             or f"10.248.{index}." in routes
         ):
             continue
-        (STATE / str(index)).write_text(f"{os.getpid()}\n")
+        (STATE / str(index)).write_text(f"{os.getpid()}\n{workdir}\n")
         return index
     raise NodeUnavailable("no free node index (10.246.1-254.0/24 all in use)")
 
@@ -307,7 +368,7 @@ class RealNode:
     @contextlib.contextmanager
     def running(cls, bins: NodeBinaries, workdir: Path) -> Iterator[RealNode]:
         with _locked():
-            index = _choose_index()
+            index = _choose_index(workdir)
         node = cls(index=index, dir=workdir, bins=bins, name=f"dormant-node-{index}")
         try:
             node._start()
@@ -334,6 +395,12 @@ class RealNode:
                 start_new_session=True,
             )
         self._procs.append(_Proc(name, popen, log))
+        self._record(popen.pid)
+
+    def _record(self, pid: int) -> None:
+        """Note a process this session started, for a later session to end if this one dies."""
+        with (STATE / f"{self.index}.procs").open("a") as record:
+            record.write(f"{pid} {_start_time(pid)}\n")
 
     def _alive_or_raise(self) -> None:
         dead = [p.name for p in self._procs if p.popen.poll() is not None]
@@ -344,6 +411,8 @@ class RealNode:
         self.dir.mkdir(parents=True, exist_ok=True)
         for key in SYSCTLS:
             self._sysctls[key] = (Path("/proc/sys") / key).read_text().strip()
+        # For a later session to write back if this one dies before its teardown.
+        (STATE / f"{self.index}.sysctls").write_text(json.dumps(self._sysctls))
         for logs in POD_LOGS:
             self._logs_before[logs] = set(os.listdir(logs)) if logs.is_dir() else None
         self._kubepods_before = (CGROUPS / "memory" / "kubepods").exists()
@@ -360,6 +429,8 @@ class RealNode:
                 service_cidr=self.service_cidr,
             )
         )
+        for proc in self.cluster._procs:
+            self._record(proc.popen.pid)
         self._containerd()
         self._import_images()
         self._kubelet()
@@ -630,6 +701,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 continue
             self._end(proc)
         # Whatever kubelet did not stop: kill its tasks, remove the containers.
+        netns: set[str] = set()
         if self.socket.exists():
             for task, _pid, _status in self._tasks():
                 with contextlib.suppress(NodeUnavailable):
@@ -640,8 +712,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                     self.ctr("tasks", "delete", "--force", task, timeout=20)
             with contextlib.suppress(NodeUnavailable):
                 for line in self.ctr("containers", "ls", "-q", timeout=20).split():
+                    netns.update(self._netns_of(line))
                     with contextlib.suppress(NodeUnavailable):
                         self.ctr("containers", "delete", line, timeout=20)
+        # The pods' network namespaces (cni-...) that no StopPodSandbox removed: the sandboxes'
+        # own specs name them, so only ours are removed.
+        for name in sorted(netns):
+            _run(["ip", "netns", "del", name], check=False)
         for proc in self._procs:
             if proc.name == "containerd":
                 self._end(proc)
@@ -649,6 +726,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         self._unmount_all()
         self._stack.close()  # the control plane
         _remove_network(self.index)
+        (STATE / f"{self.index}.procs").unlink(missing_ok=True)
         for path in _cgroup_dirs(self.cgroup_root):
             _rmdir_tree(path)
         if not self._kubepods_before:
@@ -664,11 +742,21 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                         shutil.rmtree(target, ignore_errors=True)
                     else:
                         target.unlink(missing_ok=True)
-        for key, value in self._sysctls.items():
-            with contextlib.suppress(OSError):
-                current = (Path("/proc/sys") / key).read_text().strip()
-                if current != value:
-                    (Path("/proc/sys") / key).write_text(value)
+        _restore_sysctls(self._sysctls)
+        (STATE / f"{self.index}.sysctls").unlink(missing_ok=True)
+
+    def _netns_of(self, container: str) -> set[str]:
+        """The named network namespace (under /run/netns) a container's spec joins, if any."""
+        try:
+            info = json.loads(self.ctr("containers", "info", container, timeout=20))
+        except (NodeUnavailable, ValueError):
+            return set()
+        found = set()
+        for ns in ((info.get("Spec") or {}).get("linux") or {}).get("namespaces") or []:
+            path = ns.get("path") or ""
+            if ns.get("type") == "network" and re.fullmatch(r"/(var/)?run/netns/cni-[\w-]+", path):
+                found.add(Path(path).name)
+        return found
 
     def _end(self, proc: _Proc, timeout: float = 20) -> None:
         if proc.popen.poll() is None:
@@ -694,15 +782,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                     os.kill(int(entry.name), signal.SIGKILL)
 
     def _unmount_all(self) -> None:
-        prefix = str(self.dir) + "/"
-        points = []
-        with contextlib.suppress(OSError):
-            for line in Path("/proc/self/mountinfo").read_text().splitlines():
-                point = line.split()[4].replace("\\040", " ")
-                if point.startswith(prefix):
-                    points.append(point)
-        for point in sorted(points, key=len, reverse=True):
-            _run(["umount", "-l", point], check=False)
+        _unmount_under(str(self.dir))
 
 
 def served_pids(marker: str) -> list[int]:
