@@ -23,6 +23,7 @@ try:
     from .cluster import Cluster, find_binaries, start_cluster
     from .kubelet import FakeKubelet
     from .network import NetworkUnavailable, PodNetwork
+    from .podhost import PodHost
     from .realnode import NodeUnavailable, RealNode, find_node, image_problem
     from .rest import ApiException, Rest
 except ImportError as exc:  # the `kube` extra is not installed
@@ -165,3 +166,47 @@ def kubelet(
     finally:
         node.stop()
     assert not node.errors, f"the fake kubelet hit errors: {node.errors}"
+
+
+@pytest.fixture
+def pod_host(request: pytest.FixtureRequest, tmp_path: Path) -> PodHost:
+    """The real node where it can start, else the fake node (see tests/kube/podhost.py); under
+    DORMANT_REQUIRE_NODE=1 a real node that cannot start fails the test instead."""
+    try:
+        node: RealNode = request.getfixturevalue("real_node")
+    except pytest.skip.Exception as exc:
+        kube: Rest = request.getfixturevalue("kube")
+        fake: FakeKubelet = request.getfixturevalue("kubelet")
+        namespace: str = request.getfixturevalue("namespace")
+        kube.post(
+            f"/api/v1/namespaces/{namespace}/persistentvolumeclaims",
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": "state"},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "resources": {"requests": {"storage": "1Gi"}},
+                },
+            },
+        )
+        return PodHost(
+            "fake",
+            kube,
+            namespace,
+            fake.log,
+            {"persistentVolumeClaim": {"claimName": "state"}},
+            "dormant:0.1.0",
+            why_fake=str(exc.msg),
+        )
+    namespace = request.getfixturevalue("node_namespace")
+    state = tmp_path / "state"
+    state.mkdir()
+    return PodHost(
+        "real",
+        node.kube,
+        namespace,
+        lambda pod: node.container_log(namespace, pod, "main"),
+        {"hostPath": {"path": str(state), "type": "Directory"}},
+        node.images[-1],
+    )

@@ -91,14 +91,16 @@ class NodeBinaries:
 
 
 def find_node() -> NodeBinaries | str:
-    """The node's programs, or why they are missing (what setup wrote, or what to run)."""
+    """The node's programs (from $DORMANT_NODE_BIN, default .deps/node/bin), or why they are
+    missing (what setup wrote, or what to run)."""
     if os.geteuid() != 0:
         return "a real node needs root"
-    need = {name: NODE_BIN / name for name in ("kubelet", "kube-scheduler", "kube-proxy", "pause")}
+    bin_dir = Path(os.environ.get("DORMANT_NODE_BIN", NODE_BIN))
+    need = {name: bin_dir / name for name in ("kubelet", "kube-scheduler", "kube-proxy", "pause")}
     missing = [name for name, path in need.items() if not path.is_file()]
     if missing:
         why = NODE_UNAVAILABLE.read_text().strip() if NODE_UNAVAILABLE.is_file() else ""
-        return f"no {', '.join(missing)} in {NODE_BIN}" + (
+        return f"no {', '.join(missing)} in {bin_dir}" + (
             f": {why}" if why else "; run `make setup` (scripts/setup-node.sh builds them)"
         )
     tools = {name: shutil.which(name) for name in ("containerd", "ctr", "runc", "nsenter")}
