@@ -11,13 +11,17 @@ RUN_STAMP := $(VENV)/.run-installed-$(HASH)
 RUN_EXTRAS := refserver,loadtests,notebooks
 STATE ?= .state
 
-.PHONY: setup setup-run criu kube browser run test test-fast test-gpu lint format bench bench-proxy bench-pool clean help
+.PHONY: setup setup-run criu kube image image-optional browser run test test-fast test-gpu lint format bench bench-proxy bench-pool clean help
 
 help:
 	@echo "make setup-run - what running needs: .venv with the reference server, load tests, notebooks; CRIU"
 	@echo "make setup  - setup-run, every extra (tests, lint, Kubernetes client), and the tests' tools:"
 	@echo "make criu   - build CRIU into .venv/bin (part of setup-run)"
-	@echo "make kube   - build a Kubernetes API server for the kube tests into .deps/kube (part of setup)"
+	@echo "make kube   - build a Kubernetes API server for the kube tests into .deps/kube, and a real"
+	@echo "               node (kubelet, kube-scheduler, kube-proxy; Debian's containerd) into .deps/node (part of setup)"
+	@echo "make image  - build Dormant's image (dormant:VERSION, Debian + mmdebstrap, no registry) into .deps/image"
+	@echo "               (reused while its inputs do not change)"
+	@echo "make image-optional - make image where the real node was built, never failing (part of setup)"
 	@echo "make browser - install Debian's chromium for the browser test (part of setup)"
 	@echo "make run    - setup-run, then start Dormant on the embedded default config (127.0.0.1:8080)"
 	@echo "make test   - setup, then run the whole test suite (real CRIU, servers, processes)"
@@ -36,7 +40,7 @@ help:
 
 setup-run: $(RUN_STAMP) criu
 
-setup: setup-run $(STAMP) kube browser
+setup: setup-run $(STAMP) kube image-optional browser
 
 CHECK_PYTHON := $(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Dormant needs Python >= 3.11"'
 
@@ -62,8 +66,21 @@ criu: $(RUN_STAMP)
 
 # kube-apiserver + kube-controller-manager (built once into .deps/kube) and etcd, for the
 # `kube` tests; never fails setup (the tests then skip and say why).
+# A real node for the kube tests (tests/kube/realnode.py): kubelet, kube-scheduler and
+# kube-proxy from the same source package into .deps/node, Debian's containerd, runc and CNI
+# plugins; never fails setup either (the real-node tests then skip and say why).
 kube: $(STAMP)
 	@bash scripts/setup-kube.sh
+	@bash scripts/setup-node.sh
+
+# Dormant's image from Debian packages (mmdebstrap, no base image, no registry) as a
+# docker-archive in .deps/image: `make image` fails when it cannot build; setup builds it only
+# where the real node can use it, and never fails on it.
+image: $(STAMP) criu
+	@bash scripts/build-image.sh
+
+image-optional: $(STAMP) criu kube
+	@if [ -x .deps/node/bin/kubelet ]; then IMAGE_OPTIONAL=1 bash scripts/build-image.sh; fi
 
 # Debian's chromium for the browser test (tests/integration/test_browser.py); never fails
 # setup (the test then skips and says why).
@@ -77,7 +94,9 @@ run: setup-run
 test: setup
 	DORMANT_REQUIRE_CRIU=$$([ -e $(VENV)/bin/criu ] && echo 1) \
 	DORMANT_REQUIRE_BROWSER=$$(command -v chromium >/dev/null && echo 1) \
-	DORMANT_REQUIRE_KUBE=$$([ -x .deps/kube/bin/kube-apiserver ] && echo 1) $(VENV)/bin/pytest
+	DORMANT_REQUIRE_KUBE=$$([ -x .deps/kube/bin/kube-apiserver ] && echo 1) \
+	DORMANT_REQUIRE_NODE=$$([ -x .deps/node/bin/kubelet ] && [ -f .deps/image/dormant.tar ] && echo 1) \
+	$(VENV)/bin/pytest
 
 test-fast: setup
 	$(VENV)/bin/pytest -m "not slow"

@@ -10,7 +10,7 @@
 #   3. otherwise: succeed anyway; the `kube` tests then skip with the reason printed here
 #      (kept in .deps/kube/unavailable), or fail under DORMANT_REQUIRE_KUBE=1.
 #
-# No kubelet, scheduler or container runtime: tests/kube/kubelet.py plays the node.
+# The node (kubelet, kube-scheduler, kube-proxy, containerd) is scripts/setup-node.sh's.
 # Never fails the whole setup. Logs: .deps/kube/*.log.
 set -uo pipefail
 
@@ -18,7 +18,6 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DEPS="$ROOT/.deps"
 KUBE="$DEPS/kube"
 BIN="$KUBE/bin"
-WANT_MAJOR_MINOR=1.20
 # Bump when the way the binaries are built changes: an old build is then rebuilt.
 RECIPE=1-reflect2-1.0.2-cgo0
 
@@ -70,34 +69,12 @@ if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -
     give_up "apt-get install failed (log: .deps/kube/apt.log)."
 fi
 
-say "fetching the kubernetes source package (bookworm)"
-# shellcheck source=scripts/debian-source.sh
-. "$ROOT/scripts/debian-source.sh"
-debian_source "$KUBE/apt-src" bookworm kubernetes || give_up "$DEBSRC_WHY."
-orig=$DEBSRC_ORIG
-name=$(basename "$orig")
-# e.g. kubernetes_1.20.5+really1.20.2.orig.tar.gz: the real version is after "really".
-ver=$(printf '%s' "$name" | sed -E 's/^kubernetes_//; s/\.orig\.tar\..*$//; s/^.*really//')
-case "$ver" in
-    "$WANT_MAJOR_MINOR".*) ;;
-    *) give_up "Debian bookworm has kubernetes $ver, not $WANT_MAJOR_MINOR.x, which these tests are written for." ;;
-esac
-
-reflect2=$(dpkg -L golang-github-modern-go-reflect2-dev 2>/dev/null | grep '/github.com/modern-go/reflect2/reflect2.go$' | head -n1)
-[ -n "$reflect2" ] || give_up "golang-github-modern-go-reflect2-dev has no reflect2.go (dpkg -L); cannot fix the 1.20 build."
-reflect2=$(dirname "$reflect2")
-
+say "fetching and unpacking the kubernetes source package (bookworm)"
 tree="$KUBE/src"
-say "unpacking kubernetes $ver"
-rm -rf "$tree"; mkdir -p "$tree"
-if ! tar -xf "$orig" -C "$tree" --strip-components=1 2>"$KUBE/unpack.log"; then
-    give_up "could not unpack $name (log: .deps/kube/unpack.log)."
-fi
-[ -d "$tree/vendor/github.com/modern-go/reflect2" ] ||
-    give_up "kubernetes $ver has no vendored reflect2 where expected; the build recipe needs updating."
-rm -rf "$tree/vendor/github.com/modern-go/reflect2"
-cp -r "$reflect2" "$tree/vendor/github.com/modern-go/reflect2"
-rm -f "$tree/vendor/github.com/modern-go/reflect2/go.mod" "$tree/vendor/github.com/modern-go/reflect2/go.sum"
+# shellcheck source=scripts/kube-source.sh
+. "$ROOT/scripts/kube-source.sh"
+kube_source "$KUBE/apt-src" "$tree" || give_up "$KSRC_WHY."
+ver=$KSRC_VER
 
 say "building kube-apiserver and kube-controller-manager $ver (several minutes on 2 cores; log: .deps/kube/build.log)"
 # Everything comes from vendor/ (GOPROXY=off: no module downloads); the build keeps its Go

@@ -243,10 +243,15 @@ def _get(url: str, token: str, ca: Path) -> tuple[int, str]:
 
 @contextlib.contextmanager
 def start_cluster(
-    binaries: KubeBinaries, workdir: Path, timeout: float = 180.0, address: str = "127.0.0.1"
+    binaries: KubeBinaries,
+    workdir: Path,
+    timeout: float = 180.0,
+    address: str = "127.0.0.1",
+    controllers: tuple[str, ...] = CONTROLLERS,
+    service_cidr: str = SERVICE_CIDR,
 ) -> Iterator[Cluster]:
-    """Start etcd, the API server (on `address`) and the controller manager under `workdir`;
-    stop them after.
+    """Start etcd, the API server (on `address`, ClusterIPs from `service_cidr`) and the
+    controller manager (running `controllers`) under `workdir`; stop them after.
 
     Waits (at most `timeout` seconds in all) for /readyz, the `default` namespace and the
     controller manager's first ReplicaSet-visible sign of life; raises ClusterError with the
@@ -365,7 +370,7 @@ current-context: test
                 f"--tls-private-key-file={pki / 'apiserver.key'}",
                 f"--token-auth-file={tokens}",
                 "--authorization-mode=RBAC",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--service-cluster-ip-range={service_cidr}",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
@@ -397,7 +402,7 @@ current-context: test
             [
                 str(binaries.controller_manager),
                 f"--kubeconfig={kubeconfig}",
-                f"--controllers={','.join(CONTROLLERS)}",
+                f"--controllers={','.join(controllers)}",
                 f"--service-account-private-key-file={pki / 'sa.key'}",
                 f"--root-ca-file={ca}",
                 "--use-service-account-credentials=false",

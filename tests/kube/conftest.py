@@ -1,11 +1,16 @@
-"""Fixtures for the `kube` tests: a real control plane per session, a fake node per test.
+"""Fixtures for the `kube` tests: a real control plane per session, a fake node per test, and
+a real node (containerd + kubelet, tests/kube/realnode.py) per session where one can start.
 
 `make test` sets DORMANT_REQUIRE_KUBE=1 when setup built the control plane: then a missing or
-broken one fails the run instead of silently skipping every `kube` test.
+broken one fails the run instead of silently skipping every `kube` test. It sets
+DORMANT_REQUIRE_NODE=1 when setup built the node and the image: then a real node that cannot
+start fails the tests that need it instead of skipping them. The terminal summary says which
+node ran.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -18,6 +23,8 @@ try:
     from .cluster import Cluster, find_binaries, start_cluster
     from .kubelet import FakeKubelet
     from .network import NetworkUnavailable, PodNetwork
+    from .podhost import PodHost
+    from .realnode import NodeUnavailable, RealNode, find_node, image_problem
     from .rest import ApiException, Rest
 except ImportError as exc:  # the `kube` extra is not installed
     _MISSING: str | None = f"{exc}; install the `kube` extra (`make setup` does)"
@@ -31,6 +38,62 @@ def _unavailable(why: str) -> None:
             f"Kubernetes control plane required (DORMANT_REQUIRE_KUBE=1) but unavailable: {why}"
         )
     pytest.skip(f"no Kubernetes control plane here: {why}")
+
+
+#: What this session's `real_node` fixture found: "real ..." or "fake only: why" (the summary).
+_NODE_CHOICE: list[str] = []
+
+
+def _no_real_node(why: str) -> None:
+    _NODE_CHOICE.append(f"fake node only (the real node could not start: {why.splitlines()[0]})")
+    if os.environ.get("DORMANT_REQUIRE_NODE") == "1":
+        pytest.fail(f"a real node required (DORMANT_REQUIRE_NODE=1) but unavailable: {why}")
+    pytest.skip(f"no real Kubernetes node here (the fake node's tests still run): {why}")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line saying which node the `kube` tests ran on."""
+    if _NODE_CHOICE:
+        terminalreporter.write_line(f"kube node: {_NODE_CHOICE[0]}")
+
+
+@pytest.fixture(scope="session")
+def real_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealNode]:
+    """A real node with its own control plane, shared by the session, Dormant's image imported;
+    where it cannot start, the test skips saying why (fails under DORMANT_REQUIRE_NODE=1)."""
+    if _MISSING is not None:
+        _unavailable(_MISSING)
+    found = find_node()
+    if isinstance(found, str):
+        _no_real_node(found)
+        raise AssertionError("unreachable")
+    problem = image_problem()
+    if problem is not None:
+        _no_real_node(problem)
+    with contextlib.ExitStack() as stack:
+        try:
+            node = stack.enter_context(RealNode.running(found, tmp_path_factory.mktemp("node")))
+        except NodeUnavailable as exc:
+            _no_real_node(str(exc))
+            raise AssertionError("unreachable") from exc
+        _NODE_CHOICE.append(
+            f"real ({node.name}: kubelet + containerd + runc, images {', '.join(node.images)})"
+        )
+        yield node
+
+
+@pytest.fixture
+def node_namespace(real_node: RealNode, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace on the real node's control plane, deleted afterwards."""
+    kube = real_node.kube
+    stem = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{stem}-{secrets.token_hex(3)}"
+    kube.post(
+        "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    )
+    yield name
+    with contextlib.suppress(ApiException):
+        kube.delete(f"/api/v1/namespaces/{name}")
 
 
 @pytest.fixture(scope="session")
@@ -103,3 +166,47 @@ def kubelet(
     finally:
         node.stop()
     assert not node.errors, f"the fake kubelet hit errors: {node.errors}"
+
+
+@pytest.fixture
+def pod_host(request: pytest.FixtureRequest, tmp_path: Path) -> PodHost:
+    """The real node where it can start, else the fake node (see tests/kube/podhost.py); under
+    DORMANT_REQUIRE_NODE=1 a real node that cannot start fails the test instead."""
+    try:
+        node: RealNode = request.getfixturevalue("real_node")
+    except pytest.skip.Exception as exc:
+        kube: Rest = request.getfixturevalue("kube")
+        fake: FakeKubelet = request.getfixturevalue("kubelet")
+        namespace: str = request.getfixturevalue("namespace")
+        kube.post(
+            f"/api/v1/namespaces/{namespace}/persistentvolumeclaims",
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": "state"},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "resources": {"requests": {"storage": "1Gi"}},
+                },
+            },
+        )
+        return PodHost(
+            "fake",
+            kube,
+            namespace,
+            fake.log,
+            {"persistentVolumeClaim": {"claimName": "state"}},
+            "dormant:0.1.0",
+            why_fake=str(exc.msg),
+        )
+    namespace = request.getfixturevalue("node_namespace")
+    state = tmp_path / "state"
+    state.mkdir()
+    return PodHost(
+        "real",
+        node.kube,
+        namespace,
+        lambda pod: node.container_log(namespace, pod, "main"),
+        {"hostPath": {"path": str(state), "type": "Directory"}},
+        node.images[-1],
+    )
