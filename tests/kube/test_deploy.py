@@ -20,6 +20,7 @@ from .cluster import Cluster, wait_until
 from .kustomize import render, render_kubectl, render_python
 from .manifests import Manifests
 from .rest import ApiException, Rest
+from .test_realnode import CAPS as REALNODE_CAPS
 
 pytestmark = pytest.mark.kube
 
@@ -89,9 +90,11 @@ def test_base_renders_the_whole_system() -> None:
             assert doc["metadata"]["namespace"] == "dormant", key(doc)
     model = container(docs, "ref-model")
     assert model["command"][:2] == ["dormant", "exec"]
-    assert {"CHECKPOINT_RESTORE", "SYS_PTRACE", "SYS_ADMIN"} <= set(
-        model["securityContext"]["capabilities"]["add"]
-    )
+    # exactly the set measured on the real node (tests/kube/test_realnode.py), and the
+    # seccomp profile CRIU can dump under
+    assert set(model["securityContext"]["capabilities"]["add"]) == set(REALNODE_CAPS)
+    pod = by_key(docs)[("Deployment", "dormant", "ref-model")]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["seccompProfile"] == {"type": "Unconfined"}
     assert "nvidia.com/gpu" not in model["resources"].get("limits", {})
 
 
