@@ -16,6 +16,7 @@ import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -30,6 +31,9 @@ except ImportError as exc:  # the `kube` extra is not installed
     _MISSING: str | None = f"{exc}; install the `kube` extra (`make setup` does)"
 else:
     _MISSING = None
+
+if TYPE_CHECKING:
+    from .fleet import Fleet
 
 
 def _unavailable(why: str) -> None:
@@ -210,3 +214,26 @@ def pod_host(request: pytest.FixtureRequest, tmp_path: Path) -> PodHost:
         {"hostPath": {"path": str(state), "type": "Directory"}},
         node.images[-1],
     )
+
+
+@pytest.fixture
+def fleet(
+    criu: object,
+    kube_cluster: Cluster,
+    pod_network: PodNetwork,
+    kube: Rest,
+    namespace: str,
+    kubelet: FakeKubelet,
+    tmp_path: Path,
+) -> Iterator[Fleet]:
+    """Activators, an operator and the model on this test's fake node (tests/kube/fleet.py),
+    stopped afterwards; the tails of their logs are printed."""
+    from .fleet import Fleet
+
+    f = Fleet(kube, namespace, kubelet, kube_cluster, pod_network, tmp_path)
+    try:
+        yield f
+    finally:
+        f.stop()
+        for proc in f.procs:
+            print(proc.log(25))

@@ -7,41 +7,16 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .cluster import Cluster
 from .fleet import MODEL_PODS, Fleet, PhaseLog
-from .kubelet import FakeKubelet
-from .network import PodNetwork
-from .rest import Rest
 from .workloads import pods, ready_pod
 
 pytestmark = [pytest.mark.kube, pytest.mark.criu]
 
 LEASE = 4.0
-
-
-@pytest.fixture
-def fleet(
-    criu: Any,
-    kube_cluster: Cluster,
-    pod_network: PodNetwork,
-    kube: Rest,
-    namespace: str,
-    kubelet: FakeKubelet,
-    tmp_path: Path,
-) -> Iterator[Fleet]:
-    f = Fleet(kube, namespace, kubelet, kube_cluster, pod_network, tmp_path)
-    try:
-        yield f
-    finally:
-        f.stop()
-        for proc in f.procs:
-            print(proc.log(20))
 
 
 def test_two_activators_checkpoint_once_and_the_survivor_takes_over(fleet: Fleet) -> None:

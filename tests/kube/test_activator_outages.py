@@ -7,9 +7,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -17,31 +15,9 @@ import pytest
 from .apiproxy import ApiProxy
 from .cluster import Cluster
 from .fleet import MODEL_PODS, Fleet
-from .kubelet import FakeKubelet
-from .network import PodNetwork
-from .rest import Rest
 from .workloads import pods, ready_pod
 
 pytestmark = [pytest.mark.kube, pytest.mark.criu]
-
-
-@pytest.fixture
-def fleet(
-    criu: Any,
-    kube_cluster: Cluster,
-    pod_network: PodNetwork,
-    kube: Rest,
-    namespace: str,
-    kubelet: FakeKubelet,
-    tmp_path: Path,
-) -> Iterator[Fleet]:
-    f = Fleet(kube, namespace, kubelet, kube_cluster, pod_network, tmp_path)
-    try:
-        yield f
-    finally:
-        f.stop()
-        for proc in f.procs:
-            print(proc.log(25))
 
 
 def _hibernate(f: Fleet, url: str) -> None:

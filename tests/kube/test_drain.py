@@ -11,18 +11,11 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from .cluster import Cluster
 from .fleet import MODEL, MODEL_PODS, Fleet
-from .kubelet import FakeKubelet
-from .network import PodNetwork
-from .rest import Rest
 from .workloads import ready_pod
 
 pytestmark = [pytest.mark.kube, pytest.mark.criu]
@@ -55,25 +48,6 @@ class LaggingProxyView:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
-
-
-@pytest.fixture
-def fleet(
-    criu: Any,
-    kube_cluster: Cluster,
-    pod_network: PodNetwork,
-    kube: Rest,
-    namespace: str,
-    kubelet: FakeKubelet,
-    tmp_path: Path,
-) -> Iterator[Fleet]:
-    f = Fleet(kube, namespace, kubelet, kube_cluster, pod_network, tmp_path)
-    try:
-        yield f
-    finally:
-        f.stop()
-        for proc in f.procs:
-            print(proc.log(25))
 
 
 def test_requests_through_the_service_during_an_eviction_all_succeed(fleet: Fleet) -> None:
