@@ -552,12 +552,26 @@ class KubernetesRuntime:
                     return self._snapshot
             if code == 0 and not pod.alive() and self._snapshot is not None:
                 return self._snapshot  # gone before we saw its answer
+            if code == 0 and await self._scaled_to_zero():
+                # The holder checkpointed and scaled the target down between two looks:
+                # hibernated, by the holder, with a snapshot this activator never saw.
+                self._unwatch(pod)
+                pod.gone(f"pod {pod.pod} was checkpointed by {holder or 'the holder'}")
+                if self._snapshot is not None:
+                    return self._snapshot
+                return SnapshotInfo(f"(taken by {holder or 'the Lease holder'})", 0, time.time())
             await asyncio.sleep(self.options.poll_interval)
         raise CheckpointFailed(
             f"this activator does not hold the Lease of {self._what()} ({holder or 'nobody'} "
             "does) and the holder did not checkpoint the pod: it still serves",
             pod,
         )
+
+    async def _scaled_to_zero(self) -> bool:
+        try:
+            return (await self.replicas())[0] == 0
+        except KubeError:
+            return False
 
     async def _checkpoint(self, pod: PodInstance) -> SnapshotInfo:
         drain = self.target.drain_timeout
