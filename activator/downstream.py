@@ -17,7 +17,7 @@ same framing); anything else goes through ASGI.
 
 from __future__ import annotations
 
-from collections.abc import Callable, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any, Protocol
 
 __all__ = ["EXTENSION", "Downstream", "Sink", "downstream"]
@@ -81,13 +81,6 @@ class Downstream:
     def chunk(self, data: bytes) -> None:
         """One piece of the body, framed as one HTTP chunk (``data`` non-empty)."""
         self._cycle.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
-
-    @property
-    def writer(self) -> Callable[[bytes], object]:
-        """The connection's raw write, for a relay that frames its chunks itself (as
-        :meth:`chunk` does) once per piece: one call less on the hot path."""
-        write: Callable[[bytes], object] = self._cycle.transport.write
-        return write
 
 
 def downstream(scope: MutableMapping[str, Any]) -> Downstream | None:

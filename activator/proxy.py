@@ -402,7 +402,7 @@ class _BodyRelay:
         self.last = self.loop.time()
         self._timer: asyncio.TimerHandle | None = None
         self._tapped: aiohttp.StreamReader | None = None
-        self.write = out.writer
+        self.chunk = out.chunk  # bound once: called for every piece
 
     @staticmethod
     def possible(upstream: aiohttp.ClientResponse, method: str) -> bool:
@@ -450,7 +450,7 @@ class _BodyRelay:
         size = len(data)
         self.sent += size
         self.tail = data if size >= 4 else (self.tail + data)[-4:]
-        self.write(b"%x\r\n%b\r\n" % (size, data))
+        self.chunk(data)
 
     def _check(self) -> None:
         silent = self.loop.time() - self.last

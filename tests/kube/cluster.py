@@ -112,7 +112,9 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 
 @dataclass
-class _Proc:
+class ManagedProc:
+    """A process a test harness started (the control plane's, the real node's), with its log."""
+
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
@@ -129,7 +131,7 @@ class Cluster:
     admin_token: str
     sa_key: Path
     api: k8s.ApiClient = field(repr=False)
-    _procs: list[_Proc] = field(default_factory=list, repr=False)
+    _procs: list[ManagedProc] = field(default_factory=list, repr=False)
 
     # -- clients ---------------------------------------------------------------------------
     def client(self, as_user: str | None = None, groups: tuple[str, ...] = ()) -> k8s.ApiClient:
@@ -286,7 +288,7 @@ current-context: test
     )
     kubeconfig.chmod(0o600)
 
-    procs: list[_Proc] = []
+    procs: list[ManagedProc] = []
 
     def spawn(name: str, argv: list[str]) -> None:
         log = workdir / f"{name}.log"
@@ -299,7 +301,7 @@ current-context: test
                 cwd=workdir,
                 start_new_session=True,
             )
-        procs.append(_Proc(name, popen, log))
+        procs.append(ManagedProc(name, popen, log))
 
     def tails() -> str:
         return "\n".join(

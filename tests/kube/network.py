@@ -40,7 +40,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["NetworkUnavailable", "PodAddress", "PodNetwork"]
+__all__ = ["NetworkUnavailable", "PodAddress", "PodNetwork", "process_exists"]
 
 SUPERNET = ipaddress.ip_network("10.244.0.0/16")
 STATE = Path("/run/dormant-kube-net")
@@ -63,7 +63,8 @@ def _ip(*args: str, check: bool = True) -> str:
     return done.stdout
 
 
-def _alive(pid: int) -> bool:
+def process_exists(pid: int) -> bool:
+    """Whether a process with this PID exists (owned by anyone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -211,7 +212,7 @@ def _stale_indexes() -> set[int]:
             pid = int((STATE / str(index)).read_text().split()[0])
         except (OSError, ValueError, IndexError):
             pid = 0
-        if pid <= 0 or not _alive(pid):
+        if pid <= 0 or not process_exists(pid):
             stale.add(index)
     return stale
 

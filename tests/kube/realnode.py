@@ -54,7 +54,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cluster import CONTROLLERS, Cluster, find_binaries, start_cluster, wait_until
+from .cluster import CONTROLLERS, Cluster, ManagedProc, find_binaries, start_cluster, wait_until
+from .network import process_exists
 from .rest import ApiException, Rest
 
 __all__ = ["NodeBinaries", "NodeUnavailable", "RealNode", "find_node"]
@@ -137,16 +138,6 @@ def _run(argv: list[str], timeout: float = 60, check: bool = True) -> str:
     if check and done.returncode != 0:
         raise NodeUnavailable(f"{' '.join(argv[:5])}: {(done.stderr or done.stdout).strip()}")
     return done.stdout
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @contextlib.contextmanager
@@ -234,7 +225,7 @@ def _choose_index(workdir: Path) -> int:
                 pid, where = owner.read_text().split("\n")[:2]
             except (OSError, ValueError):
                 pid, where = "0", ""
-            if not pid.isdigit() or not _alive(int(pid)):
+            if not pid.isdigit() or not process_exists(int(pid)):
                 _end_leftovers(int(owner.name), where)
                 _remove_network(int(owner.name))
     names = {line.split()[0] for line in _run(["ip", "netns", "list"]).splitlines() if line}
@@ -283,13 +274,6 @@ def _cri_lines(text: str) -> str:
 
 
 @dataclass
-class _Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-
-@dataclass
 class RealNode:
     """A running node (see the module docstring). `cluster` is its control plane."""
 
@@ -300,7 +284,7 @@ class RealNode:
     images: list[str] = field(default_factory=list)
     cluster: Cluster | None = None
     _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
-    _procs: list[_Proc] = field(default_factory=list, repr=False)
+    _procs: list[ManagedProc] = field(default_factory=list, repr=False)
     _sysctls: dict[str, str] = field(default_factory=dict, repr=False)
     _logs_before: dict[Path, set[str] | None] = field(default_factory=dict, repr=False)
     _kubepods_before: bool = False
@@ -396,7 +380,7 @@ class RealNode:
                 cwd=self.dir,
                 start_new_session=True,
             )
-        self._procs.append(_Proc(name, popen, log))
+        self._procs.append(ManagedProc(name, popen, log))
         self._record(popen.pid)
 
     def _record(self, pid: int) -> None:
@@ -760,7 +744,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 found.add(Path(path).name)
         return found
 
-    def _end(self, proc: _Proc, timeout: float = 20) -> None:
+    def _end(self, proc: ManagedProc, timeout: float = 20) -> None:
         if proc.popen.poll() is None:
             proc.popen.send_signal(signal.SIGTERM)
         try:
