@@ -31,7 +31,7 @@ from .test_scale_to_zero import (
     _model_objects,
     _policy,
 )
-from .workloads import pods
+from .workloads import endpoint_addresses, pods, replicas
 
 __all__ = ["MODEL", "MODEL_PODS", "PROMPT", "Fleet", "PhaseLog"]
 
@@ -164,17 +164,10 @@ class Fleet:
         return dict(self.kube.get(f"{self.policies}/{name}").get("status") or {})
 
     def replicas(self) -> int:
-        dep = self.kube.get(f"/apis/apps/v1/namespaces/{self.ns}/deployments/ref-model")
-        return int(dep["spec"]["replicas"])
+        return replicas(self.kube, self.ns, "ref-model")
 
     def endpoints(self) -> set[str]:
-        doc = self.kube.get(f"/api/v1/namespaces/{self.ns}/endpoints/ref-model")
-        return {
-            f"{a['ip']}:{p['port']}"
-            for s in doc.get("subsets") or []
-            for a in s.get("addresses") or []
-            for p in s.get("ports") or []
-        }
+        return endpoint_addresses(self.kube, self.ns, "ref-model")
 
     def workload(self, url: str) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {self.admin_token}"}

@@ -23,7 +23,7 @@ from .kubelet import FakeKubelet
 from .network import PodNetwork
 from .rest import ApiException, Rest
 from .test_scale_to_zero import HostProcess, _crd
-from .workloads import POD_APP, PORT, deployment, get, pods
+from .workloads import POD_APP, PORT, deployment, endpoint_addresses, get, pods, replicas
 
 pytestmark = pytest.mark.kube
 
@@ -62,17 +62,10 @@ class Setup:
         )
 
     def endpoints(self, name: str = "app") -> set[str]:
-        doc = self.kube.get(f"/api/v1/namespaces/{self.ns}/endpoints/{name}")
-        return {
-            f"{a['ip']}:{p['port']}"
-            for s in doc.get("subsets") or []
-            for a in s.get("addresses") or []
-            for p in s.get("ports") or []
-        }
+        return endpoint_addresses(self.kube, self.ns, name)
 
     def replicas(self) -> int:
-        dep = self.kube.get(f"/apis/apps/v1/namespaces/{self.ns}/deployments/app")
-        return int(dep["spec"]["replicas"])
+        return replicas(self.kube, self.ns, "app")
 
     def ready_ips(self) -> set[str]:
         out = set()

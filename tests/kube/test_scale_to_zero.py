@@ -34,7 +34,7 @@ from .kustomize import render
 from .manifests import Manifests
 from .network import PodNetwork
 from .rest import ApiException, Rest
-from .workloads import pods, ready_pod
+from .workloads import endpoint_addresses, pods, ready_pod, replicas
 
 pytestmark = [pytest.mark.kube, pytest.mark.criu]
 
@@ -198,17 +198,10 @@ class Scene:
         return dict(self.policy(name).get("status") or {})
 
     def endpoints(self) -> set[str]:
-        doc = self.kube.get(f"/api/v1/namespaces/{self.ns}/endpoints/ref-model")
-        return {
-            f"{a['ip']}:{p['port']}"
-            for s in doc.get("subsets") or []
-            for a in s.get("addresses") or []
-            for p in s.get("ports") or []
-        }
+        return endpoint_addresses(self.kube, self.ns, "ref-model")
 
     def replicas(self) -> int:
-        dep = self.kube.get(f"/apis/apps/v1/namespaces/{self.ns}/deployments/ref-model")
-        return int(dep["spec"]["replicas"])
+        return replicas(self.kube, self.ns, "ref-model")
 
     def admin(self, method: str, path: str) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.admin_token}"}

@@ -17,9 +17,11 @@ __all__ = [
     "PORT",
     "deployment",
     "diagnose",
+    "endpoint_addresses",
     "get",
     "pods",
     "ready_pod",
+    "replicas",
 ]
 
 POD_APP = str(Path(__file__).with_name("pod_app.py"))
@@ -72,6 +74,24 @@ def pods(kube: Rest, ns: str, app: str) -> list[dict[str, Any]]:
     """The pods labelled app=APP (or matching APP when it is a selector: `k=v,...`)."""
     selector = app if "=" in app else f"app={app}"
     return list(kube.get(f"/api/v1/namespaces/{ns}/pods", labelSelector=selector)["items"])
+
+
+def endpoint_addresses(kube: Rest, ns: str, service: str) -> set[str]:
+    """The ready ``IP:port`` pairs of a Service's Endpoints."""
+    doc = kube.get(f"/api/v1/namespaces/{ns}/endpoints/{service}")
+    return {
+        f"{a['ip']}:{p['port']}"
+        for s in doc.get("subsets") or []
+        for a in s.get("addresses") or []
+        for p in s.get("ports") or []
+    }
+
+
+def replicas(kube: Rest, ns: str, deployment: str) -> int:
+    """A Deployment's desired replicas."""
+    return int(
+        kube.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{deployment}")["spec"]["replicas"]
+    )
 
 
 def ready_pod(kube: Rest, ns: str, app: str, not_named: str = "") -> dict[str, Any] | None:
