@@ -11,12 +11,16 @@ The API server serves TLS with a self-signed certificate made at start, authenti
 tokens (`admin` is in `system:masters`), authorizes with RBAC (so the Roles in `deploy/` mean
 something: `Cluster.client(as_user=...)` impersonates a service account to check them), signs
 service-account tokens with a key made at start, and has the ServiceAccount admission plugin
-off (no token volumes are injected into pods: nothing here could mount them).
+off (no token volumes are injected into pods: the fake node could not mount them). The real
+node's control plane (`in_cluster`, tests/kube/realnode.py) has it on, as clusters do: its
+pods (Dormant's activator and operator among them) get their tokens and reach the API server
+at the `kubernetes` Service's ClusterIP.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import secrets
 import shutil
@@ -186,8 +190,10 @@ def _openssl(*args: str, cwd: Path) -> None:
         raise ClusterError(f"openssl {' '.join(args[:2])} failed: {done.stderr.strip()}")
 
 
-def _make_credentials(pki: Path, address: str) -> None:
+def _make_credentials(pki: Path, address: str, service_ip: str = "") -> None:
     pki.mkdir(parents=True, exist_ok=True)
+    # In-cluster clients reach the API server at the `kubernetes` Service's ClusterIP.
+    extra = f",IP:{service_ip}" if service_ip else ""
     _openssl(
         "req",
         "-x509",
@@ -205,7 +211,7 @@ def _make_credentials(pki: Path, address: str) -> None:
         "-subj",
         "/CN=kube-apiserver",
         "-addext",
-        f"subjectAltName=IP:127.0.0.1,IP:{address},DNS:localhost,DNS:kubernetes.default.svc",
+        f"subjectAltName=IP:127.0.0.1,IP:{address}{extra},DNS:localhost,DNS:kubernetes.default.svc",
         cwd=pki,
     )
     _openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
@@ -251,9 +257,15 @@ def start_cluster(
     address: str = "127.0.0.1",
     controllers: tuple[str, ...] = CONTROLLERS,
     service_cidr: str = SERVICE_CIDR,
+    in_cluster: bool = False,
 ) -> Iterator[Cluster]:
     """Start etcd, the API server (on `address`, ClusterIPs from `service_cidr`) and the
     controller manager (running `controllers`) under `workdir`; stop them after.
+
+    `in_cluster` (the real node, whose pods run Dormant's own components): pods get their
+    service account's token mounted (the ServiceAccount admission plugin, the token
+    controller), the `kubernetes` Service's Endpoints name the API server, and its
+    certificate is valid for that Service's ClusterIP, as in any cluster.
 
     Waits (at most `timeout` seconds in all) for /readyz, the `default` namespace and the
     controller manager's first ReplicaSet-visible sign of life; raises ClusterError with the
@@ -262,7 +274,8 @@ def start_cluster(
     deadline = time.monotonic() + timeout
     workdir.mkdir(parents=True, exist_ok=True)
     pki = workdir / "pki"
-    _make_credentials(pki, address)
+    service_ip = str(next(ipaddress.ip_network(service_cidr).hosts())) if in_cluster else ""
+    _make_credentials(pki, address, service_ip)
     token = secrets.token_hex(16)
     tokens = workdir / "tokens.csv"
     tokens.write_text(f'{token},admin,admin-uid,"system:masters"\n')
@@ -376,9 +389,15 @@ current-context: test
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
-                "--disable-admission-plugins=ServiceAccount",
+                *(
+                    ()
+                    if in_cluster
+                    else (
+                        "--disable-admission-plugins=ServiceAccount",
+                        "--endpoint-reconciler-type=none",
+                    )
+                ),
                 "--allow-privileged=true",
-                "--endpoint-reconciler-type=none",
                 "--v=1",
             ],
         )

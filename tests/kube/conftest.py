@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING
 import pytest
 
 try:
-    from .cluster import Cluster, find_binaries, start_cluster
+    from .cluster import Cluster, find_binaries, start_cluster, wait_until
     from .kubelet import FakeKubelet
     from .network import NetworkUnavailable, PodNetwork
     from .podhost import PodHost
     from .realnode import NodeUnavailable, RealNode, find_node, image_problem
     from .rest import ApiException, Rest
+    from .workloads import service_account_ready
 except ImportError as exc:  # the `kube` extra is not installed
     _MISSING: str | None = f"{exc}; install the `kube` extra (`make setup` does)"
 else:
@@ -95,6 +96,13 @@ def node_namespace(real_node: RealNode, request: pytest.FixtureRequest) -> Itera
     kube.post(
         "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
     )
+    # Pods are admitted once the namespace's `default` ServiceAccount has its token (the
+    # ServiceAccount admission plugin mounts it), as in any cluster of this release.
+    wait_until(
+        f"a token for {name}'s default ServiceAccount",
+        lambda: service_account_ready(kube, name, "default"),
+        timeout=60,
+    )
     yield name
     with contextlib.suppress(ApiException):
         kube.delete(f"/api/v1/namespaces/{name}")
@@ -144,6 +152,13 @@ def namespace(kube_cluster: Cluster, kube: Rest, request: pytest.FixtureRequest)
     name = f"{stem}-{secrets.token_hex(3)}"
     kube.post(
         "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    )
+    # Pods are admitted once the namespace's `default` ServiceAccount has its token (the
+    # ServiceAccount admission plugin mounts it), as in any cluster of this release.
+    wait_until(
+        f"a token for {name}'s default ServiceAccount",
+        lambda: service_account_ready(kube, name, "default"),
+        timeout=60,
     )
     yield name
     try:

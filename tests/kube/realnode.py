@@ -411,8 +411,15 @@ class RealNode:
                 found,
                 self.dir / "control-plane",
                 address=self.host_ip,
-                controllers=(*CONTROLLERS, "nodelifecycle", "endpointslice"),
+                controllers=(
+                    *CONTROLLERS,
+                    "nodelifecycle",
+                    "endpointslice",
+                    "serviceaccount-token",
+                    "persistentvolume-binder",
+                ),
                 service_cidr=self.service_cidr,
+                in_cluster=True,
             )
         )
         for proc in self.cluster._procs:

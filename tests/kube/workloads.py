@@ -9,7 +9,7 @@ from typing import Any
 
 from .cluster import Cluster, free_port
 from .kubelet import FakeKubelet
-from .rest import Rest
+from .rest import ApiException, Rest
 
 __all__ = [
     "POD_APP",
@@ -116,3 +116,15 @@ def diagnose(cluster: Cluster, kubelet: FakeKubelet, pod: str = "") -> Callable[
         f"kubelet errors: {kubelet.errors}\npod log:\n{kubelet.log(pod)}\n"
         + (cluster.log_tails(15))
     )
+
+
+def service_account_ready(kube: Rest, ns: str, name: str) -> bool:
+    """Whether a ServiceAccount exists with its token Secret (1.20's token controller writes
+    it; until then the ServiceAccount admission plugin refuses the pods that use it)."""
+    try:
+        account = kube.get(f"/api/v1/namespaces/{ns}/serviceaccounts/{name}")
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return bool(account.get("secrets"))
