@@ -24,6 +24,9 @@ class WakeRecord:
     path: str
     seconds: float
     at: float
+    phases: tuple[tuple[str, float], ...] = ()
+    """Where the seconds went, as the runtime saw them (Kubernetes: ``scaled``, ``scheduled``,
+    ``running``, ``ready``, each in seconds since the wake began); empty where it cannot say."""
 
     def header(self) -> str:
         """The one format of a wake, in the ``X-Dormant-Wake`` header and the access log:

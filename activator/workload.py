@@ -500,7 +500,10 @@ class Workload:
         self._owed = set(self._waiters)  # served before the pool may swap it out again
         self._instance = instance
         self._last_activity = self._resident_since = self._clock()
-        self.last_wake = WakeRecord(path, seconds, time.time())
+        phases = (instance.describe() or {}).get("wake_phases") or {}
+        self.last_wake = WakeRecord(
+            path, seconds, time.time(), tuple((k, float(v)) for k, v in phases.items())
+        )
         self._metrics.wake_seconds.labels(self.name, path).observe(seconds)
         engine = {"resume": self.settings.suspend, "restore": self._runtime.capabilities.engine}
         self._metrics.record_swap(
@@ -739,6 +742,13 @@ class Workload:
 
     # -- reporting -----------------------------------------------------------------------
 
+    @staticmethod
+    def _wake_view(wake: WakeRecord) -> dict[str, Any]:
+        view: dict[str, Any] = {"path": wake.path, "seconds": round(wake.seconds, 4)}
+        if wake.phases:
+            view["phases"] = {name: round(at, 3) for name, at in wake.phases}
+        return view
+
     def view(self) -> dict[str, Any]:
         latest = self._latest()
         snapshot = None if isinstance(latest, Exception) else latest
@@ -767,9 +777,7 @@ class Workload:
             "idle_after_s": self.settings.idle_after,
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
-            "last_wake": None
-            if self.last_wake is None
-            else {"path": self.last_wake.path, "seconds": round(self.last_wake.seconds, 4)},
+            "last_wake": None if self.last_wake is None else self._wake_view(self.last_wake),
             "last_checkpoint": self.last_checkpoint,
             "snapshot": None
             if snapshot is None

@@ -163,6 +163,12 @@ def _status() -> dict[str, Any]:
                 "properties": {
                     "path": _string("boot, restore or resume."),
                     "seconds": {**number, "description": "From the first waiting request."},
+                    "phases": {
+                        "type": "object",
+                        "description": "When the wake passed each step, in seconds since it "
+                        "began: scaled, scheduled, running, ready.",
+                        "additionalProperties": number,
+                    },
                 },
             },
             "lastSnapshot": {

@@ -388,6 +388,9 @@ def plan(o: Observed) -> Plan:
             "path": str(wake.get("path")),
             "seconds": float(wake.get("seconds") or 0),
         }
+        phases = wake.get("phases")
+        if isinstance(phases, dict) and phases:
+            status["lastWake"]["phases"] = {str(k): float(v) for k, v in phases.items()}
     snapshot = _snapshot(view) or previous.get("lastSnapshot")
     if snapshot:
         status["lastSnapshot"] = dict(snapshot)

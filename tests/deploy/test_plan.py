@@ -274,12 +274,20 @@ def test_status_carries_the_last_wake_snapshot_and_generation() -> None:
     view = {
         "state": "hibernated",
         "reason": "snapshot s-1",
-        "last_wake": {"path": "restore", "seconds": 0.41},
+        "last_wake": {
+            "path": "restore",
+            "seconds": 0.41,
+            "phases": {"scaled": 0.01, "scheduled": 0.05, "running": 0.2, "ready": 0.4},
+        },
         "last_checkpoint": {"snapshot": "s-1", "bytes": 1234, "seconds": 1.5},
     }
     status = plan(observe(activator=view, pods=[])).status
     assert status["observedGeneration"] == 3
-    assert status["lastWake"] == {"path": "restore", "seconds": 0.41}
+    assert status["lastWake"] == {
+        "path": "restore",
+        "seconds": 0.41,
+        "phases": {"scaled": 0.01, "scheduled": 0.05, "running": 0.2, "ready": 0.4},
+    }
     assert status["lastSnapshot"] == {"id": "s-1", "bytes": 1234, "seconds": 1.5}
     snapshot = next(c for c in status["conditions"] if c["type"] == "SnapshotAvailable")
     assert snapshot["status"] == "True" and snapshot["message"] == "snapshot s-1"

@@ -384,6 +384,11 @@ def test_a_model_scales_to_zero_restores_with_its_kv_cache_and_survives_an_evict
     t.mark(f"woken by a request: {wake}, cached_tokens {cached}")
     s.until("status Ready after the restore", lambda: s.status().get("phase") == "Ready")
     assert s.status()["lastWake"]["path"] == "restore"
+    # Where the wake's seconds went, step by step, in order, within the wake's own duration.
+    phases = s.status()["lastWake"]["phases"]
+    assert list(phases) == ["scaled", "scheduled", "running", "ready"], phases
+    assert list(phases.values()) == sorted(phases.values())
+    assert phases["ready"] <= s.status()["lastWake"]["seconds"] + 0.5, s.status()["lastWake"]
 
     # -- a policy change (never idle now) is picked up; the pod is taken over as it is --------
     s.kube.patch(f"{s.policies}/ref", {"spec": {"idleAfter": 0}})

@@ -65,6 +65,11 @@ class PodInstance:
     restored_from: str | None
     started: dict[str, Any] = field(default_factory=dict)
     """The supervisor's account of the start (how, snapshot, seconds)."""
+    wake_phases: dict[str, float] = field(default_factory=dict)
+    """When the wake that found this pod passed each step, in seconds since it began:
+    scaled (the scale request answered), scheduled (the pod has a node), running (its
+    container runs, it has an IP), ready (its supervisor answered /readyz: restored or
+    booted and healthy)."""
     _alive: bool = True
     _why: str = "running"
 
@@ -83,7 +88,13 @@ class PodInstance:
             self._alive, self._why = False, why
 
     def describe(self) -> dict[str, Any]:
-        return {"pod": self.pod, "ip": self.ip, "node": self.node, "started": self.started}
+        return {
+            "pod": self.pod,
+            "ip": self.ip,
+            "node": self.node,
+            "started": self.started,
+            "wake_phases": self.wake_phases,
+        }
 
 
 def pod_running(pod: Mapping[str, Any]) -> bool:

@@ -115,6 +115,10 @@ class KubeOptions:
     renewed before this one takes it over."""
 
 
+#: Seconds between two looks at a waking target's pods (see KubernetesRuntime._up).
+WAKE_POLL = 0.1
+
+
 def _seconds_left(deadline: float) -> float:
     return max(0.0, deadline - time.monotonic())
 
@@ -343,10 +347,21 @@ class KubernetesRuntime:
     async def _up(self, spec: InstanceSpec, timeout: float, what: str) -> PodInstance:
         """Scale to 1 (the holder) or ask the holder for a wake (another activator), then wait
         for a ready pod. An API server that does not answer (or answers 5xx/429) is retried
-        with back-off until the deadline: a brief outage delays the wake, it does not fail it."""
-        deadline = time.monotonic() + timeout
+        with back-off until the deadline: a brief outage delays the wake, it does not fail it.
+
+        While the pod comes up the loop looks every WAKE_POLL seconds, not every
+        poll_interval: a wake is what a client waits for, and one look costs one list of the
+        target's pods and one /readyz to a pod. The steps it passed are the instance's
+        ``wake_phases``."""
+        began = time.monotonic()
+        deadline = began + timeout
+        phases: dict[str, float] = {}
+
+        def passed(step: str) -> None:
+            phases.setdefault(step, round(time.monotonic() - began, 3))
+
         last = "no pod yet"
-        backoff = self.options.poll_interval
+        backoff = WAKE_POLL
         selector = ""
         while True:
             try:
@@ -357,12 +372,19 @@ class KubernetesRuntime:
                     replicas, selector = await self.replicas()
                     if replicas == 0:
                         await self.lease.request_wake()
+                passed("scaled")
                 pods = await self._pods(selector) if selector else []
-                backoff = self.options.poll_interval
+                backoff = WAKE_POLL
+                if any((p.get("spec") or {}).get("nodeName") for p in pods):
+                    passed("scheduled")
                 candidates = [p for p in pods if pod_running(p)]
+                if candidates:
+                    passed("running")
                 for pod in candidates:
                     found = await self._probe(pod)
                     if isinstance(found, PodInstance):
+                        passed("ready")
+                        found.wake_phases = phases
                         return self._serve(found)
                     last = found
                 if not candidates:
@@ -380,7 +402,7 @@ class KubernetesRuntime:
                     exc,
                     what,
                 )
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(max(backoff, self.options.poll_interval) * 2, 5.0)
             if time.monotonic() >= deadline:
                 raise StartFailed(
                     f"{spec.name}: no ready pod of {self._what()} after {timeout:.0f}s "
@@ -393,11 +415,14 @@ class KubernetesRuntime:
         Endpoints: the activator proxies the requests it holds to the pod itself, so a wake
         never waits for the operator. Then watch the pod."""
         log.info(
-            "%s: pod %s at %s is ready (%s)",
+            "%s: pod %s at %s is ready (%s)%s",
             self._what(),
             instance.pod,
             instance.ip,
             f"restored from {instance.restored_from}" if instance.restored_from else "booted",
+            "; " + ", ".join(f"{k} {v:.2f}s" for k, v in instance.wake_phases.items())
+            if instance.wake_phases
+            else "",
         )
         if self.owner and not self._detached:
             self._route_soon(instance.ip)

@@ -74,3 +74,20 @@ def test_status_shows_where_each_notebook_is_and_where_its_token_is() -> None:
         "/etc/bob.token)",
         "web: http://127.0.0.1:8080/apps/web/",
     ]
+
+
+def test_status_says_where_a_wakes_seconds_went_when_the_runtime_says() -> None:
+    phases = {"scaled": 0.02, "scheduled": 0.1, "running": 1.25, "ready": 1.9}
+    out = status_text(
+        {
+            "engine": ENGINE,
+            "workloads": [
+                _workload(
+                    name="ref", last_wake={"path": "restore", "seconds": 2.0, "phases": phases}
+                ),
+                _workload(name="plain"),
+            ],
+        }
+    )
+    assert "ref: restore 2.00s: scaled 0.02s, scheduled 0.10s, running 1.25s, ready 1.90s" in out
+    assert "plain:" not in out
