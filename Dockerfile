@@ -3,7 +3,7 @@
 # The test suite does not use this file: it builds the same contents from Debian packages with
 # mmdebstrap, without a base image or a registry (`make image`, scripts/build-image.sh), and
 # runs it on a real node (tests/kube/realnode.py). Keep the two in step: bookworm's python3,
-# Dormant with the `refserver` extra in a venv at /opt/dormant, CRIU >= 4.2 (built from Debian's
+# Dormant with the `refserver` and `kube` extras in a venv at /opt/dormant, CRIU >= 4.2 (built from Debian's
 # source package by scripts/setup-criu.sh: bookworm's own criu 3.17 cannot dump on kernels
 # >= 6.12) with its runtime libraries.
 
@@ -32,7 +32,7 @@ COPY examples /src/examples
 ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
 RUN python3 -m venv /opt/dormant \
-    && /opt/dormant/bin/pip install --no-cache-dir '/src[refserver]' \
+    && /opt/dormant/bin/pip install --no-cache-dir '/src[refserver,kube]' \
     && rm -rf /src
 ENV PATH=/opt/dormant/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONUNBUFFERED=1

@@ -56,6 +56,7 @@ log = logging.getLogger("dormant.operator")
 def build_registry(reconciler: Reconciler, settings: OperatorSettings) -> Any:
     """kopf's registry with the operator's thin handlers (see the module docstring)."""
     import kopf
+from kopf._core.engines.peering import Identity  # kopf.operator's type for it; not re-exported
 
     registry = kopf.OperatorRegistry()
     policy = (GROUP, VERSION, PLURAL)
@@ -162,6 +163,9 @@ async def _operate(settings: OperatorSettings, api: KubeApi) -> int:
             kopf.operator(
                 registry=registry,
                 standalone=True,
+                # Our own name for this replica: kopf would otherwise ask the passwd database
+                # for the user's name, which an image without an entry for the pod's uid lacks.
+                identity=Identity(settings.identity),
                 clusterwide=False,
                 namespaces=[settings.namespace],
                 liveness_endpoint=liveness,
