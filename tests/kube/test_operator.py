@@ -390,8 +390,14 @@ def test_a_policy_in_a_namespace_no_install_serves_says_so(setup: Setup) -> None
         assert f"the one in namespace {s.ns}" in status["message"]
         assert status["conditions"][0]["reason"] == "NamespaceNotServed"
         assert f"policy {elsewhere}/lost: no Dormant install" in operator.log_path.read_text()
-        # The policy it serves is its own business: not marked.
-        ours = s.kube.get(f"{s.policies}/app")["status"]
+        # The policy it serves is its own business: not marked (its reconcile may come after
+        # the mark on a loaded machine: wait for its status).
+        ours = wait_until(
+            "the served policy's status",
+            lambda: s.kube.get(f"{s.policies}/app").get("status"),
+            timeout=90,
+            diagnose=lambda: operator.log(40),
+        )
         assert ours.get("phase") != "Degraded", ours
     finally:
         operator.stop()
