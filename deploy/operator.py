@@ -250,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--activator",
         default=os.environ.get("DORMANT_ACTIVATOR_URL", ""),
-        help="the activator's admin URL, e.g. http://dormant-activator.dormant:9090 "
+        help="the activator's admin URL, e.g. http://dormant-activator.dormant-system:9090 "
         "(default $DORMANT_ACTIVATOR_URL)",
     )
     parser.add_argument(

@@ -48,8 +48,8 @@ class OperatorSettings:
     namespace: str
     """The namespace whose policies it reconciles."""
     activator: str = ""
-    """The activator's admin base URL (``http://dormant-activator.dormant:9090``); empty: no
-    status from the activator (phase Pending)."""
+    """The activator's admin base URL (``http://dormant-activator.dormant-system:9090``);
+    empty: no status from the activator (phase Pending)."""
     admin_token: str = ""
     kubeconfig: str = ""
     interval: float = 5.0

@@ -2,10 +2,13 @@
 tokens (the TokenRequest API), so that tests act as the activator and the operator with
 exactly the rights the manifests grant, through the API server's RBAC authorizer.
 
-`install(kube, namespace)` creates the ServiceAccounts, Roles and RoleBindings in `namespace`
-and the cluster-wide grants under names suffixed with the namespace (several tests' installs
-coexist); it returns what it created so that `uninstall` can delete the cluster-wide objects
-(the namespaced ones go with the namespace).
+The base has two namespaces: `dormant`, the served one (the policies, the Roles, the model's
+ServiceAccount), and `dormant-system`, the control plane's (the activator's and the operator's
+ServiceAccounts). `install(kube, namespace, system=SYSTEM)` puts them in a test's
+`namespace` and `system` (one namespace for both when `system` is not given, as tests that
+only need the rights do); the cluster-wide grants get names suffixed with `namespace` (several
+tests' installs coexist). It returns what it created so that `uninstall` can delete the
+cluster-wide objects (the namespaced ones go with their namespaces).
 """
 
 from __future__ import annotations
@@ -21,15 +24,30 @@ from .kustomize import render
 from .manifests import Manifests
 from .rest import Rest
 
-__all__ = ["RBAC_KINDS", "install", "kubeconfig_for", "rest_as", "token", "uninstall"]
+__all__ = [
+    "RBAC_KINDS",
+    "SERVED",
+    "SYSTEM",
+    "install",
+    "kubeconfig_for",
+    "rest_as",
+    "token",
+    "uninstall",
+]
 
 ROOT = Path(__file__).resolve().parents[2]
+#: The base's namespaces: the one it serves and the control plane's.
+SERVED, SYSTEM = "dormant", "dormant-system"
 RBAC_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")
 Doc = dict[str, Any]
 
 
-def rbac_docs(namespace: str, directory: Path = ROOT / "deploy" / "base") -> list[Doc]:
-    """The RBAC objects of a kustomization, moved from `dormant` to `namespace`."""
+def rbac_docs(
+    namespace: str, directory: Path = ROOT / "deploy" / "base", system: str = ""
+) -> list[Doc]:
+    """The RBAC objects of a kustomization, moved from `dormant` to `namespace` and from
+    `dormant-system` to `system` (to `namespace` as well when `system` is empty)."""
+    moved = {SERVED: namespace, SYSTEM: system or namespace}
     out = []
     for doc in render(directory):
         if doc["kind"] not in RBAC_KINDS:
@@ -41,16 +59,18 @@ def rbac_docs(namespace: str, directory: Path = ROOT / "deploy" / "base") -> lis
             if doc["kind"] == "ClusterRoleBinding":
                 doc["roleRef"]["name"] = f"{doc['roleRef']['name']}-{namespace}"
         else:
-            meta["namespace"] = namespace
+            meta["namespace"] = moved[meta["namespace"]]
         for subject in doc.get("subjects") or []:
-            subject["namespace"] = namespace
+            subject["namespace"] = moved[subject["namespace"]]
         out.append(doc)
     return out
 
 
-def install(kube: Rest, namespace: str, directory: Path = ROOT / "deploy" / "base") -> list[Doc]:
+def install(
+    kube: Rest, namespace: str, directory: Path = ROOT / "deploy" / "base", system: str = ""
+) -> list[Doc]:
     m = Manifests(kube)
-    docs = rbac_docs(namespace, directory)
+    docs = rbac_docs(namespace, directory, system)
     for doc in docs:
         if doc["kind"].startswith("Cluster"):
             m.delete(doc)  # a previous run's, with older rules
@@ -99,17 +119,21 @@ current-context: test
     return path
 
 
-def rest_as(cluster: Cluster, kube: Rest, namespace: str, account: str, workdir: Path) -> Rest:
-    """Plain-JSON access as the service account NAMESPACE/ACCOUNT, once RBAC lets it read
-    its own namespace's policies (each binding reaches the authorizer on its own)."""
+def rest_as(
+    cluster: Cluster, kube: Rest, namespace: str, account: str, workdir: Path, served: str = ""
+) -> Rest:
+    """Plain-JSON access as the service account NAMESPACE/ACCOUNT, once RBAC lets it read the
+    policies of `served` (default: its own namespace; each binding reaches the authorizer on
+    its own)."""
+    served = served or namespace
     config = kubeconfig_for(
         cluster, token(kube, namespace, account), workdir / f"{account}.kubeconfig", namespace
     )
     rest = Rest(k8s_config.new_client_from_config(config_file=str(config)))
     wait_until(
-        f"RBAC to let {account} read its namespace's policies",
+        f"RBAC to let {account} read the policies of {served}",
         lambda: (
-            rest.get(f"/apis/dormant.dev/v1alpha1/namespaces/{namespace}/scaletozeropolicies")
+            rest.get(f"/apis/dormant.dev/v1alpha1/namespaces/{served}/scaletozeropolicies")
             is not None
         ),
         timeout=30,

@@ -3,8 +3,9 @@
 kubectl (1.32, kustomize 5.5) is on these machines but no project file installs it (Debian
 has only kubectl 1.20, whose kustomize 2.0 reads a different kustomization format). So the
 tests render with kubectl when it exists, and otherwise with `render_python`: the small part
-of kustomize that deploy/ uses (resources, namespace, configMapGenerator without hashes,
-strategic-merge `patches` by path or inline, `$patch: delete` included). Where kubectl
+of kustomize that deploy/ uses (resources, namespace, configMapGenerator without hashes and
+with its own namespace, strategic-merge `patches` by path or inline, `$patch: delete`
+included). Where kubectl
 exists, a test checks that both agree, so the fallback cannot drift from what users get.
 """
 
@@ -109,6 +110,8 @@ def _config_map(directory: Path, gen: dict[str, Any]) -> Doc:
         data[key] = (directory / rel).read_text()
     data |= dict(item.split("=", 1) for item in gen.get("literals", []))
     meta: dict[str, Any] = {"name": gen["name"]}
+    if gen.get("namespace"):
+        meta["namespace"] = gen["namespace"]
     if options.get("labels"):
         meta["labels"] = dict(options["labels"])
     if options.get("annotations"):
@@ -117,8 +120,14 @@ def _config_map(directory: Path, gen: dict[str, Any]) -> Doc:
 
 
 def _apply(docs: list[Doc], patch: Doc, where: Path) -> None:
+    meta = patch["metadata"]
     for n, doc in enumerate(docs):
-        if doc["kind"] == patch["kind"] and doc["metadata"]["name"] == patch["metadata"]["name"]:
+        if (
+            doc["kind"] == patch["kind"]
+            and doc["metadata"]["name"] == meta["name"]
+            and meta.get("namespace", doc["metadata"].get("namespace"))
+            == doc["metadata"].get("namespace")
+        ):
             if patch.get("$patch") == "delete":
                 del docs[n]
                 return
@@ -127,7 +136,8 @@ def _apply(docs: list[Doc], patch: Doc, where: Path) -> None:
             doc.update(merged)
             return
     raise KustomizeError(
-        f"{where}: patch for {patch['kind']}/{patch['metadata']['name']} matches nothing"
+        f"{where}: patch for {patch['kind']} {meta.get('namespace', '')}/{meta['name']} "
+        "matches nothing"
     )
 
 

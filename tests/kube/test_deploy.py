@@ -17,6 +17,7 @@ import yaml
 
 from . import identities
 from .cluster import Cluster, wait_until
+from .identities import SERVED, SYSTEM
 from .kustomize import render, render_kubectl, render_python
 from .manifests import Manifests
 from .rest import ApiException, Rest
@@ -46,9 +47,31 @@ def by_key(docs: list[Doc]) -> dict[tuple[str, str, str], Doc]:
 
 
 def container(docs: list[Doc], deployment: str) -> Doc:
-    dep = by_key(docs)[("Deployment", "dormant", deployment)]
+    (dep,) = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == deployment]
     (c,) = dep["spec"]["template"]["spec"]["containers"]
     return dict(c)
+
+
+#: Where each namespaced object of the base lives: the control plane (the activator, the
+#: operator, what only they use) in dormant-system, Pod Security `restricted`; the model
+#: workloads, their policies and the Roles that serve them in dormant, `privileged`.
+NAMESPACES = {
+    ("ServiceAccount", "dormant-activator"): SYSTEM,
+    ("ServiceAccount", "dormant-operator"): SYSTEM,
+    ("ConfigMap", "dormant-activator"): SYSTEM,
+    ("ConfigMap", "dormant-grafana-dashboard"): SYSTEM,
+    ("Deployment", "dormant-activator"): SYSTEM,
+    ("Deployment", "dormant-operator"): SYSTEM,
+    ("Service", "dormant-activator"): SYSTEM,
+    ("ServiceAccount", "dormant-model"): SERVED,
+    ("Role", "dormant-activator"): SERVED,
+    ("Role", "dormant-operator"): SERVED,
+    ("RoleBinding", "dormant-activator"): SERVED,
+    ("RoleBinding", "dormant-operator"): SERVED,
+    ("Deployment", "ref-model"): SERVED,
+    ("Service", "ref-model"): SERVED,
+    ("PersistentVolumeClaim", "ref-model-state"): SERVED,
+}
 
 
 # -- rendering -----------------------------------------------------------------------------
@@ -60,6 +83,7 @@ def test_base_renders_the_whole_system() -> None:
     assert kinds == sorted(
         [
             "Namespace/dormant",
+            "Namespace/dormant-system",
             "CustomResourceDefinition/scaletozeropolicies.dormant.dev",
             "ServiceAccount/dormant-activator",
             "ServiceAccount/dormant-operator",
@@ -80,20 +104,30 @@ def test_base_renders_the_whole_system() -> None:
             "PersistentVolumeClaim/ref-model-state",
         ]
     )
-    for doc in docs:
-        if doc["kind"] not in (
-            "Namespace",
-            "CustomResourceDefinition",
-            "ClusterRole",
-            "ClusterRoleBinding",
-        ):
-            assert doc["metadata"]["namespace"] == "dormant", key(doc)
+    namespaced = {(k, name): ns for k, ns, name in map(key, docs) if ns}
+    assert namespaced == NAMESPACES
+    # The Roles serve dormant and bind the control plane's ServiceAccounts of dormant-system.
+    for binding in [d for d in docs if d["kind"] in ("RoleBinding", "ClusterRoleBinding")]:
+        for subject in binding["subjects"]:
+            assert (subject["kind"], subject["namespace"]) == ("ServiceAccount", SYSTEM)
+    # The activator and the operator serve dormant's policies, not their own namespace's.
+    config = yaml.safe_load(
+        by_key(docs)[("ConfigMap", SYSTEM, "dormant-activator")]["data"]["config.yaml"]
+    )
+    assert config["kubernetes"]["namespace"] == SERVED
+    command = container(docs, "dormant-operator")["command"]
+    assert command[command.index("--namespace") + 1] == SERVED
+    # It reaches the activator's admin port through the Service of its own namespace.
+    activator_url = command[command.index("--activator") + 1]
+    service = by_key(docs)[("Service", SYSTEM, "dormant-activator")]
+    admin = {p["name"]: p["port"] for p in service["spec"]["ports"]}["admin"]
+    assert activator_url == f"http://{service['metadata']['name']}:{admin}"
     model = container(docs, "ref-model")
     assert model["command"][:2] == ["dormant", "exec"]
     # exactly the set measured on the real node (tests/kube/test_realnode.py), and the
     # seccomp profile CRIU can dump under
     assert set(model["securityContext"]["capabilities"]["add"]) == set(REALNODE_CAPS)
-    pod = by_key(docs)[("Deployment", "dormant", "ref-model")]["spec"]["template"]["spec"]
+    pod = by_key(docs)[("Deployment", SERVED, "ref-model")]["spec"]["template"]["spec"]
     assert pod["securityContext"]["seccompProfile"] == {"type": "Unconfined"}
     assert "nvidia.com/gpu" not in model["resources"].get("limits", {})
 
@@ -104,13 +138,13 @@ def test_gpu_overlay_asks_for_a_gpu_and_more_grace() -> None:
     model = container(list(gpu.values()), "ref-model")
     assert model["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert model["command"][model["command"].index("--device") + 1] == "cuda"
-    pod = gpu[("Deployment", "dormant", "ref-model")]["spec"]["template"]["spec"]
-    base_pod = base[("Deployment", "dormant", "ref-model")]["spec"]["template"]["spec"]
+    pod = gpu[("Deployment", SERVED, "ref-model")]["spec"]["template"]["spec"]
+    base_pod = base[("Deployment", SERVED, "ref-model")]["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] > base_pod["terminationGracePeriodSeconds"]
     # Everything but the model Deployment and its claim is the base, unchanged.
-    claim_key = ("PersistentVolumeClaim", "dormant", "ref-model-state")
+    claim_key = ("PersistentVolumeClaim", SERVED, "ref-model-state")
     for k, doc in base.items():
-        if k not in (("Deployment", "dormant", "ref-model"), claim_key):
+        if k not in (("Deployment", SERVED, "ref-model"), claim_key):
             assert gpu[k] == doc, k
 
 
@@ -134,7 +168,7 @@ def test_gpu_claim_holds_device_memory_snapshots() -> None:
     """Issue 17: the GPU overlay kept the base's 20Gi claim, but a GPU snapshot holds the
     device memory too. The claim holds weights + (keep + 1) x (GPU memory + host memory)."""
     docs = by_key(render(GPU))
-    claim = docs[("PersistentVolumeClaim", "dormant", "ref-model-state")]
+    claim = docs[("PersistentVolumeClaim", SERVED, "ref-model-state")]
     sizing = claim["metadata"]["annotations"]
     gpu_memory = _bytes(sizing["dormant.dev/sizing-gpu-memory"])
     weights = _bytes(sizing["dormant.dev/sizing-weights"])
@@ -156,21 +190,23 @@ def test_monitoring_overlay_scrapes_with_a_metrics_only_token() -> None:
     base, mon = by_key(render(BASE)), by_key(render(DEPLOY / "overlays" / "monitoring"))
     (monitor,) = [d for d in mon.values() if d["kind"] == "ServiceMonitor"]
     ((_, _, cm_name),) = [k for k in mon if k[0] == "ConfigMap" and k[2] == "dormant-activator"]
-    config = yaml.safe_load(mon[("ConfigMap", "dormant", cm_name)]["data"]["config.yaml"])
-    before = yaml.safe_load(base[("ConfigMap", "dormant", cm_name)]["data"]["config.yaml"])
+    config = yaml.safe_load(mon[("ConfigMap", SYSTEM, cm_name)]["data"]["config.yaml"])
+    before = yaml.safe_load(base[("ConfigMap", SYSTEM, cm_name)]["data"]["config.yaml"])
     assert {k: v for k, v in config.items() if k != "metrics_token_file"} == before
     assert set(config) <= set(Settings.__dataclass_fields__)
     c = container(list(mon.values()), "dormant-activator")
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     assert Path(config["metrics_token_file"]).parent == Path(mounts["metrics-token"])
-    pod = mon[("Deployment", "dormant", "dormant-activator")]["spec"]["template"]["spec"]
+    pod = mon[("Deployment", SYSTEM, "dormant-activator")]["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     secret = volumes["metrics-token"]["secret"]["secretName"]
     assert secret != volumes["admin-token"]["secret"]["secretName"]
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["bearerTokenSecret"] == {"name": secret, "key": "token"}
     assert endpoint["path"] == "/metrics"
-    service = mon[("Service", "dormant", "dormant-activator")]
+    service = mon[("Service", SYSTEM, "dormant-activator")]
+    # The ServiceMonitor and its token's Secret live beside the Service it selects.
+    assert monitor["metadata"]["namespace"] == SYSTEM
     labels = service["metadata"]["labels"]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
@@ -222,7 +258,7 @@ def test_manifests_pass_kubernetes_validate(directory: Path) -> None:
                     f"{key(doc)} fails the {version} schema: {exc.message} at {list(exc.path)}"
                 )
     # The check can fail: a misspelt field is caught in strict mode.
-    bad = json.loads(json.dumps(by_key(docs)[("Deployment", "dormant", "ref-model")]))
+    bad = json.loads(json.dumps(by_key(docs)[("Deployment", SERVED, "ref-model")]))
     bad["spec"]["template"]["spec"]["terminationGracePeriod"] = 30
     with pytest.raises(kubernetes_validate.ValidationError):
         _validate(bad, _versions()[-1])
@@ -260,7 +296,7 @@ SERVICE_MONITOR_CRD: Doc = {
 
 @pytest.fixture
 def applied(kube_cluster: Cluster, kube: Rest) -> Iterator[tuple[Manifests, list[Doc]]]:
-    """The Namespace and CRD of deploy/base created for real (they are what the rest needs);
+    """The Namespaces and CRD of deploy/base created for real (they are what the rest needs);
     removed again afterwards so other tests start from a clean cluster."""
     m = Manifests(kube)
     docs = render(BASE)
@@ -368,9 +404,10 @@ def _can(
     resource: str,
     group: str = "",
     sub: str = "",
-    namespace: str = "dormant",
-    home: str = "dormant",
+    namespace: str = SERVED,
+    home: str = SYSTEM,
 ) -> bool:
+    """May the service account HOME/SA do VERB on RESOURCE/SUB in NAMESPACE?"""
     review = {
         "apiVersion": "authorization.k8s.io/v1",
         "kind": "SubjectAccessReview",
@@ -460,36 +497,57 @@ REFUSED = {
 CLUSTER_WIDE = ("dormant-operator", "patch", "scaletozeropolicies", "status")
 
 
-def _missing(kube: Rest, home: str, namespace: str) -> list[str]:
+@pytest.fixture
+def system(kube: Rest, namespace: str) -> Iterator[str]:
+    """The control plane's namespace beside the test's (which plays dormant, the served one):
+    dormant-system's ServiceAccounts go here."""
+    name = f"{namespace}-sys"
+    kube.post(
+        "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    )
+    yield name
+    with contextlib.suppress(ApiException):
+        kube.delete(f"/api/v1/namespaces/{name}")
+
+
+def _home(sa: str, served: str, system: str) -> str:
+    """The namespace of a ServiceAccount of the base: the model's is the served one."""
+    return served if sa == "dormant-model" else system
+
+
+def _missing(kube: Rest, served: str, system: str, namespace: str) -> list[str]:
     return [
         f"{sa} cannot {verb} {res}/{sub} in {namespace}"
         for sa, wants in NEEDS.items()
         for verb, res, group, sub in wants
-        if not _can(kube, sa, verb, res, group, sub, namespace, home)
+        if not _can(kube, sa, verb, res, group, sub, namespace, _home(sa, served, system))
     ]
 
 
-def test_rbac_grants_each_identity_what_it_needs_in_its_namespace_only(
-    applied: tuple[Manifests, list[Doc]], kube: Rest, namespace: str
+def test_rbac_grants_each_identity_what_it_needs_in_the_served_namespace_only(
+    applied: tuple[Manifests, list[Doc]], kube: Rest, namespace: str, system: str
 ) -> None:
-    """The base's Roles, installed for real in a namespace (`home`), asked through
-    SubjectAccessReviews: each need is granted there and nowhere else; the refusals hold."""
+    """The base's RBAC installed for real in two namespaces, the served one (`home`, playing
+    dormant: the Roles) and the control plane's (`system`, playing dormant-system: the
+    activator's and the operator's ServiceAccounts), asked through SubjectAccessReviews: each
+    need is granted in the served namespace and nowhere else, not even in the control plane's
+    own namespace; the refusals hold."""
     home = namespace
-    created = identities.install(kube, home)
+    created = identities.install(kube, home, system=system)
     try:
         # Each role and binding reaches the authorizer on its own: wait for all of them.
         wait_until(
             "RBAC to take effect",
-            lambda: not _missing(kube, home, home),
+            lambda: not _missing(kube, home, system, home),
             timeout=30,
-            diagnose=lambda: str(_missing(kube, home, home)),
+            diagnose=lambda: str(_missing(kube, home, system, home)),
         )
-        for other in ("kube-system", "default"):
+        for other in ("kube-system", "default", system):
             granted = [
                 f"{sa} may {verb} {res}/{sub} in {other}"
                 for sa, wants in NEEDS.items()
                 for verb, res, group, sub in wants
-                if _can(kube, sa, verb, res, group, sub, other, home)
+                if _can(kube, sa, verb, res, group, sub, other, _home(sa, home, system))
                 and (sa, verb, res, sub) != CLUSTER_WIDE
             ]
             # The one cluster-wide grant: the operator lists every namespace's policies (to
@@ -502,7 +560,7 @@ def test_rbac_grants_each_identity_what_it_needs_in_its_namespace_only(
                 "scaletozeropolicies",
                 "dormant.dev",
                 namespace=other,
-                home=home,
+                home=system,
             )
             assert _can(
                 kube,
@@ -512,24 +570,25 @@ def test_rbac_grants_each_identity_what_it_needs_in_its_namespace_only(
                 "dormant.dev",
                 "status",
                 namespace=other,
-                home=home,
+                home=system,
             )
         for sa, wants in REFUSED.items():
             for verb, res, group, sub in wants:
-                assert not _can(kube, sa, verb, res, group, sub, home, home), (
-                    f"{sa} may {verb} {res}/{sub}"
-                )
+                for ns in (home, system):
+                    assert not _can(kube, sa, verb, res, group, sub, ns, _home(sa, home, system)), (
+                        f"{sa} may {verb} {res}/{sub} in {ns}"
+                    )
         # Nodes are cluster-scoped and neither needs them: an eviction's SIGTERM is what
         # makes a pod checkpoint, and the operator follows the pods, not the nodes.
         for sa in ("dormant-operator", "dormant-activator"):
-            assert not _can(kube, sa, "watch", "nodes", namespace="", home=home)
-            assert not _can(kube, sa, "list", "pods", namespace="", home=home)
+            assert not _can(kube, sa, "watch", "nodes", namespace="", home=system)
+            assert not _can(kube, sa, "list", "pods", namespace="", home=system)
     finally:
         identities.uninstall(kube, created)
 
 
 def test_cluster_wide_overlay_grants_the_same_rules_everywhere(
-    applied: tuple[Manifests, list[Doc]], kube: Rest, namespace: str
+    applied: tuple[Manifests, list[Doc]], kube: Rest, namespace: str, system: str
 ) -> None:
     base = {d["metadata"]["name"]: d["rules"] for d in render(BASE) if d["kind"] == "Role"}
     wide = render(DEPLOY / "overlays" / "cluster-wide")
@@ -537,13 +596,13 @@ def test_cluster_wide_overlay_grants_the_same_rules_everywhere(
     roles = {d["metadata"]["name"]: d["rules"] for d in wide if d["kind"] == "ClusterRole"}
     assert {k: roles[k] for k in base} == base
     home = namespace
-    created = identities.install(kube, home, DEPLOY / "overlays" / "cluster-wide")
+    created = identities.install(kube, home, DEPLOY / "overlays" / "cluster-wide", system)
     try:
         wait_until(
             "cluster-wide RBAC to take effect in another namespace",
-            lambda: not _missing(kube, home, "default"),
+            lambda: not _missing(kube, home, system, "default"),
             timeout=30,
-            diagnose=lambda: str(_missing(kube, home, "default")),
+            diagnose=lambda: str(_missing(kube, home, system, "default")),
         )
     finally:
         identities.uninstall(kube, created)
@@ -562,14 +621,17 @@ def test_rbac_real_writes_with_the_service_accounts_own_tokens(
     kube_cluster: Cluster,
     kube: Rest,
     namespace: str,
+    system: str,
     tmp_path: Path,
 ) -> None:
     """Not a review but the calls themselves, authenticated with tokens the TokenRequest API
-    issued to the service accounts: what each component must do works in its namespace; the
-    writes issue 17 found possible (scaling kube-system's Deployments, patching any Service,
-    writing `default/kubernetes`'s Endpoints) are refused with 403."""
+    issued to the service accounts of the control plane's namespace (`system`): what each
+    component must do works in the served namespace (`home`); the writes issue 17 found
+    possible (scaling kube-system's Deployments, patching any Service, writing
+    `default/kubernetes`'s Endpoints) are refused with 403, and so is all of it in the control
+    plane's own namespace."""
     home = namespace
-    created = identities.install(kube, home)
+    created = identities.install(kube, home, system=system)
     try:
         for ns in (home, "kube-system"):
             kube.post(
@@ -597,8 +659,12 @@ def test_rbac_real_writes_with_the_service_accounts_own_tokens(
                     "spec": {"ports": [{"port": 80}]},
                 },
             )
-        activator = identities.rest_as(kube_cluster, kube, home, "dormant-activator", tmp_path)
-        operator = identities.rest_as(kube_cluster, kube, home, "dormant-operator", tmp_path)
+        activator = identities.rest_as(
+            kube_cluster, kube, system, "dormant-activator", tmp_path, served=home
+        )
+        operator = identities.rest_as(
+            kube_cluster, kube, system, "dormant-operator", tmp_path, served=home
+        )
         scale = {"spec": {"replicas": 0}}
         note = {"metadata": {"annotations": {"dormant.dev/route": "activator"}}}
         victim = f"victim-{home}"
@@ -616,11 +682,14 @@ def test_rbac_real_writes_with_the_service_accounts_own_tokens(
         }
         leases = f"/apis/coordination.k8s.io/v1/namespaces/{home}/leases"
         works = {
-            "activator scales its namespace's target": lambda: activator.patch(
+            "activator scales the served namespace's target": lambda: activator.patch(
                 f"/apis/apps/v1/namespaces/{home}/deployments/app/scale", scale
             ),
-            "activator annotates its namespace's Service": lambda: activator.patch(
+            "activator annotates the served namespace's Service": lambda: activator.patch(
                 f"/api/v1/namespaces/{home}/services/app", note
+            ),
+            "activator takes a policy's Lease": lambda: activator.post(
+                leases, {**lease, "metadata": {"name": "dormant-policy-app"}}
             ),
             "operator creates Endpoints": lambda: operator.post(
                 f"/api/v1/namespaces/{home}/endpoints", endpoints
@@ -669,6 +738,19 @@ def test_rbac_real_writes_with_the_service_accounts_own_tokens(
             "operator updates another Lease": lambda: operator.put(
                 "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/x", lease
             ),
+            # Nothing at all in their own namespace: their Secrets and config are volumes.
+            "operator reads its own namespace's Secrets": lambda: operator.get(
+                f"/api/v1/namespaces/{system}/secrets"
+            ),
+            "operator takes a Lease in its own namespace": lambda: operator.post(
+                f"/apis/coordination.k8s.io/v1/namespaces/{system}/leases", lease
+            ),
+            "activator reads its own namespace's ConfigMaps": lambda: activator.get(
+                f"/api/v1/namespaces/{system}/configmaps"
+            ),
+            "activator scales in its own namespace": lambda: activator.patch(
+                f"/apis/apps/v1/namespaces/{system}/deployments/dormant-activator/scale", scale
+            ),
         }
         outcomes = {what: _status(call) for what, call in works.items()}
         assert all(code == 200 for code in outcomes.values()), outcomes
@@ -689,7 +771,7 @@ def test_activator_config_matches_its_deployment() -> None:
 
     docs = render(BASE)
     config = yaml.safe_load(
-        by_key(docs)[("ConfigMap", "dormant", "dormant-activator")]["data"]["config.yaml"]
+        by_key(docs)[("ConfigMap", SYSTEM, "dormant-activator")]["data"]["config.yaml"]
     )
     fields = set(Settings.__dataclass_fields__)
     assert set(config) <= fields, f"unknown settings: {set(config) - fields}"
@@ -708,7 +790,7 @@ def test_dashboard_shows_every_activator_metric_and_only_those() -> None:
     from activator.metrics import Metrics
 
     docs = render(BASE)
-    cm = by_key(docs)[("ConfigMap", "dormant", "dormant-grafana-dashboard")]
+    cm = by_key(docs)[("ConfigMap", SYSTEM, "dormant-grafana-dashboard")]
     dashboard = json.loads(cm["data"]["dormant-activator.json"])
     assert dashboard == json.loads((BASE / "grafana-dashboard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]

@@ -1,6 +1,8 @@
 """`dormant operator` on its own against the real API server and the fake node, acting with
 its service account's token under deploy/base/rbac.yaml's Role (so every call it makes is
-one the shipped RBAC allows): a deleted policy gives its target back.
+one the shipped RBAC allows): a deleted policy gives its target back. As deploy/base ships it,
+its service account lives in a namespace of its own (dormant-system's part) and the Role in
+the namespace it serves (dormant's).
 
 No activator runs: the test plays its part where needed (scaling the target to 0, the
 Service's route annotations), which is all the operator sees of it.
@@ -8,6 +10,7 @@ Service's route annotations), which is all the operator sees of it.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import Iterator
@@ -85,15 +88,21 @@ def setup(
     kubelet: FakeKubelet,
     tmp_path: Path,
 ) -> Iterator[Setup]:
-    """The CRD, the base's RBAC in the test's namespace, a 2-replica Deployment of the pod app
-    with its selector-less Service (as deploy/base/model.yaml ships it), and a policy."""
+    """The CRD, the base's RBAC (its Roles in the test's namespace, the operator's service
+    account in a second one), a 2-replica Deployment of the pod app with its selector-less
+    Service (as deploy/base/model.yaml ships it), and a policy."""
     _crd(kube)
-    rbac = identities.install(kube, namespace)
+    system = f"{namespace}-sys"
+    kube.post(
+        "/api/v1/namespaces",
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": system}},
+    )
+    rbac = identities.install(kube, namespace, system=system)
     config = identities.kubeconfig_for(
         kube_cluster,
-        identities.token(kube, namespace, "dormant-operator"),
+        identities.token(kube, system, "dormant-operator"),
         tmp_path / "operator.kubeconfig",
-        namespace,
+        system,  # its own namespace, as in the pod: the policies' comes from --namespace
     )
     app = deployment(
         "app", ["python", POD_APP, "--host", "$(POD_IP)", "--port", str(PORT)], probe_port=PORT
@@ -127,6 +136,8 @@ def setup(
         yield Setup(kube, namespace, kube_cluster, kubelet, tmp_path, config, rbac)
     finally:
         identities.uninstall(kube, rbac)
+        with contextlib.suppress(ApiException):
+            kube.delete(f"/api/v1/namespaces/{system}")
 
 
 def test_deleting_a_hibernated_policy_gives_the_app_back(setup: Setup) -> None:
@@ -379,8 +390,14 @@ def test_a_policy_in_a_namespace_no_install_serves_says_so(setup: Setup) -> None
         assert f"the one in namespace {s.ns}" in status["message"]
         assert status["conditions"][0]["reason"] == "NamespaceNotServed"
         assert f"policy {elsewhere}/lost: no Dormant install" in operator.log_path.read_text()
-        # The policy it serves is its own business: not marked.
-        ours = s.kube.get(f"{s.policies}/app")["status"]
+        # The policy it serves is its own business: not marked (its reconcile may come after
+        # the mark on a loaded machine: wait for its status).
+        ours = wait_until(
+            "the served policy's status",
+            lambda: s.kube.get(f"{s.policies}/app").get("status"),
+            timeout=90,
+            diagnose=lambda: operator.log(40),
+        )
         assert ours.get("phase") != "Degraded", ours
     finally:
         operator.stop()
