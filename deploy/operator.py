@@ -56,7 +56,6 @@ log = logging.getLogger("dormant.operator")
 def build_registry(reconciler: Reconciler, settings: OperatorSettings) -> Any:
     """kopf's registry with the operator's thin handlers (see the module docstring)."""
     import kopf
-from kopf._core.engines.peering import Identity  # kopf.operator's type for it; not re-exported
 
     registry = kopf.OperatorRegistry()
     policy = (GROUP, VERSION, PLURAL)
@@ -131,6 +130,7 @@ async def _operate(settings: OperatorSettings, api: KubeApi) -> int:
     """Stand by until this replica holds the Lease, then run kopf until SIGTERM (0) or until
     the Lease is lost (1)."""
     import kopf
+    from kopf._core.engines.peering import Identity  # kopf.operator's type; not re-exported
 
     duration = settings.lease_duration
     election = ElectionSettings(
