@@ -435,6 +435,10 @@ class Settings:
     /metrics asks for the admin token if one is set)."""
     metrics_token_file: ExistingFile = _group("security", "")
     """File holding the metrics token (wins over metrics_token); an empty file is an error."""
+    drop_capabilities: Bool = _group("security", True)
+    """runtime local, as root: commands run with a container's default capabilities, IPC_LOCK,
+    SYS_NICE and, when CRIU checkpoints them, SYS_ADMIN; the rest dropped (util-linux's
+    setpriv; Dormant refuses to start without it). false: they get every capability Dormant has."""
     device: DeviceSettings | None = _group("pool", None)
     """The shared device (see below); without it every workload may be resident at once."""
     runtime: RuntimeName = _group("kubernetes", "local")

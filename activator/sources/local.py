@@ -23,6 +23,7 @@ from snapshots import SnapshotStore
 from warmpool import WarmpoolError, format_size, open_device
 from warmpool.pool import Pool
 from warmpool.process.cgroup import CgroupTree
+from warmpool.process.privileges import problem as capabilities_problem
 from warmpool.process.statelock import StateLock, held_here
 from warmpool.runtimes.local import LocalRuntime
 
@@ -133,7 +134,10 @@ class LocalSource:
             CgroupTree(state_dir),
             engine_why=setup.choice.reason,
             pid_namespaces=setup.pidns[0],
+            drop_caps=settings.drop_capabilities,
         )
+        if runtime.caps is not None and (problem := capabilities_problem()) is not None:
+            raise ConfigError(f"{problem}; or set drop_capabilities: false")
         if not setup.pidns[0]:
             log.warning(
                 "instances run without a PID namespace of their own (%s): each is its "

@@ -1,7 +1,8 @@
 """``dormant exec``, composed: options, the snapshot volume's lock, the runtime, the control
 server and the signals, in one visible place (``run``).
 
-Order: bind the control address (so probes answer at once) → wait for the volume's lock →
+Order: check that the served command's capabilities can be dropped (unless --keep-caps) →
+bind the control address (so probes answer at once) → wait for the volume's lock →
 clean what a killed predecessor left → restore or boot → serve until SIGTERM/SIGINT or the
 server exits → checkpoint or stop → stop the control server → release the lock → exit code.
 """
@@ -31,6 +32,7 @@ from snapshots import (
     SnapshotStore,
 )
 from warmpool import CgroupTree, LocalRuntime
+from warmpool.process.privileges import problem as capabilities_problem
 from warmpool.process.statelock import StateLock as VolumeLock
 from warmpool.system import probe_engine
 
@@ -49,6 +51,12 @@ def _engine(requested: str) -> tuple[CriuEngine | None, str]:
     if not setup.pidns[0]:
         raise UsageError(f"cannot run the command in its own PID namespace: {setup.pidns[1]}")
     return setup.criu, setup.choice.reason
+
+
+def _capabilities(keep: bool) -> None:
+    """UsageError when the served command's capabilities are to be dropped but cannot be."""
+    if not keep and (problem := capabilities_problem()) is not None:
+        raise UsageError(f"{problem}; or pass --keep-caps to serve the command with them")
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -75,11 +83,14 @@ def run(options: ExecOptions) -> int:
     try:
         store = SnapshotStore(options.snapshots)
         engine, why = _engine(options.engine)
+        _capabilities(options.keep_caps)
         control = _listen(*options.control)
     except (UsageError, SnapshotError) as exc:
         print(f"dormant exec: {exc}", file=sys.stderr, flush=True)
         return ExitCode.USAGE
     log.info("checkpoint engine: %s (%s)", engine.name if engine else "restart", why)
+    if options.keep_caps:
+        log.warning("--keep-caps: the served command has every capability exec has")
     if not options.token:
         log.warning("no control token: the control API answers only on loopback")
     return asyncio.run(_main(options, store, engine, why, control))
@@ -128,6 +139,7 @@ async def _main(
             client,
             CgroupTree(options.snapshots),
             engine_why=engine_why,
+            drop_caps=not options.keep_caps,
         )
         supervisor = Supervisor(
             runtime,

@@ -128,6 +128,14 @@ def add_exec_arguments(p: argparse.ArgumentParser) -> None:
         f"its snapshots are removed and exec exits 0 (default ${DONE_ENV}, else off: exec exits "
         "4 and keeps them, so the pod restarts and restores)",
     )
+    p.add_argument(
+        "--keep-caps",
+        action="store_true",
+        help="CMD keeps every capability exec has, the ones for CRIU included. Default: "
+        "util-linux's setpriv drops all but a container runtime's default set, IPC_LOCK and "
+        "SYS_NICE before CMD starts (SYS_ADMIN too, unless CRIU is the engine: CRIU needs it "
+        "in the dumped tree); exec refuses to start without setpriv",
+    )
     p.add_argument("--hook-sleep", default=DEFAULT_SLEEP, help=f"hooks: ({DEFAULT_SLEEP})")
     p.add_argument("--hook-wake", default=DEFAULT_WAKE, help=f"hooks: ({DEFAULT_WAKE})")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -158,6 +166,8 @@ class ExecOptions:
     hooks: dict[str, str]
     log_level: str
     done_on_exit: bool = False
+    keep_caps: bool = False
+    """CMD runs with exec's capabilities; False: without those ``warmpool`` drops."""
 
     @classmethod
     def parse(cls, args: argparse.Namespace, command: Sequence[str]) -> ExecOptions:
@@ -232,6 +242,7 @@ class ExecOptions:
             hooks={"sleep": args.hook_sleep, "wake": args.hook_wake},
             log_level=args.log_level,
             done_on_exit=_done_on_exit(args.done_on_exit),
+            keep_caps=args.keep_caps,
         )
 
     def spec(self) -> InstanceSpec:

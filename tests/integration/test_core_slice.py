@@ -2,7 +2,9 @@
 
 Two reference models behind a real `dormant up`: stream from each; hibernate one
 (its process tree is gone, a verified snapshot exists); 20 concurrent streaming
-requests wake it with exactly one restore; the prefix KV cache survived.
+requests wake it with exactly one restore; the prefix KV cache survived. The servers run
+without the capabilities Dormant has as root beyond SYS_ADMIN (drop_capabilities), restored
+ones too.
 """
 
 from __future__ import annotations
@@ -19,6 +21,20 @@ from snapshots import CriuEngine, SnapshotStore, process_tree
 from tests.integration.harness import Dormant, pid_alive, ref_workload
 
 pytestmark = pytest.mark.slow
+
+
+#: Some of what root has and a served command does not keep (linux/capability.h bit numbers).
+DROPPED = {"net_admin": 12, "sys_module": 16, "sys_ptrace": 19, "sys_time": 25}
+DROPPED |= {"checkpoint_restore": 40}
+
+
+def _capabilities(pid: int) -> dict[str, int]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {k: int(v, 16) for k, _, v in (line.partition(":\t") for line in lines) if "Cap" in k}
+
+
+def _held(caps: dict[str, int]) -> list[str]:
+    return [name for name, bit in DROPPED.items() if (caps["CapEff"] | caps["CapBnd"]) >> bit & 1]
 
 
 @pytest.fixture
@@ -79,6 +95,8 @@ def test_hibernate_wake_one_restore_and_kv_cache_survives(dormant: Dormant) -> N
             assert first.json()["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
 
             a_pid, b_pid = d.workload("a")["pid"], d.workload("b")["pid"]
+            booted = _capabilities(a_pid)
+            assert not _held(booted) and booted["CapEff"] >> 21 & 1, booted  # SYS_ADMIN kept
             tree = process_tree(a_pid)
             hibernated = (await client.post(f"{d.url}/-/workloads/a/hibernate")).json()
             assert hibernated["state"] == "hibernated", hibernated
@@ -100,6 +118,7 @@ def test_hibernate_wake_one_restore_and_kv_cache_survives(dormant: Dormant) -> N
             view = d.workload("a")
             assert view["counters"]["restores"] == 1 and view["counters"]["boots"] == 1
             assert view["restored_from"] == snapshot.id
+            assert _capabilities(view["pid"]) == booted  # CRIU restores the bounding set
 
             extended = await client.post(
                 f"{d.url}/v1/completions",

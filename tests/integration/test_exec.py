@@ -563,3 +563,54 @@ def test_restore_while_the_served_port_is_taken_is_409(tmp_path: Path, execs: li
     restored = e.api("POST", "/restore")
     assert restored.status_code == 200 and restored.json()["action"] == "restored", restored.text
     assert e.terminate() == 0
+
+
+CRIU_CAPS = {"checkpoint_restore": 40, "sys_ptrace": 19, "net_admin": 12, "sys_time": 25}
+CRIU_CAPS |= {"sys_resource": 24}
+
+
+def _caps(pid: int) -> dict[str, int]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {k: int(v, 16) for k, _, v in (line.partition(":\t") for line in lines) if "Cap" in k}
+
+
+def _held(mask: int) -> list[str]:
+    return [name for name, bit in CRIU_CAPS.items() if mask >> bit & 1]
+
+
+def test_the_served_command_runs_without_the_capabilities_for_criu_booted_or_restored(
+    tmp_path: Path, counter_cmd: list[str], execs: list[Exec]
+) -> None:
+    """exec (root, every capability) serves its command without the ones CRIU needs (but
+    SYS_ADMIN, which CRIU needs in the dumped tree): not effective, not in the bounding set
+    (so never again), not inheritable or ambient; CRIU dumps that bounding set and restores
+    it. --keep-caps serves it with them."""
+    assert "sys_ptrace" in _held(_caps(os.getpid())["CapEff"]), "run as root, to drop them"
+    snaps = tmp_path / "volume"
+    a = Exec(tmp_path, snaps, [*counter_cmd, "{port}"]).start()
+    execs.append(a)
+    a.wait_ready()
+    httpx.post(a.url("/incr"), timeout=30)
+    booted = _caps(a.status()["pid"])
+    assert not _held(booted["CapEff"]) and not _held(booted["CapBnd"]), booted
+    assert booted["CapInh"] == booted["CapAmb"] == 0
+    assert booted["CapEff"] >> 5 & 1  # CAP_KILL, of a container's default set: kept
+    assert booted["CapEff"] >> 21 & 1  # SYS_ADMIN, kept for CRIU (warmpool.process.privileges)
+    assert a.terminate() == 0, a.log()
+
+    b = Exec(tmp_path, snaps, [*counter_cmd, "{port}"], port=a.port, tag="b").start()
+    execs.append(b)
+    b.wait_ready()
+    status = b.status()
+    assert status["started"]["how"] == "restored" and count(b) == 1
+    restored = _caps(status["pid"])
+    assert restored == booted
+    assert b.terminate() == 0, b.log()
+
+    c = Exec(tmp_path, tmp_path / "other", [*counter_cmd, "{port}"], "--keep-caps", tag="c")
+    execs.append(c.start())
+    c.wait_ready()
+    kept = _caps(c.status()["pid"])
+    assert kept["CapEff"] == _caps(os.getpid())["CapEff"], kept  # exec's own: this test's
+    assert "--keep-caps: the served command has every capability" in c.log()
+    assert c.terminate() == 0, c.log()

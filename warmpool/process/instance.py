@@ -1,6 +1,7 @@
 """One running copy of a workload on this machine: a process tree in its own PID namespace.
 
-Booted instances run as ``unshare --pid --fork --kill-child setsid CMD``: the
+Booted instances run as ``unshare --pid --fork --kill-child setsid CMD``
+(``setpriv ... setsid CMD`` when their capabilities are dropped: ``caps``): the
 server is PID 1 of a fresh namespace and the leader of its own session, which is
 what lets CRIU restore the same snapshot again and again (no PID collisions),
 and ``--kill-child`` plus a parent-death signal mean the tree dies with Dormant
@@ -32,10 +33,12 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import warmpool.process.cgroup as cgroup
 from snapshots import process_tree
+from warmpool.process.privileges import wrapper as drop_capabilities
 from warmpool.process.seccomp import block_io_uring
 from warmpool.runtime import Endpoint, InstanceSpec
 
@@ -286,14 +289,24 @@ class ProcessInstance:
 
 
 def spawn(
-    spec: InstanceSpec, group: Path | None = None, *, pid_namespace: bool = True
+    spec: InstanceSpec,
+    group: Path | None = None,
+    *,
+    pid_namespace: bool = True,
+    caps: Sequence[str] | None = None,
 ) -> ProcessInstance:
     """Start ``spec.command`` as PID 1 of a new PID namespace (in cgroup ``group`` when
     given), output to a pipe. ``pid_namespace`` False: as the leader of a new session and
-    process group instead (where namespaces cannot be had: not root)."""
+    process group instead (where namespaces cannot be had: not root). ``caps``: the only
+    capabilities the command keeps (``setpriv`` after ``unshare``, which needs SYS_ADMIN:
+    ``warmpool.process.privileges``; with ``pid_namespace`` only); None: it keeps all."""
     read_fd, write_fd = os.pipe()
     env = {**os.environ, **spec.env, "PYTHONUNBUFFERED": "1"}
-    wrap = ["unshare", "--pid", "--fork", "--kill-child", "setsid"] if pid_namespace else []
+    wrap = (
+        ["unshare", "--pid", "--fork", "--kill-child", *drop_capabilities(caps), "setsid"]
+        if pid_namespace
+        else []
+    )
     try:
         popen = subprocess.Popen(
             [*wrap, *spec.command],

@@ -52,6 +52,7 @@ from warmpool.process.cgroup import CgroupTree
 from warmpool.process.cgroup import remove as remove_cgroup
 from warmpool.process.health import wait_healthy
 from warmpool.process.instance import ProcessInstance, adopt_restored, spawn
+from warmpool.process.privileges import held, kept
 from warmpool.process.quiet import listen_problem, port_taken
 from warmpool.process.sockets import port_activity, tree_listeners
 from warmpool.runtime import Capabilities, Instance, InstanceSpec, SnapshotInfo
@@ -109,10 +110,14 @@ class LocalRuntime:
         cgroups: CgroupTree | None = None,
         engine_why: str = "",
         pid_namespaces: bool = True,
+        drop_caps: bool = False,
     ) -> None:
         self.store = store
         self.pid_namespaces = pid_namespaces
         """False: instances run without a PID namespace of their own (not root)."""
+        self.caps = kept(checkpointed=engine is not None) if drop_caps and pid_namespaces else None
+        """The only capabilities a booted command keeps (``warmpool.process.privileges``; a
+        restored one gets back the bounding set it was dumped with); None: it keeps all."""
         self.work_dir = Path(work_dir)
         # CUDA-aware CRIU: a tree with CUDA processes has its device memory parked through
         # the driver API around the dump (no NVIDIA binaries); any other tree, or a machine
@@ -213,7 +218,7 @@ class LocalRuntime:
         except OSError as exc:
             raise StartFailed(f"{spec.name}: cannot prepare its start: {exc}") from exc
         try:
-            instance = spawn(spec, group, pid_namespace=self.pid_namespaces)
+            instance = spawn(spec, group, pid_namespace=self.pid_namespaces, caps=self.caps)
         except OSError as exc:
             if group is not None:
                 remove_cgroup(group)
@@ -221,6 +226,13 @@ class LocalRuntime:
         instance.fingerprint = fingerprint
         try:
             await self._serving(instance, spec, told)
+            if self.caps is not None and (
+                extra := await asyncio.to_thread(held, instance.pid, self.caps)
+            ):
+                raise StartFailed(
+                    f"{spec.name}: runs with capabilities that setpriv should have dropped "
+                    f"({', '.join(extra)}); stopped rather than served with them"
+                )
         except BaseException:
             await asyncio.to_thread(instance.stop)
             raise

@@ -58,6 +58,29 @@ async def test_boot_runs_server_as_pid1_of_its_own_namespace(
         assert not Path(f"/proc/{inst.pid}").exists()
 
 
+async def test_dropped_capabilities_are_gone_and_without_criu_sys_admin_too(
+    tmp_path: Path, counter_cmd: list[str]
+) -> None:
+    """No checkpoint engine: nothing needs SYS_ADMIN in the tree, so it goes with the rest
+    (with CRIU it stays: tests/integration/test_exec.py); default set caps stay."""
+    port = free_port()
+    async with httpx.AsyncClient() as client:
+        runtime = LocalRuntime(
+            SnapshotStore(tmp_path / "s"), tmp_path / "w", None, client, drop_caps=True
+        )
+        inst = await runtime.boot(_spec([*counter_cmd, str(port)], port))
+        try:
+            status = Path(f"/proc/{inst.pid}/status").read_text().splitlines()
+            caps = {
+                k: int(v, 16) for k, _, v in (ln.partition(":\t") for ln in status) if "Cap" in k
+            }
+            for bit in (12, 19, 21, 24, 25, 40):  # NET_ADMIN ... SYS_ADMIN ... CHECKPOINT_RESTORE
+                assert not (caps["CapEff"] | caps["CapBnd"]) >> bit & 1, (bit, caps)
+            assert caps["CapEff"] >> 5 & 1 and caps["CapEff"] >> 0 & 1  # KILL, CHOWN
+        finally:
+            await runtime.stop(inst)
+
+
 async def test_command_that_exits_fails_fast_with_its_output(tmp_path: Path) -> None:
     cmd = [sys.executable, "-c", "print('weights not found: /models/x'); raise SystemExit(3)"]
     async with httpx.AsyncClient() as client:
