@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
@@ -93,6 +94,16 @@ def run(options: ExecOptions) -> int:
         log.warning("--keep-caps: the served command has every capability exec has")
     if not options.token:
         log.warning("no control token: the control API answers only on loopback")
+    if engine is not None and not os.access(".", os.W_OK):
+        # CRIU's parasite mounts a /proc for the served PID namespace at ./proc.crtools, in
+        # the served program's working directory (measured on a real node: a read-only root
+        # filesystem makes every dump fail with "Can't create a directory (-30)").
+        log.warning(
+            "the working directory %s is not writable: CRIU cannot dump the served command "
+            "from here (it makes a directory there); start dormant exec in a writable one "
+            "(Kubernetes: workingDir on an emptyDir, as deploy/base/model.yaml does)",
+            os.getcwd(),
+        )
     return asyncio.run(_main(options, store, engine, why, control))
 
 

@@ -415,6 +415,9 @@ class RealNode:
                     *CONTROLLERS,
                     "nodelifecycle",
                     "endpointslice",
+                    # kube-proxy 1.20 reads EndpointSlices: a selector-less Service's Endpoints
+                    # (the operator writes the policies' ones) reach it through this mirror.
+                    "endpointslicemirroring",
                     "serviceaccount-token",
                     "persistentvolume-binder",
                 ),
