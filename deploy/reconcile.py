@@ -39,6 +39,8 @@ __all__ = ["OperatorSettings", "Reconciler"]
 log = logging.getLogger("dormant.operator")
 
 _TARGETS = {"Deployment": "deployments", "StatefulSet": "statefulsets", "Job": "jobs"}
+MIRROR_LABEL = "endpointslice.kubernetes.io/managed-by"
+MIRROR_CONTROLLER = "endpointslicemirroring-controller.k8s.io"
 
 
 @dataclass(frozen=True)
@@ -163,8 +165,45 @@ class Reconciler:
                     p.service.name if p.service else "",
                     " (its selector restored)" if "spec" in result.service_patch else "",
                 )
+                if p.service is not None and "spec" in result.service_patch:
+                    await self._drop_mirrored_slices(namespace, p.service.name)
             self.forget(namespace, name)
             return result
+
+    async def _drop_mirrored_slices(self, namespace: str, service: str) -> None:
+        """Delete the EndpointSlices that the mirroring controller made from the Endpoints
+        the operator wrote while the Service had no selector. Measured on a real node
+        (kube-controller-manager 1.20): once the selector is back, such a slice (the
+        activator's address) can stay beside the one Kubernetes makes for the pods, and
+        kube-proxy then sends some requests to the activator, which no longer serves the
+        workload (404). An API server without the discovery API, or without the grant, is
+        logged and skipped: the rest of the release is done."""
+        selector = f"{MIRROR_LABEL}={MIRROR_CONTROLLER},kubernetes.io/service-name={service}"
+        for version in ("v1", "v1beta1"):
+            base = f"/apis/discovery.k8s.io/{version}/namespaces/{namespace}/endpointslices"
+            try:
+                found = await self.api.get(base, labelSelector=selector)
+                for item in found.get("items") or []:
+                    await self.api.delete(f"{base}/{item['metadata']['name']}")
+                    log.info(
+                        "Service %s/%s: removed the mirrored EndpointSlice %s",
+                        namespace,
+                        service,
+                        item["metadata"]["name"],
+                    )
+                return
+            except KubeError as exc:
+                if exc.status == 404:
+                    continue  # this API version is not served here; try the older one
+                log.warning(
+                    "Service %s/%s: cannot remove the EndpointSlices mirrored from its old "
+                    "Endpoints (%s); kube-proxy may still send some requests to the activator "
+                    "until they are deleted",
+                    namespace,
+                    service,
+                    exc,
+                )
+                return
 
     async def mark_unserved(self, grace: float) -> int:
         """Say so in the status of each policy no install serves (``deploy.unserved``); the

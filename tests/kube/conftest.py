@@ -153,13 +153,6 @@ def namespace(kube_cluster: Cluster, kube: Rest, request: pytest.FixtureRequest)
     kube.post(
         "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
     )
-    # Pods are admitted once the namespace's `default` ServiceAccount has its token (the
-    # ServiceAccount admission plugin mounts it), as in any cluster of this release.
-    wait_until(
-        f"a token for {name}'s default ServiceAccount",
-        lambda: service_account_ready(kube, name, "default"),
-        timeout=60,
-    )
     yield name
     try:
         kube.delete(f"/api/v1/namespaces/{name}")

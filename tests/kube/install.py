@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import ipaddress
+import json
 import secrets
 import urllib.parse
 from dataclasses import dataclass, field
@@ -126,11 +127,23 @@ class Install:
             status = self.policy_status()
         except ApiException as exc:
             status = {"error": exc.status}
+        routes = []
+        for path, query in (
+            (f"/api/v1/namespaces/{self.model_ns}/endpoints/{self.service}", {}),
+            (
+                f"/apis/discovery.k8s.io/v1beta1/namespaces/{self.model_ns}/endpointslices",
+                {"labelSelector": f"kubernetes.io/service-name={self.service}"},
+            ),
+        ):
+            with contextlib.suppress(ApiException):
+                routes.append(json.dumps(self.kube.get(path, **query))[:2000])
         return "\n".join(
             [
                 "pods:",
                 *pods,
                 f"policy status: {status}",
+                "the model Service's Endpoints and EndpointSlices:",
+                *routes,
                 self.logs(self.control_ns, "dormant-activator", "activator"),
                 self.logs(self.control_ns, "dormant-operator", "operator"),
                 self.logs(self.model_ns, self.target, "model"),

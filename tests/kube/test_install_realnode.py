@@ -97,17 +97,19 @@ def _model_url(done: Install) -> str:
 
 
 def _warm(done: Install) -> dict[str, Any]:
-    """The model awake (a request wakes it if it slept), Ready, the Service routing to it."""
-    assert _complete(done).status_code == 200
+    """The model awake, Ready, the Service routing to it: a request each second (it wakes
+    the model if it slept, and keeps it from idling meanwhile) until all three hold."""
+
+    def warm() -> dict[str, Any] | None:
+        assert _complete(done).status_code == 200
+        ready = done.ready_pods(done.model_ns, done.target)
+        return ready[0] if ready and done.policy_status().get("route") == "pods" else None
+
     pod = wait_until(
         "the model Ready and in its Service's Endpoints",
-        lambda: (
-            (ready := done.ready_pods(done.model_ns, done.target))
-            and done.policy_status().get("route") == "pods"
-            and ready[0]
-        ),
-        timeout=120,
-        interval=0.5,
+        warm,
+        timeout=180,
+        interval=1,
         diagnose=done.diagnose,
     )
     assert isinstance(pod, dict)
