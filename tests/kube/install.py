@@ -108,10 +108,16 @@ class Install:
         ]
 
     def logs(self, ns: str, name: str, container: str, lines: int = 40) -> str:
+        """The last `lines` lines each pod printed, less access lines and probes."""
         parts = []
         for pod in self.pods(ns, name):
             text = self.node.container_log(ns, pod["metadata"]["name"], container)
-            tail = "\n".join(text.splitlines()[-lines:])
+            kept = [
+                line
+                for line in text.splitlines()
+                if "dormant.access" not in line and "kube-probe" not in line
+            ]
+            tail = "\n".join(kept[-lines:])
             parts.append(f"--- {pod['metadata']['name']} ({container})\n{tail}")
         return "\n".join(parts)
 

@@ -28,7 +28,8 @@ from .install import Install, install
 from .realnode import RealNode
 from .rest import ApiException
 
-pytestmark = [pytest.mark.kube, pytest.mark.slow]
+# The first test also pays for the node (containerd imports the image) and the install.
+pytestmark = [pytest.mark.kube, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 MODEL = "ref-small"
 PROMPT = "Once upon a time in a land far away there lived a dormant model that " * 3
@@ -404,6 +405,16 @@ def test_deleting_the_policy_while_hibernated_gives_the_app_back(installed: Inst
     (pod,) = done.ready_pods(done.model_ns, done.target)
     log = done.node.container_log(done.model_ns, pod["metadata"]["name"], "model")
     assert "restored from" in log, log[-3000:]
+    # kube-proxy reads EndpointSlices: none mirrored from the operator's old Endpoints (the
+    # activator's address) is left beside the one Kubernetes now makes for the pods.
+    slices = done.kube.get(
+        f"/apis/discovery.k8s.io/v1beta1/namespaces/{done.model_ns}/endpointslices",
+        labelSelector=f"kubernetes.io/service-name={done.service}",
+    )["items"]
+    managers = [
+        s["metadata"]["labels"].get("endpointslice.kubernetes.io/managed-by") for s in slices
+    ]
+    assert managers == ["endpointslice-controller.k8s.io"], slices
     time.sleep(15)  # longer than idleAfter: nobody hibernates it now
     assert [p["metadata"]["name"] for p in done.ready_pods(done.model_ns, done.target)] == [
         pod["metadata"]["name"]

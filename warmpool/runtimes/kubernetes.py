@@ -185,10 +185,15 @@ class KubernetesRuntime:
         return self.lease is None or self.lease.held
 
     def took_over(self) -> None:
-        """Just became the holder: the Service's activator address becomes ours (the one
-        before may be gone), in the background."""
-        if not self._detached:
-            self._route_soon(None)
+        """Just became the holder, in the background: the Service's activator address
+        becomes ours (the one before may be gone) and, when a pod we followed is serving,
+        the route goes to it. The previous holder asks for that route when its wake ends;
+        one that lost the Lease before then (an API-server outage outlasting the Lease)
+        never does, and the Service would stay on the activators for good."""
+        if self._detached:
+            return
+        serving = [instance for instance in self._watchers if instance.alive()]
+        self._route_soon(serving[0].ip if serving else None)
 
     def detach(self) -> None:
         """From now on ``stop`` only forgets the pods: nothing is scaled or re-routed."""
