@@ -117,9 +117,32 @@ def _warm(done: Install) -> dict[str, Any]:
     return pod
 
 
+def _evict(done: Install, pod: str) -> None:
+    """What `kubectl drain` does to a pod: the Eviction API (policy/v1beta1 on 1.20)."""
+    done.kube.post(
+        f"/api/v1/namespaces/{done.model_ns}/pods/{pod}/eviction",
+        {
+            "apiVersion": "policy/v1beta1",
+            "kind": "Eviction",
+            "metadata": {"name": pod, "namespace": done.model_ns},
+        },
+    )
+
+
 def _hibernated(done: Install) -> bool:
     return done.policy_status().get("phase") == "Hibernated" and not done.pods(
         done.model_ns, done.target
+    )
+
+
+def _wait_hibernated(done: Install) -> None:
+    """Until idleAfter has passed and the model is checkpointed and scaled to 0."""
+    wait_until(
+        "the policy Hibernated, its pods gone",
+        lambda: _hibernated(done),
+        timeout=180,
+        interval=0.5,
+        diagnose=done.diagnose,
     )
 
 
@@ -136,13 +159,7 @@ def test_idle_hibernates_and_a_request_through_the_service_restores(installed: I
     done = installed
     wakes: list[dict[str, Any]] = []
     for _ in range(WAKES):
-        wait_until(
-            "the policy Hibernated, its pods gone",
-            lambda: _hibernated(done),
-            timeout=180,
-            interval=0.5,
-            diagnose=done.diagnose,
-        )
+        _wait_hibernated(done)
         began = time.monotonic()
         answer = _complete(done)
         wall = time.monotonic() - began
@@ -181,14 +198,7 @@ def test_an_eviction_during_traffic_through_the_service_fails_no_request(
     traffic = Traffic(_model_url(done))
     try:
         time.sleep(2)
-        done.kube.post(
-            f"/api/v1/namespaces/{done.model_ns}/pods/{name}/eviction",
-            {
-                "apiVersion": "policy/v1beta1",
-                "kind": "Eviction",
-                "metadata": {"name": name, "namespace": done.model_ns},
-            },
-        )
+        _evict(done, name)
         evicted_at = len(traffic.results)
         replacement = wait_until(
             "a replacement pod Ready, five requests answered since",
@@ -274,13 +284,7 @@ def test_a_wake_survives_the_api_server_going_away_for_25_seconds(installed: Ins
     request is held, the activator retries with back-off, and it is answered once the API
     server is back, within the policy's wakeTimeout (2 m)."""
     done = installed
-    wait_until(
-        "the policy Hibernated, its pods gone",
-        lambda: _hibernated(done),
-        timeout=180,
-        interval=0.5,
-        diagnose=done.diagnose,
-    )
+    _wait_hibernated(done)
     url = _model_url(done)
     assert done.node.cluster is not None
     (apiserver,) = [p for p in done.node.cluster._procs if p.name == "kube-apiserver"]
@@ -316,16 +320,15 @@ def test_a_wake_survives_the_api_server_going_away_for_25_seconds(installed: Ins
     assert took < 120
 
 
-def test_with_the_leading_operator_killed_requests_keep_being_answered_through_an_eviction(
+def test_with_the_leading_operator_killed_an_eviction_fails_no_request(
     installed: Install,
 ) -> None:
     """The leading operator's pod is killed (no grace: its Lease is not released), then the
-    model pod is evicted with traffic running through the Service. The other operator takes
-    the Lease over (within --lease-duration, 15 s) and moves the Endpoints; the replacement
-    restores. Asserted: requests keep being answered, and none fails once the other operator
-    leads. Not asserted, reported: a request inside the takeover window can fail (measured
-    once: 1 of 19, a reset, 5 s after the eviction); nobody moves the Endpoints while no
-    operator leads (docs/kubernetes.md, "On a real node")."""
+    model pod is evicted with traffic running through the Service. The evicted pod serves on
+    for its --term-delay (20 s, longer than the operator's 15 s Lease); meanwhile the other
+    operator takes the Lease over and moves the Endpoints; the replacement restores. No
+    request fails (with a 5 s --term-delay, 4 of 19 did: docs/kubernetes.md, "On a real
+    node"). The takeover time and the answers go to results/realnode-operator-killed.json."""
     done = installed
     pod = _warm(done)
     lease_path = f"/apis/coordination.k8s.io/v1/namespaces/{done.model_ns}/leases/dormant-operator"
@@ -349,14 +352,7 @@ def test_with_the_leading_operator_killed_requests_keep_being_answered_through_a
 
     try:
         time.sleep(1)
-        done.kube.post(
-            f"/api/v1/namespaces/{done.model_ns}/pods/{name}/eviction",
-            {
-                "apiVersion": "policy/v1beta1",
-                "kind": "Eviction",
-                "metadata": {"name": name, "namespace": done.model_ns},
-            },
-        )
+        _evict(done, name)
         evicted_at = len(traffic.results)
         wait_until(
             "a replacement pod Ready, another operator leading, five requests answered since",
@@ -373,9 +369,7 @@ def test_with_the_leading_operator_killed_requests_keep_being_answered_through_a
     print(f"leader killed, then an eviction: {report}")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "realnode-operator-killed.json").write_text(json.dumps(report, indent=1))
-    after = [f for f in failed if f[0] > took_over[0]]
-    assert not after, (after, done.diagnose())
-    assert all(code == 200 for _, code in traffic.results[-5:]), traffic.results[-8:]
+    assert not failed, (failed, done.diagnose())
 
 
 def test_deleting_the_policy_while_hibernated_gives_the_app_back(installed: Install) -> None:
@@ -383,13 +377,7 @@ def test_deleting_the_policy_while_hibernated_gives_the_app_back(installed: Inst
     operator's finalizer scales the target back and gives the Service its selector: the app
     answers through the Service again, restored from its snapshot, and nobody hibernates it."""
     done = installed
-    wait_until(
-        "the policy Hibernated, its pods gone",
-        lambda: _hibernated(done),
-        timeout=180,
-        interval=0.5,
-        diagnose=done.diagnose,
-    )
+    _wait_hibernated(done)
     path = (
         f"/apis/dormant.dev/v1alpha1/namespaces/{done.model_ns}"
         f"/scaletozeropolicies/{done.policy_name}"
