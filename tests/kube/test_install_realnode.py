@@ -325,7 +325,7 @@ def test_with_the_leading_operator_killed_an_eviction_fails_no_request(
 ) -> None:
     """The leading operator's pod is killed (no grace: its Lease is not released), then the
     model pod is evicted with traffic running through the Service. The evicted pod serves on
-    for its --term-delay (20 s, longer than the operator's 15 s Lease); meanwhile the other
+    for its --term-delay (25 s, longer than the operator's 15 s Lease); meanwhile the other
     operator takes the Lease over and moves the Endpoints; the replacement restores. No
     request fails (with a 5 s --term-delay, 4 of 19 did: docs/kubernetes.md, "On a real
     node"). The takeover time and the answers go to results/realnode-operator-killed.json."""
