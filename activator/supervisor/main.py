@@ -101,7 +101,7 @@ def run(options: ExecOptions) -> int:
         log.warning(
             "the working directory %s is not writable: CRIU cannot dump the served command "
             "from here (it makes a directory there); start dormant exec in a writable one "
-            "(Kubernetes: workingDir on an emptyDir, as deploy/base/model.yaml does)",
+            "(Kubernetes: workingDir on the snapshot claim, as deploy/base/model.yaml does)",
             os.getcwd(),
         )
     return asyncio.run(_main(options, store, engine, why, control))
