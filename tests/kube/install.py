@@ -23,7 +23,7 @@ import ipaddress
 import json
 import secrets
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,14 +49,10 @@ class Install:
     """Where the install's parts are and how to reach them."""
 
     node: RealNode
-    docs: list[Doc]
     policy: Doc
-    admin_token: str
-    exec_token: str
     control_ns: str  # the activator's and the operator's
     model_ns: str  # the model's and its policy's
     activator_ip: str  # the activator Service's ClusterIP
-    created: list[Doc] = field(default_factory=list)
 
     @property
     def kube(self) -> Rest:
@@ -273,10 +269,7 @@ def install(node: RealNode, states: Path, idle_after: str = "10s") -> Install:
     policy["spec"]["idleAfter"] = idle_after
     done = Install(
         node=node,
-        docs=docs,
         policy=policy,
-        admin_token=tokens["dormant-admin"],
-        exec_token=tokens["dormant-exec"],
         control_ns=_namespace_of(docs, "Deployment", "dormant-activator"),
         model_ns=_namespace_of(docs, "Deployment", str(policy["spec"]["targetRef"]["name"])),
         activator_ip=activator_ip,
@@ -284,27 +277,27 @@ def install(node: RealNode, states: Path, idle_after: str = "10s") -> Install:
     policy["metadata"]["namespace"] = done.model_ns
     first = [d for d in docs if d["kind"] in ("Namespace", "CustomResourceDefinition")]
     for doc in first:
-        done.created.append(m.create(doc, exist_ok=True))
+        m.create(doc, exist_ok=True)
     for ns in (done.control_ns, done.model_ns):
         _wait_for_token(kube, ns, "default")
     for doc in _secrets(docs, tokens):
-        done.created.append(m.create(doc))
+        m.create(doc)
     accounts = [d for d in docs if d["kind"] == "ServiceAccount"]
     for doc in accounts:
-        done.created.append(m.create(doc))
+        m.create(doc)
     for doc in accounts:
         if doc.get("automountServiceAccountToken") is not False:
             _wait_for_token(kube, doc["metadata"]["namespace"], doc["metadata"]["name"])
     for doc in docs:
         if doc in first or doc in accounts:
             continue
-        done.created.append(m.create(doc))
+        m.create(doc)
     wait_until(
         "the CRD to serve ScaleToZeroPolicy",
         lambda: m.create(policy, dry_run=True),
         timeout=60,
     )
-    done.created.append(m.create(policy))
+    m.create(policy)
     wait_until(
         "two activators, an operator leading and the model Ready, the policy routing to it",
         lambda: (
